@@ -1,0 +1,20 @@
+# chatsvc: gunicorn (gevent workers) as a non-root user. Migrations are an explicit step:
+#   docker run --rm -e DATABASE_URL=... chatsvc flask --app chatsvc db upgrade
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    CHATSVC_ENV=production HOST=0.0.0.0 PORT=8000
+WORKDIR /app
+
+COPY setup.cfg pyproject.toml constraints.txt README.md ./
+COPY chatsvc ./chatsvc
+RUN pip install --no-compile -c constraints.txt . \
+    && useradd --system --uid 10001 --home-dir /app chatsvc
+COPY migrations ./migrations
+COPY wsgi.py gunicorn.conf.py ./
+
+USER chatsvc
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
+  CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"PORT\", \"8000\")}/health/live', timeout=2)" || exit 1
+CMD ["gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"]

@@ -1,0 +1,39 @@
+# chatsvc — `make run` serves on http://127.0.0.1:8000, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export CHATSVC_ENV ?= development
+
+.PHONY: install run migrate test lint format bench clean
+
+install: $(STAMP)
+
+# Reinstalls only when the dependencies change, so a second `make run` starts at once.
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $@
+
+migrate: install
+	$(BIN)/flask --app chatsvc db upgrade
+
+run: migrate
+	exec $(BIN)/gunicorn --config gunicorn.conf.py wsgi:app
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache

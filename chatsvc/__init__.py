@@ -1,0 +1,56 @@
+"""chatsvc: a chat API backed by an LLM agent."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Flask
+from flask_smorest import Api
+
+from . import agent as agents
+from . import api as rest
+from . import cli, db, errors, observability
+from . import config as settings
+from .agent.base import Agent
+from .extensions import migrate
+
+__version__ = "0.1.0"
+
+MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
+
+
+def create_app(config: dict[str, Any] | None = None, *, agent: Agent | None = None) -> Flask:
+    """The only wiring point. `config` overrides the environment's settings (tests use it)."""
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.update(settings.load())
+    app.config.update(config or {})
+    app.config.update(_openapi_settings())
+    settings.PROFILES[app.config["CHATSVC_ENV"]].validate(app.config)
+
+    observability.init_app(app)
+    db.init_app(app)
+    migrate.init_app(app, db.database(app), directory=MIGRATIONS)
+    agents.init_app(app, agent)
+    rest.init_app(app)
+    _register_blueprints(Api(app))  # flask-smorest keeps one spec per Api: one Api per app
+    errors.register(app)
+    cli.init_app(app)
+    return app
+
+
+def _register_blueprints(api: Api) -> None:
+    from .api import chat, conversations, meta, sessions, tasks
+
+    for module in (meta, chat, sessions, conversations, tasks):
+        api.register_blueprint(module.bp)
+
+
+def _openapi_settings() -> dict[str, Any]:
+    return {
+        "API_TITLE": "chatsvc",
+        "API_VERSION": __version__,
+        "OPENAPI_VERSION": "3.0.3",
+        "OPENAPI_URL_PREFIX": "/",
+        "OPENAPI_JSON_PATH": "openapi.json",
+    }

@@ -1,0 +1,142 @@
+"""The agent port: plain dataclasses in, plain dataclasses (or events) out.
+
+No vendor type crosses this module; adapters translate their errors into `AgentError`s.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .tools import ToolBox
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    tool: str
+    parameters: dict[str, Any]
+    result: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"tool": self.tool, "parameters": self.parameters, "result": self.result}
+
+
+@dataclass(frozen=True)
+class HistoryMessage:
+    """A stored message as the model sees it again: an assistant's tool calls come with it."""
+
+    role: str
+    content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What the agent gets: who asks (None for an anonymous session), the context, the ask."""
+
+    user_id: str | None
+    conversation_id: str
+    message: str
+    history: tuple[HistoryMessage, ...] = ()
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    def add(self, other: Usage) -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.total_tokens += other.total_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclass
+class Reply:
+    text: str
+    model: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+
+
+# Events of a streamed run, in the order the contract sends them.
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallDone:
+    call: ToolCall
+
+
+@dataclass(frozen=True)
+class SourcesFound:
+    sources: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ReplyDone:
+    reply: Reply
+
+
+AgentEvent = TextDelta | ToolCallDone | SourcesFound | ReplyDone
+
+
+class Agent(ABC):
+    """Runs one turn. `stream` is the primitive; `run` collects it."""
+
+    name = "agent"
+
+    @abstractmethod
+    def stream(self, turn: Turn, tools: ToolBox) -> Iterator[AgentEvent]:
+        """Yield text deltas and tool calls as they happen, then exactly one ReplyDone."""
+
+    def run(self, turn: Turn, tools: ToolBox) -> Reply:
+        for event in self.stream(turn, tools):
+            if isinstance(event, ReplyDone):
+                return event.reply
+        raise UpstreamError("The agent ended without an answer.")
+
+    def close(self) -> None:
+        """Release clients and sockets; called when the app shuts down."""
+        return None
+
+
+class AgentError(Exception):
+    """The agent could not answer. Carries the contract's status and code."""
+
+    status = 502
+    code = "upstream_error"
+    detail = "The language model failed to answer."
+
+    def __init__(self, detail: str | None = None, *, retry_after: int | None = None) -> None:
+        super().__init__(detail or self.detail)
+        self.detail = detail or self.detail
+        self.retry_after = retry_after
+
+
+class UpstreamError(AgentError):
+    """The provider failed (5xx, dropped connection) or answered something that is no answer."""
+
+
+class UpstreamBusy(AgentError):
+    status, code = 503, "upstream_busy"
+    detail = "The language model is rate-limiting this service; retry later."
+
+
+class UpstreamTimeout(AgentError):
+    status, code = 504, "upstream_timeout"
+    detail = "The language model did not answer in time."

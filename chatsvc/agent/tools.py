@@ -1,0 +1,187 @@
+"""The tools an agent may call, bound to the turn's user — never to an id the model supplies."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..errors import NotFound
+from ..services import tasks as task_service
+from .base import ToolCall
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Session, dict[str, Any]], dict[str, Any]]
+
+
+class ToolArgumentError(ValueError):
+    """The model called a tool with arguments that do not fit its schema."""
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    handler: Handler
+
+    def spec(self) -> dict[str, Any]:
+        """The OpenAI-style function declaration the model sees."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            },
+        }
+
+
+class ToolBox:
+    """The tools of one turn. Each call is its own short unit of work."""
+
+    def __init__(self, sessions: sessionmaker, tools: list[Tool]) -> None:
+        self._sessions = sessions
+        self._tools = {tool.name: tool for tool in tools}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._tools)
+
+    def specs(self) -> list[dict[str, Any]]:
+        return [tool.spec() for tool in self._tools.values()]
+
+    def call(self, name: str, arguments: dict[str, Any] | str | None) -> ToolCall:
+        """Run a tool; a bad call comes back as an error result for the model, never raises."""
+        parameters: dict[str, Any] = {}
+        try:
+            parameters = _decode(arguments)
+            tool = self._tools.get(name)
+            if tool is None:
+                raise ToolArgumentError(
+                    f"unknown tool {name!r}; available: {', '.join(self.names)}"
+                )
+            _check(tool.parameters, parameters)
+            with self._sessions() as session:
+                result = tool.handler(session, parameters)
+        except ToolArgumentError as exc:
+            result = {"error": "invalid_arguments", "detail": str(exc)}
+        except NotFound:
+            result = {"error": "task_not_found", "task_id": parameters.get("task_id")}
+        return ToolCall(tool=name, parameters=parameters, result=result)
+
+
+def task_tools(user_id: str) -> list[Tool]:
+    """The five task tools, closed over the turn's user."""
+
+    def add_task(session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        task = task_service.create_task(
+            session, user_id, args["title"].strip(), args.get("description", "")
+        )
+        return {"task_id": task.task_id, "status": "created", "title": task.title}
+
+    def list_tasks(session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        found = task_service.list_tasks(session, user_id, args.get("status", "all"))
+        return {
+            "tasks": [
+                {"task_id": t.task_id, "title": t.title, "completed": t.completed} for t in found
+            ]
+        }
+
+    def complete_task(session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        task = task_service.update_task(session, user_id, args["task_id"], completed=True)
+        return {"task_id": task.task_id, "status": "completed", "title": task.title}
+
+    def update_task(session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        if "title" not in args and "description" not in args:
+            raise ToolArgumentError("give a new title or description")
+        task = task_service.update_task(
+            session,
+            user_id,
+            args["task_id"],
+            title=args.get("title"),
+            description=args.get("description"),
+        )
+        return {"task_id": task.task_id, "status": "updated", "title": task.title}
+
+    def delete_task(session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        task = task_service.delete_task(session, user_id, args["task_id"])
+        return {"task_id": task.task_id, "status": "deleted", "title": task.title}
+
+    task_id = {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 2**31 - 1,
+        "description": "The task's number.",
+    }
+    title = {"type": "string", "minLength": 1, "maxLength": 200}
+    description = {"type": "string", "maxLength": 1000}
+    return [
+        Tool("add_task", "Add a task to the user's list.",
+             _object({"title": title, "description": description}, ["title"]), add_task),
+        Tool("list_tasks", "List the user's tasks, optionally only pending or completed ones.",
+             _object({"status": {"type": "string", "enum": list(task_service.STATUSES)}}, []),
+             list_tasks),
+        Tool("complete_task", "Mark one of the user's tasks as completed.",
+             _object({"task_id": task_id}, ["task_id"]), complete_task),
+        Tool("update_task", "Change the title or description of one of the user's tasks.",
+             _object({"task_id": task_id, "title": title, "description": description},
+                     ["task_id"]), update_task),
+        Tool("delete_task", "Delete one of the user's tasks.",
+             _object({"task_id": task_id}, ["task_id"]), delete_task),
+    ]  # fmt: skip
+
+
+def _object(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
+    }
+
+
+def _decode(arguments: dict[str, Any] | str | None) -> dict[str, Any]:
+    if arguments is None or arguments == "":
+        return {}
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError as exc:
+            raise ToolArgumentError("arguments are not valid JSON") from exc
+    if not isinstance(arguments, dict):
+        raise ToolArgumentError("arguments must be a JSON object")
+    return arguments
+
+
+_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "number": (int, float)}
+
+
+def _check(schema: dict[str, Any], arguments: dict[str, Any]) -> None:
+    """Validate the subset of JSON Schema our tools use."""
+    properties = schema["properties"]
+    for name in schema["required"]:
+        if name not in arguments:
+            raise ToolArgumentError(f"missing required argument {name!r}")
+    for name, value in arguments.items():
+        rule = properties.get(name)
+        if rule is None:
+            raise ToolArgumentError(f"unexpected argument {name!r}")
+        expected = _TYPES[rule["type"]]
+        if isinstance(value, bool) or not isinstance(value, expected):
+            raise ToolArgumentError(f"{name} must be of type {rule['type']}")
+        if "enum" in rule and value not in rule["enum"]:
+            raise ToolArgumentError(f"{name} must be one of {', '.join(rule['enum'])}")
+        if isinstance(value, str):
+            length = len(value.strip())
+            if length < rule.get("minLength", 0) or len(value) > rule.get("maxLength", 10**9):
+                raise ToolArgumentError(f"{name} has a length outside the allowed range")
+        if isinstance(value, int) and not rule.get("minimum", value) <= value <= rule.get(
+            "maximum", value
+        ):
+            raise ToolArgumentError(f"{name} is out of range")

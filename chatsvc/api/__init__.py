@@ -1,0 +1,48 @@
+"""One blueprint per resource. Views are thin: load, call a service, return."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+from flask import Flask, request
+from flask_smorest import Blueprint
+
+from ..errors import PROBLEM_JSON, ApiError
+from ..schemas import ProblemSchema
+
+
+def problems(bp: Blueprint, *statuses: int) -> Callable[[Any], Any]:
+    """Document the problem responses an operation can return."""
+
+    def decorate(view: Any) -> Any:
+        for status in statuses:
+            view = bp.alt_response(
+                status,
+                schema=ProblemSchema,
+                content_type=PROBLEM_JSON,
+                description=HTTPStatus(status).phrase,
+            )(view)
+        return view
+
+    return decorate
+
+
+class UnsupportedMediaType(ApiError):
+    status, code, detail = 415, "unsupported_media_type", "Send the body as application/json."
+
+
+def init_app(app: Flask) -> None:
+    app.before_request(_require_json)
+
+
+def _require_json() -> None:
+    """A body that is not JSON is refused before any schema sees it."""
+    if (
+        request.method in {"POST", "PUT", "PATCH"}
+        and request.path.startswith("/api/")
+        and (request.content_length or request.headers.get("Transfer-Encoding"))
+        and not request.is_json
+    ):
+        raise UnsupportedMediaType()

@@ -1,0 +1,46 @@
+"""Knowledge sessions: state and reset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask_smorest import Blueprint
+
+from .. import auth, db
+from ..models import Conversation
+from ..schemas import HistoryArgsSchema, SessionStateSchema
+from ..services import conversations
+from . import problems
+
+bp = Blueprint("sessions", __name__, url_prefix="/api/session", description="Knowledge sessions.")
+
+
+@bp.get("/<session_id>")
+@bp.arguments(HistoryArgsSchema, location="query")
+@bp.response(200, SessionStateSchema)
+@problems(bp, 401, 404, 410, 422, 429)
+def get_session(args: dict[str, Any], session_id: str) -> dict[str, Any]:
+    """A session's state with its newest messages, oldest first."""
+    found = conversations.get(db.session(), session_id, auth.session_access())
+    return _state(found, args["limit"])
+
+
+@bp.post("/<session_id>/reset")
+@bp.response(200, SessionStateSchema)
+@problems(bp, 401, 404, 409, 410, 429)
+def reset_session(session_id: str) -> dict[str, Any]:
+    """Clear a session's history and keep its id."""
+    found = conversations.reset(db.session(), session_id, auth.session_access())
+    return _state(found, 50)
+
+
+def _state(session: Conversation, limit: int) -> dict[str, Any]:
+    messages, _ = conversations.messages_page(db.session(), session, limit)
+    return {
+        "session_id": session.id,
+        "created_at": session.created_at,
+        "last_activity": session.last_activity,
+        "expires_at": conversations.expires_at(session),
+        "message_count": session.message_count,
+        "messages": messages,
+    }

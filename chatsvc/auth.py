@@ -1,0 +1,116 @@
+"""Bearer JWTs (HS256), the caller, and what the caller may reach."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+import jwt
+from flask import current_app, g, request
+
+from .db import utcnow
+from .errors import Forbidden, NotFound, Unauthorized
+from .services.conversations import SESSION, Access
+
+USER_ID = re.compile(r"^(?!(?:chat|session|documents)$)[A-Za-z0-9._@:-]{1,128}$")
+ALGORITHM = "HS256"
+
+
+def claims() -> dict[str, Any] | None:
+    """The verified token's claims, or None without an Authorization header; 401 if it is bad."""
+    if "auth_claims" in g:
+        return g.auth_claims
+    header = request.headers.get("Authorization")
+    g.auth_claims = None if header is None else _verify(header)
+    if g.auth_claims:
+        g.user_id = g.auth_claims["sub"]
+    return g.auth_claims
+
+
+def _verify(header: str) -> dict[str, Any]:
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("The Authorization header must be 'Bearer <token>'.")
+    config = current_app.config
+    if not config["JWT_SECRET"]:
+        raise Unauthorized("This service accepts no tokens: JWT_SECRET is not configured.")
+    try:
+        decoded = jwt.decode(
+            token.strip(),
+            config["JWT_SECRET"],
+            algorithms=[ALGORITHM],
+            issuer=config["JWT_ISSUER"] or None,
+            audience=config["JWT_AUDIENCE"] or None,
+            options={"require": ["sub", "exp"], "verify_aud": bool(config["JWT_AUDIENCE"])},
+        )
+    except jwt.ExpiredSignatureError:
+        raise Unauthorized("The token has expired.") from None
+    except jwt.PyJWTError:
+        raise Unauthorized("The token is not valid.") from None
+    if not isinstance(decoded.get("sub"), str) or not USER_ID.match(decoded["sub"]):
+        raise Unauthorized("The token's subject is not a valid user id.")
+    return decoded
+
+
+def caller_id() -> str | None:
+    found = claims()
+    return found["sub"] if found else None
+
+
+def user_for_path(user_id: str) -> str:
+    """The path's user, if well formed (else 404) and the caller may act for them (401/403)."""
+    if not USER_ID.match(user_id):
+        raise NotFound("The resource does not exist.")
+    subject = caller_id()
+    if subject is None and current_app.config["AUTH_MODE"] == "required":
+        raise Unauthorized()
+    if subject is not None and subject != user_id:
+        raise Forbidden("The token's subject is not this user.")
+    g.user_id = user_id
+    return user_id
+
+
+def user_access(user_id: str) -> Access:
+    return Access(user_for_path(user_id))
+
+
+def session_access() -> Access:
+    """Session routes: the caller's own sessions, or anonymous ones when they are allowed."""
+    subject = caller_id()
+    config = current_app.config
+    if (
+        subject is None
+        and config["AUTH_MODE"] == "required"
+        and not config["ALLOW_ANONYMOUS_SESSIONS"]
+    ):
+        raise Unauthorized("Sessions need a token on this service.")
+    return Access(subject, kind=SESSION)
+
+
+def require_reader() -> None:
+    if current_app.config["AUTH_MODE"] == "required" and claims() is None:
+        raise Unauthorized()
+
+
+def require_admin() -> None:
+    found = claims()
+    if found is None and current_app.config["AUTH_MODE"] == "required":
+        raise Unauthorized()
+    if found is not None and found.get("role") != "admin":
+        raise Forbidden("Only an admin may change the knowledge base.")
+
+
+def create_token(
+    user_id: str, *, secret: str, admin: bool = False, ttl: timedelta = timedelta(days=1),
+    issuer: str = "", audience: str = "",
+) -> str:  # fmt: skip
+    now = utcnow()
+    payload: dict[str, Any] = {"sub": user_id, "iat": now, "exp": now + ttl}
+    if admin:
+        payload["role"] = "admin"
+    if issuer:
+        payload["iss"] = issuer
+    if audience:
+        payload["aud"] = audience
+    return jwt.encode(payload, secret, algorithm=ALGORITHM)

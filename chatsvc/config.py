@@ -1,0 +1,138 @@
+"""Configuration profiles. Every setting is an environment variable (see README)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+
+class ConfigError(RuntimeError):
+    """The configuration is unsafe or incomplete; the service refuses to start."""
+
+
+class Config:
+    """Development defaults: embedded SQLite, offline agent, trusted path user ids."""
+
+    CHATSVC_ENV = "development"
+    LOG_LEVEL = "INFO"
+
+    # Storage. An empty DATABASE_URL means a SQLite file in the instance folder.
+    DATABASE_URL = ""
+    DB_POOL_SIZE = 10
+    DB_MAX_OVERFLOW = 0
+    DB_POOL_TIMEOUT = 10.0
+    DB_CONNECT_TIMEOUT = 5
+    SQLITE_BUSY_TIMEOUT_MS = 10000
+
+    # Limits.
+    MAX_CONTENT_LENGTH = 64 * 1024
+    MAX_DOCUMENT_BYTES = 2 * 1024 * 1024
+    MAX_MESSAGE_CHARS = 4000
+
+    # Conversations.
+    HISTORY_LIMIT = 20
+    HISTORY_MAX_TOKENS = 6000
+    SESSION_TTL_SECONDS = 3600
+    SESSION_RETENTION_SECONDS = 86400
+    CONVERSATION_TTL_SECONDS = 0  # 0: user conversations never expire
+    TURN_STALE_SECONDS = 300  # a turn still pending after this is failed by cleanup
+    SSE_PING_SECONDS = 15.0
+
+    # Auth.
+    AUTH_MODE = "optional"
+    JWT_SECRET = ""
+    JWT_ISSUER = ""
+    JWT_AUDIENCE = ""
+    ALLOW_ANONYMOUS_SESSIONS = True
+
+    # Agent.
+    AGENT_PROVIDER = "local"
+    AGENT_TIMEOUT_SECONDS = 60.0
+    AGENT_MAX_RETRIES = 2
+    AGENT_MAX_TOOL_ROUNDS = 5
+    OPENAI_BASE_URL = ""
+    OPENAI_MODEL = "gpt-4o-mini"
+    OPENAI_API_KEY = ""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """This profile's defaults, each overridden by an environment variable of its name."""
+        environ = os.environ if environ is None else environ
+        settings: dict[str, Any] = {}
+        for name in dir(cls):
+            if not name.isupper():
+                continue
+            default = getattr(cls, name)
+            raw = environ.get(name)
+            settings[name] = default if raw is None else _parse(name, raw, default)
+        return settings
+
+    @classmethod
+    def validate(cls, settings: Mapping[str, Any]) -> None:
+        """Fail fast on settings that make no sense in any profile."""
+        if settings["AUTH_MODE"] not in {"optional", "required"}:
+            raise ConfigError("AUTH_MODE must be 'optional' or 'required'")
+        if settings["AGENT_PROVIDER"] not in {"local", "openai"}:
+            raise ConfigError("AGENT_PROVIDER must be 'local' or 'openai'")
+        for name in ("HISTORY_LIMIT", "MAX_MESSAGE_CHARS", "MAX_CONTENT_LENGTH"):
+            if settings[name] < 1:
+                raise ConfigError(f"{name} must be positive")
+
+
+class TestConfig(Config):
+    """What the test suite starts from; tests override single keys."""
+
+    CHATSVC_ENV = "testing"
+    TESTING = True
+    LOG_LEVEL = "WARNING"
+
+
+class ProductionConfig(Config):
+    """Safe production defaults: everything that must be decided is refused when missing."""
+
+    CHATSVC_ENV = "production"
+    AUTH_MODE = "required"
+    ALLOW_ANONYMOUS_SESSIONS = False
+
+    @classmethod
+    def validate(cls, settings: Mapping[str, Any]) -> None:
+        super().validate(settings)
+        if not settings["DATABASE_URL"]:
+            raise ConfigError("DATABASE_URL is required in production")
+        if settings["AUTH_MODE"] == "required" and len(settings["JWT_SECRET"].encode()) < 32:
+            raise ConfigError("AUTH_MODE=required needs a JWT_SECRET of at least 32 bytes")
+
+
+PROFILES: dict[str, type[Config]] = {
+    "development": Config,
+    "testing": TestConfig,
+    "production": ProductionConfig,
+}
+
+
+def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Settings of the profile named by CHATSVC_ENV, read from the environment."""
+    environ = os.environ if environ is None else environ
+    name = environ.get("CHATSVC_ENV", "development")
+    if name not in PROFILES:
+        raise ConfigError(f"CHATSVC_ENV must be one of {', '.join(PROFILES)}")
+    profile = PROFILES[name]
+    settings = profile.from_env(environ)
+    profile.validate(settings)
+    return settings
+
+
+def _parse(name: str, raw: str, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            if raw.strip().lower() not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ValueError(raw)
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: cannot read {raw!r} as {type(default).__name__}") from exc
+    return raw

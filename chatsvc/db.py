@@ -1,0 +1,123 @@
+"""The database: an engine and sessionmaker per app; a request-scoped session closed at teardown."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask, current_app, g
+from sqlalchemy import DateTime, MetaData, create_engine, event, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Database:
+    """What `db.init_app` attaches to the app: the engine and the session factory."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.sessions = sessionmaker(engine, expire_on_commit=False)
+        self.metadata = Base.metadata  # Flask-Migrate reads this
+
+    def ping(self) -> None:
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+
+def init_app(app: Flask) -> None:
+    url = app.config["DATABASE_URL"] or _default_sqlite_url(app)
+    app.config["DATABASE_URL"] = url
+    app.extensions["chatsvc.db"] = Database(make_engine(url, app.config))
+    app.teardown_appcontext(_close_session)
+
+
+def make_engine(url: str, config: dict[str, Any]) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url, connect_args={"timeout": config["SQLITE_BUSY_TIMEOUT_MS"] / 1000}
+        )
+        event.listen(engine, "connect", _sqlite_pragmas(config["SQLITE_BUSY_TIMEOUT_MS"]))
+        return engine
+    return create_engine(
+        url,
+        pool_size=config["DB_POOL_SIZE"],
+        max_overflow=config["DB_MAX_OVERFLOW"],
+        pool_timeout=config["DB_POOL_TIMEOUT"],
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": config["DB_CONNECT_TIMEOUT"]},
+    )
+
+
+def _sqlite_pragmas(busy_timeout_ms: int):
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "journal_mode=WAL",
+            f"busy_timeout={int(busy_timeout_ms)}",
+            "synchronous=NORMAL",
+            "foreign_keys=ON",
+        ):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    return on_connect
+
+
+def _default_sqlite_url(app: Flask) -> str:
+    os.makedirs(app.instance_path, exist_ok=True)
+    return "sqlite:///" + os.path.join(app.instance_path, "chatsvc.db")
+
+
+def database(app: Flask | None = None) -> Database:
+    return (app or current_app).extensions["chatsvc.db"]
+
+
+def session() -> Session:
+    """The request's session; it holds a connection only inside a unit of work."""
+    if "db_session" not in g:
+        g.db_session = database().sessions()
+    return g.db_session
+
+
+def _close_session(_exc: BaseException | None) -> None:
+    db_session = g.pop("db_session", None)
+    if db_session is not None:
+        db_session.close()

@@ -1,0 +1,182 @@
+"""Every error the service answers with is an RFC 9457 problem body built here."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from flask import Flask, Response, g, json
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from werkzeug.exceptions import HTTPException
+
+from .agent.base import AgentError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+# Werkzeug's status codes → the contract's stable codes.
+CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    410: "gone",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+    500: "internal_error",
+    502: "upstream_error",
+    503: "unavailable",
+    504: "upstream_timeout",
+}
+
+
+class ApiError(Exception):
+    """A domain error with its status, stable code and a message safe to show."""
+
+    status = 500
+    code = "internal_error"
+    detail = "The server failed to answer this request."
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail or self.detail)
+        self.detail = detail or self.detail
+        self.headers = headers or {}
+        self.extra = extra
+
+
+class NotFound(ApiError):
+    status, code, detail = 404, "not_found", "The resource does not exist."
+
+
+class SessionExpired(ApiError):
+    status, code, detail = 410, "session_expired", "The session has expired."
+
+
+class TurnInProgress(ApiError):
+    status, code = 409, "turn_in_progress"
+    detail = "A turn is already running on this conversation; retry when it has finished."
+
+
+class ValidationFailed(ApiError):
+    status, code, detail = 422, "validation_error", "The request is not valid."
+
+
+class Unauthorized(ApiError):
+    status, code, detail = 401, "unauthorized", "A valid bearer token is required."
+
+
+class Forbidden(ApiError):
+    status, code, detail = 403, "forbidden", "The token does not allow this."
+
+
+class Unavailable(ApiError):
+    status, code, detail = 503, "unavailable", "A dependency is unavailable; retry later."
+
+
+def problem(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    """The one problem response builder."""
+    body = problem_body(status, code, detail, **extra)
+    response = Response(json.dumps(body), status=status, mimetype=PROBLEM_JSON)
+    response.headers.update(headers or {})
+    return response
+
+
+def problem_body(status: int, code: str, detail: str, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "code": code,
+        "detail": detail,
+        "request_id": g.get("request_id"),
+    }
+    body.update(extra)
+    return body
+
+
+def register(app: Flask) -> None:
+    """Register after flask-smorest so these handlers replace its own."""
+    app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(AgentError, _agent_error)
+    app.register_error_handler(HTTPException, _http_exception)
+    app.register_error_handler(OperationalError, _database_unavailable)
+    app.register_error_handler(PoolTimeout, _database_unavailable)
+    app.register_error_handler(DBAPIError, _database_error)
+    app.register_error_handler(Exception, _unexpected)
+
+
+def _api_error(error: ApiError) -> Response:
+    return problem(error.status, error.code, error.detail, headers=error.headers, **error.extra)
+
+
+def _agent_error(error: AgentError) -> Response:
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
+    return problem(error.status, error.code, error.detail, headers=headers)
+
+
+def _http_exception(error: HTTPException) -> Response:
+    status = error.code or 500
+    headers: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    detail = error.description or HTTPStatus(status).description
+    messages = getattr(error, "data", {}).get("messages")
+    if status == 422 and messages:
+        extra["errors"] = messages
+        detail = _summarise(messages)
+    if status == 400 and messages:
+        detail = "The request body is not valid JSON."
+    if status == 405 and getattr(error, "valid_methods", None):
+        headers["Allow"] = ", ".join(sorted(error.valid_methods))
+    if status == 413:
+        detail = "The request body is larger than this endpoint accepts."
+    if error.response is not None and status == 429:
+        headers.update({k: v for k, v in error.response.headers.items() if k != "Content-Type"})
+    return problem(status, CODES.get(status, "error"), detail, headers=headers, **extra)
+
+
+def _database_unavailable(error: Exception) -> Response:
+    log.error("database unavailable: %s", type(error).__name__)
+    return problem(503, "unavailable", "The database is unavailable; retry later.")
+
+
+def _database_error(error: DBAPIError) -> Response:
+    if error.connection_invalidated:
+        return _database_unavailable(error)
+    return _unexpected(error)
+
+
+def _unexpected(error: Exception) -> Response:
+    log.exception("unhandled error", exc_info=error)
+    return problem(500, "internal_error", ApiError.detail)
+
+
+def _summarise(messages: dict[str, Any]) -> str:
+    """'field: first message' for each invalid field, e.g. for a log line or a toast."""
+    parts: list[str] = []
+    for fields in messages.values():
+        if not isinstance(fields, dict):
+            continue
+        for field, errors in fields.items():
+            first = errors[0] if isinstance(errors, list) and errors else errors
+            parts.append(f"{field}: {first}" if isinstance(first, str) else f"{field}: invalid")
+    return " ".join(parts) or "The request is not valid."

@@ -1,0 +1,98 @@
+"""Tables. Services read and write them; nothing here commits."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from .db import Base, UTCDateTime, utcnow
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Conversation(Base):
+    """A user's conversation (kind "user") or a knowledge session (kind "session")."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (
+        Index("ix_conversations_user_activity", "user_id", "last_activity"),
+        Index("ix_conversations_kind_activity", "kind", "last_activity"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[str | None] = mapped_column(String(128))
+    title: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_activity: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    message_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The sequence number of the newest message ever stored; never reused, even after a reset.
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+    # The one in-flight turn (its assistant message id), claimed atomically across workers.
+    active_turn_id: Mapped[str | None] = mapped_column(String(36))
+    turn_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    messages: Mapped[list[Message]] = relationship(
+        back_populates="conversation", passive_deletes=True, order_by="Message.seq"
+    )
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    __table_args__ = (UniqueConstraint("conversation_id", "seq"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))
+    content: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16))
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    tool_calls: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    sources: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    total_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    model: Mapped[str | None] = mapped_column(String(100))
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    conversation: Mapped[Conversation] = relationship(back_populates="messages")
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+class Task(Base):
+    """A user's task, numbered per user from 1 (`task_id` is never reused for that user)."""
+
+    __tablename__ = "tasks"
+
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    task_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    title: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    completed: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TaskCounter(Base):
+    """The last task number handed out per user, bumped atomically so numbers are never reused."""
+
+    __tablename__ = "task_counters"
+
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    last_task_id: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,0 +1,1 @@
+"""Use cases. These modules own the transactions: each unit of work ends in one commit."""

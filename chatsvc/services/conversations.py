@@ -1,0 +1,186 @@
+"""Conversations and sessions: lookup with ownership and expiry, history pages, reset, cleanup."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.orm import Session
+
+from ..db import utcnow
+from ..errors import NotFound, SessionExpired
+from ..models import Conversation, Message
+from . import pages
+
+USER, SESSION = "user", "session"
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may see a conversation: its owner, or anyone holding an anonymous session's id."""
+
+    user_id: str | None
+    kind: str | None = None  # session routes serve sessions only
+
+
+def ttl_seconds(kind: str, config: dict[str, Any] | None = None) -> int:
+    config = config or current_app.config
+    return config["SESSION_TTL_SECONDS"] if kind == SESSION else config["CONVERSATION_TTL_SECONDS"]
+
+
+def expires_at(conversation: Conversation) -> datetime | None:
+    ttl = ttl_seconds(conversation.kind)
+    return conversation.last_activity + timedelta(seconds=ttl) if ttl else None
+
+
+def find(
+    session: Session, conversation_id: str, access: Access, *, lock: bool = False
+) -> Conversation:
+    """The conversation if `access` may see it (else 404) and it has not expired (else 410)."""
+    query = select(Conversation).where(Conversation.id == conversation_id)
+    conversation = session.scalars(query.with_for_update() if lock else query).first()
+    if conversation is None or not _visible(conversation, access):
+        session.rollback()
+        raise NotFound("The conversation does not exist.")
+    deadline = expires_at(conversation)
+    if deadline is not None and deadline <= utcnow():
+        session.rollback()
+        raise SessionExpired(
+            "The session has expired." if conversation.kind == SESSION
+            else "The conversation has expired."
+        )  # fmt: skip
+    return conversation
+
+
+def _visible(conversation: Conversation, access: Access) -> bool:
+    if access.kind is not None and conversation.kind != access.kind:
+        return False
+    if conversation.kind == SESSION and access.kind == SESSION:
+        return conversation.user_id is None or conversation.user_id == access.user_id
+    return access.user_id is not None and conversation.user_id == access.user_id
+
+
+def get(session: Session, conversation_id: str, access: Access) -> Conversation:
+    conversation = find(session, conversation_id, access)
+    session.commit()
+    return conversation
+
+
+def list_for_user(
+    session: Session, user_id: str, limit: int, cursor: str | None
+) -> tuple[list[Conversation], str | None]:
+    """A user's conversations (both kinds), newest activity first."""
+    query = select(Conversation).where(Conversation.user_id == user_id)
+    position = pages.decode(cursor, int, str)
+    if position:
+        after, after_id = pages.from_micros(position[0]), position[1]
+        query = query.where(
+            or_(
+                Conversation.last_activity < after,
+                and_(Conversation.last_activity == after, Conversation.id < after_id),
+            )
+        )
+    query = query.order_by(Conversation.last_activity.desc(), Conversation.id.desc())
+    rows = list(session.scalars(query.limit(limit + 1)))
+    session.commit()
+    items = rows[:limit]
+    next_cursor = None
+    if len(rows) > limit:
+        last = items[-1]
+        next_cursor = pages.encode(pages.to_micros(last.last_activity), last.id)
+    return items, next_cursor
+
+
+def messages_page(
+    session: Session, conversation: Conversation, limit: int, cursor: str | None = None
+) -> tuple[list[Message], str | None]:
+    """The newest `limit` messages before the cursor, oldest first, and the cursor to older ones."""
+    query = select(Message).where(Message.conversation_id == conversation.id)
+    position = pages.decode(cursor, int)
+    if position:
+        query = query.where(Message.seq < position[0])
+    rows = list(session.scalars(query.order_by(Message.seq.desc()).limit(limit + 1)))
+    session.commit()
+    newest = rows[:limit]
+    next_cursor = pages.encode(newest[-1].seq) if len(rows) > limit else None
+    return list(reversed(newest)), next_cursor
+
+
+def delete_conversation(session: Session, conversation_id: str, access: Access) -> None:
+    conversation = find(session, conversation_id, access)
+    session.execute(delete(Message).where(Message.conversation_id == conversation.id))
+    session.delete(conversation)
+    session.commit()
+
+
+def reset(session: Session, conversation_id: str, access: Access) -> Conversation:
+    """Clear a session's history and keep its id."""
+    conversation = find(session, conversation_id, access, lock=True)
+    session.execute(delete(Message).where(Message.conversation_id == conversation.id))
+    conversation.message_count = 0
+    conversation.active_turn_id = None
+    conversation.turn_started_at = None
+    conversation.last_activity = utcnow()
+    session.commit()
+    return conversation
+
+
+@dataclass(frozen=True)
+class CleanupReport:
+    sessions_deleted: int
+    conversations_deleted: int
+    turns_failed: int
+
+
+def cleanup(session: Session, config: dict[str, Any], now: datetime | None = None) -> CleanupReport:
+    """Delete sessions (and TTL'd conversations) expired for longer than the retention period,
+    and fail turns stuck pending after a crash."""
+    now = now or utcnow()
+    retention = timedelta(seconds=config["SESSION_RETENTION_SECONDS"])
+    deleted = {}
+    for kind in (SESSION, USER):
+        ttl = ttl_seconds(kind, config)
+        if not ttl:
+            deleted[kind] = 0
+            continue
+        cutoff = now - timedelta(seconds=ttl) - retention
+        doomed = select(Conversation.id).where(
+            Conversation.kind == kind, Conversation.last_activity < cutoff
+        )
+        session.execute(delete(Message).where(Message.conversation_id.in_(doomed)))
+        result = session.execute(
+            delete(Conversation).where(
+                Conversation.kind == kind, Conversation.last_activity < cutoff
+            )
+        )
+        deleted[kind] = result.rowcount
+    failed = fail_stale_turns(session, config, now)
+    session.commit()
+    return CleanupReport(deleted[SESSION], deleted[USER], failed)
+
+
+def fail_stale_turns(
+    session: Session, config: dict[str, Any], now: datetime, conversation_id: str | None = None
+) -> int:
+    """Mark turns pending for longer than TURN_STALE_SECONDS failed and free their conversations.
+    Part of the caller's unit of work: it does not commit."""
+    stale = now - timedelta(seconds=config["TURN_STALE_SECONDS"])
+    pending = and_(Message.status == "pending", Message.created_at < stale)
+    conversations = and_(
+        Conversation.active_turn_id.is_not(None), Conversation.turn_started_at < stale
+    )
+    if conversation_id is not None:
+        pending = and_(pending, Message.conversation_id == conversation_id)
+        conversations = and_(conversations, Conversation.id == conversation_id)
+    result = session.execute(
+        update(Message)
+        .where(pending)
+        .values(status="failed", error_code="interrupted", completed_at=now)
+    )
+    session.execute(
+        update(Conversation).where(conversations).values(active_turn_id=None, turn_started_at=None)
+    )
+    return result.rowcount

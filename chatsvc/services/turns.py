@@ -1,0 +1,308 @@
+"""A chat turn: two short units of work around the agent run, which holds no connection.
+
+begin  (unit of work 1) claim the conversation, load the context, store the user message
+       and a pending assistant message, commit
+agent  no transaction open; tools run their own short units of work
+finish (unit of work 2) store the assistant message's outcome, free the conversation, commit
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from ..agent.base import (
+    Agent,
+    AgentError,
+    HistoryMessage,
+    Reply,
+    ReplyDone,
+    TextDelta,
+    ToolCall,
+    ToolCallDone,
+    Turn,
+)
+from ..agent.tools import ToolBox
+from ..db import utcnow
+from ..errors import TurnInProgress
+from ..models import Conversation, Message, new_id
+from . import conversations
+from .conversations import Access
+
+TITLE_CHARS = 80
+
+
+@dataclass(frozen=True)
+class Context:
+    messages: int
+    truncated: bool
+
+
+@dataclass
+class PendingTurn:
+    conversation_id: str
+    kind: str
+    user_message_id: str
+    assistant_message_id: str
+    turn: Turn
+    context: Context
+    timings: dict[str, float] = field(default_factory=lambda: {"db": 0.0, "agent": 0.0})
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    pending: PendingTurn
+    reply: Reply
+    status: str
+    error_code: str | None
+    created_at: datetime
+
+    def body(self) -> dict[str, Any]:
+        """The chat response of the contract (§2), for TurnSchema."""
+        body: dict[str, Any] = {
+            "conversation_id": self.pending.conversation_id,
+            "message_id": self.pending.assistant_message_id,
+            "response": self.reply.text,
+            "tool_calls": [call.as_dict() for call in self.reply.tool_calls],
+            "sources": self.reply.sources,
+            "usage": self.reply.usage.as_dict(),
+            "model": self.reply.model,
+            "status": self.status,
+            "created_at": self.created_at,
+            "context": {
+                "messages": self.pending.context.messages,
+                "truncated": self.pending.context.truncated,
+            },
+        }
+        if self.pending.kind == conversations.SESSION:
+            body["session_id"] = self.pending.conversation_id
+        return body
+
+
+def begin(
+    session: Session,
+    config: dict[str, Any],
+    *,
+    access: Access,
+    kind: str,
+    message: str,
+    conversation_id: str | None = None,
+) -> PendingTurn:
+    """Unit of work 1: claim the conversation for one turn and store the user's message."""
+    started = time.perf_counter()
+    now = utcnow()
+    assistant_id = new_id()
+    if conversation_id is None:
+        conversation = _create(session, access, kind, message, now)
+        history: tuple[HistoryMessage, ...] = ()
+        context = Context(0, False)
+    else:
+        conversation = conversations.find(session, conversation_id, access)
+        if conversation.active_turn_id is not None:
+            conversations.fail_stale_turns(session, config, now, conversation.id)
+        history, context = _context(session, conversation, config, message)
+    first_seq = _claim(session, conversation.id, assistant_id, now)
+    user_message = Message(
+        conversation_id=conversation.id, seq=first_seq, role="user",
+        content=message, status="completed", created_at=now, completed_at=now,
+    )  # fmt: skip
+    assistant = Message(
+        id=assistant_id, conversation_id=conversation.id, seq=first_seq + 1,
+        role="assistant", content="", status="pending", created_at=now,
+    )  # fmt: skip
+    session.add_all([user_message, assistant])
+    session.commit()
+    turn = Turn(conversation.user_id, conversation.id, message, history)
+    pending = PendingTurn(
+        conversation.id, conversation.kind, user_message.id, assistant_id, turn, context
+    )
+    pending.timings["db"] += _ms_since(started)
+    return pending
+
+
+def _create(
+    session: Session, access: Access, kind: str, message: str, now: datetime
+) -> Conversation:
+    conversation = Conversation(
+        id=new_id(), kind=kind, user_id=access.user_id, title=_title(message),
+        created_at=now, last_activity=now,
+    )  # fmt: skip
+    session.add(conversation)
+    session.flush()
+    return conversation
+
+
+def _claim(session: Session, conversation_id: str, assistant_id: str, now: datetime) -> int:
+    """Take the conversation's one in-flight slot atomically (across workers) and reserve two
+    sequence numbers; 409 when another turn holds it."""
+    claimed = session.execute(
+        update(Conversation)
+        .where(Conversation.id == conversation_id, Conversation.active_turn_id.is_(None))
+        .values(
+            active_turn_id=assistant_id,
+            turn_started_at=now,
+            last_activity=now,
+            last_seq=Conversation.last_seq + 2,
+            message_count=Conversation.message_count + 2,
+        )
+        .returning(Conversation.last_seq)
+    ).scalar_one_or_none()
+    if claimed is None:
+        session.rollback()
+        raise TurnInProgress()
+    return claimed - 1
+
+
+def _context(
+    session: Session, conversation: Conversation, config: dict[str, Any], message: str
+) -> tuple[tuple[HistoryMessage, ...], Context]:
+    """The newest HISTORY_LIMIT messages (oldest first), trimmed from the oldest end to
+    HISTORY_MAX_TOKENS. An assistant message carries its tool calls, so a call and its result
+    are never separated."""
+    limit = config["HISTORY_LIMIT"]
+    newest = list(
+        session.scalars(
+            select(Message)
+            .where(
+                Message.conversation_id == conversation.id,
+                or_(Message.role == "user", Message.status.in_(("completed", "cancelled"))),
+            )
+            .order_by(Message.seq.desc())
+            .limit(limit + 1)
+        )
+    )
+    truncated = len(newest) > limit
+    budget = config["HISTORY_MAX_TOKENS"] - estimate_tokens(message)
+    kept: list[HistoryMessage] = []
+    for row in newest[:limit]:
+        if row.role == "assistant" and not row.content and not row.tool_calls:
+            continue
+        item = HistoryMessage(
+            row.role, row.content, tuple(ToolCall(**call) for call in row.tool_calls or ())
+        )
+        budget -= estimate_tokens(item.content) + sum(
+            estimate_tokens(str(call.parameters) + str(call.result)) for call in item.tool_calls
+        )
+        if budget < 0:
+            truncated = True
+            break
+        kept.append(item)
+    kept.reverse()
+    return tuple(kept), Context(len(kept), truncated)
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters a token, plus a message's framing; needs no tokenizer download."""
+    return len(text) // 4 + 4
+
+
+def finish(
+    session: Session,
+    pending: PendingTurn,
+    reply: Reply,
+    *,
+    status: str = "completed",
+    error_code: str | None = None,
+) -> TurnResult:
+    """Unit of work 2: store the assistant message's outcome and free the conversation."""
+    started = time.perf_counter()
+    now = utcnow()
+    latency_ms = int(pending.timings["agent"])
+    session.execute(
+        update(Message)
+        .where(Message.id == pending.assistant_message_id, Message.status == "pending")
+        .values(
+            content=reply.text,
+            status=status,
+            error_code=error_code,
+            tool_calls=[call.as_dict() for call in reply.tool_calls],
+            sources=reply.sources,
+            model=reply.model,
+            latency_ms=latency_ms,
+            completed_at=now,
+            **reply.usage.as_dict(),
+        )
+    )
+    session.execute(
+        update(Conversation)
+        .where(
+            Conversation.id == pending.conversation_id,
+            Conversation.active_turn_id == pending.assistant_message_id,
+        )
+        .values(active_turn_id=None, turn_started_at=None, last_activity=now)
+    )
+    session.commit()
+    pending.timings["db"] += _ms_since(started)
+    return TurnResult(pending, reply, status, error_code, now)
+
+
+def run(session: Session, agent: Agent, tools: ToolBox, pending: PendingTurn) -> TurnResult:
+    """The whole turn after `begin`, for a JSON response."""
+    for event in stream(session, agent, tools, pending):
+        if isinstance(event, TurnResult):
+            return event
+    raise AssertionError("stream() always ends with a TurnResult or an error")
+
+
+def stream(
+    session: Session, agent: Agent, tools: ToolBox, pending: PendingTurn
+) -> Iterator[TextDelta | ToolCallDone | Any]:
+    """The agent's events as they happen, then the stored TurnResult. An agent failure stores a
+    `failed` turn and re-raises; a consumer that stops early (client gone) stores `cancelled`."""
+    text: list[str] = []
+    calls: list[ToolCall] = []
+    started = time.perf_counter()
+    settled = False
+
+    def settle(status: str, code: str | None) -> None:
+        nonlocal settled
+        settled = True
+        pending.timings["agent"] = _ms_since(started)
+        partial = Reply("".join(text), agent.name, list(calls))
+        finish(session, pending, partial, status=status, error_code=code)
+
+    try:
+        for event in agent.stream(pending.turn, tools):
+            if isinstance(event, ReplyDone):
+                pending.timings["agent"] = _ms_since(started)
+                settled = True
+                yield finish(session, pending, event.reply)
+                return
+            if isinstance(event, TextDelta):
+                text.append(event.text)
+            elif isinstance(event, ToolCallDone):
+                calls.append(event.call)
+            yield event
+        settle("failed", "upstream_error")
+        raise AgentError("The agent ended without an answer.")
+    except GeneratorExit:
+        if not settled:
+            settle("cancelled", None)
+        raise
+    except AgentError as error:
+        if not settled:
+            settle("failed", error.code)
+        raise
+    except Exception:
+        if not settled:
+            session.rollback()
+            settle("failed", "internal_error")
+        raise
+
+
+def _title(message: str) -> str:
+    line = " ".join(message.split())
+    if len(line) <= TITLE_CHARS:
+        return line
+    cut = line[: TITLE_CHARS - 1].rsplit(" ", 1)[0] or line[: TITLE_CHARS - 1]
+    return cut + "…"
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
