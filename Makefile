@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export CHATSVC_ENV ?= development
 
-.PHONY: install run migrate test lint format bench clean
+.PHONY: install run migrate seed test lint format bench clean
 
 install: $(STAMP)
 
@@ -18,7 +18,11 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 migrate: install
 	$(BIN)/flask --app chatsvc db upgrade
 
-run: migrate
+# An empty knowledge base gets the project's own README and docs/.
+seed: migrate
+	$(BIN)/flask --app chatsvc kb seed
+
+run: seed
 	exec $(BIN)/gunicorn --config gunicorn.conf.py wsgi:app
 
 test: install

@@ -1,18 +1,22 @@
-"""Flask commands: `sessions cleanup`, `token create`."""
+"""Flask commands: `sessions cleanup`, `token create`, `kb ingest|list|delete|seed`."""
 
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from . import auth, db
-from .services import conversations
+from .services import conversations, knowledge
 
 sessions_cli = AppGroup("sessions", help="Knowledge sessions.")
 token_cli = AppGroup("token", help="Development tokens.")
+kb_cli = AppGroup("kb", help="The knowledge base.")
+KB_SUFFIXES = {".md", ".markdown", ".txt"}
+PROJECT = Path(__file__).resolve().parent.parent
 
 
 @sessions_cli.command("cleanup")
@@ -45,6 +49,81 @@ def create_token(user_id: str, admin: bool, hours: int) -> None:
     )  # fmt: skip
 
 
+@kb_cli.command("ingest")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+def ingest_documents(paths: tuple[Path, ...]) -> None:
+    """Ingest Markdown and text files (folders recursively); stored texts are skipped."""
+    _ingest(paths)
+
+
+@kb_cli.command("seed")
+def seed_documents() -> None:
+    """Ingest the project's README.md and docs/ when the knowledge base is empty."""
+    with db.database().sessions() as session:
+        if knowledge.count_documents(session):
+            click.echo("knowledge base not empty: nothing to seed")
+            return
+    _ingest(tuple(p for p in (PROJECT / "README.md", PROJECT / "docs") if p.exists()))
+
+
+@kb_cli.command("list")
+def list_documents() -> None:
+    """Print the documents: id, passages, title."""
+    with db.database().sessions() as session:
+        cursor = None
+        while True:
+            items, cursor = knowledge.list_documents(session, 100, cursor)
+            for document in items:
+                click.echo(f"{document.id}  {document.chunk_count:>4}  {document.title}")
+            if cursor is None:
+                break
+
+
+@kb_cli.command("delete")
+@click.argument("document_id")
+def delete_document(document_id: str) -> None:
+    """Delete a document and its passages."""
+    with db.database().sessions() as session:
+        try:
+            knowledge.delete_document(session, document_id)
+        except knowledge.DocumentNotFound:
+            raise click.ClickException(f"no document {document_id}") from None
+    click.echo(f"deleted {document_id}")
+
+
+def _ingest(paths: tuple[Path, ...]) -> None:
+    files = sorted(
+        {f for p in paths for f in ([p] if p.is_file() else p.rglob("*"))
+         if f.is_file() and f.suffix.lower() in KB_SUFFIXES}
+    )  # fmt: skip
+    with db.database().sessions() as session:
+        for path in files:
+            body = path.read_text(encoding="utf-8", errors="replace")
+            if not body.strip():
+                click.echo(f"skipped {path} (empty)")
+                continue
+            document, created = knowledge.ingest(
+                session, _title(path, body), body, meta={"path": _shown(path)}
+            )
+            verb = "ingested" if created else "unchanged"
+            click.echo(f"{verb} {path} -> {document.id} ({document.chunk_count} passages)")
+
+
+def _title(path: Path, body: str) -> str:
+    for line in body.splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()[:200] or path.stem
+    return path.stem.replace("-", " ").replace("_", " ")[:200]
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(PROJECT))
+    except ValueError:
+        return path.name
+
+
 def init_app(app: Flask) -> None:
     app.cli.add_command(sessions_cli)
     app.cli.add_command(token_cli)
+    app.cli.add_command(kb_cli)

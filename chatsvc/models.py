@@ -96,3 +96,44 @@ class TaskCounter(Base):
 
     user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     last_task_id: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Document(Base):
+    """A knowledge-base document; its text is searched through its chunks."""
+
+    __tablename__ = "documents"
+    __table_args__ = (Index("ix_documents_created", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    title: Mapped[str] = mapped_column(String(200))
+    url: Mapped[str | None] = mapped_column(String(2048))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    # sha256 of the normalised text: the same text ingested twice is one document.
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    text: Mapped[str] = mapped_column(Text)
+    chunk_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    chunks: Mapped[list[Chunk]] = relationship(
+        back_populates="document", passive_deletes=True, order_by="Chunk.ordinal"
+    )
+
+
+class Chunk(Base):
+    """A passage of a document. The full-text index over `heading` and `text` is not mapped
+    here: an FTS5 table on SQLite, a generated tsvector column on PostgreSQL (see migrations)."""
+
+    __tablename__ = "chunks"
+    __table_args__ = (UniqueConstraint("document_id", "ordinal"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    document_id: Mapped[str] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    heading: Mapped[str] = mapped_column(Text, default="")
+    text: Mapped[str] = mapped_column(Text)
+
+    document: Mapped[Document] = relationship(back_populates="chunks")
+
+    @property
+    def public_id(self) -> str:
+        return f"{self.document_id}:{self.ordinal}"

@@ -98,6 +98,30 @@ class TaskUpdateSchema(Schema):
             raise ValidationError("Give at least one of title, description, completed.")
 
 
+class DocumentText(fields.String):
+    """A document's text: not blank, no control characters other than tab, CR and LF."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not text.strip():
+            raise ValidationError("The text must not be empty.")
+        if CONTROL_CHARS.search(text):
+            raise ValidationError("Control characters other than tab, CR and LF are not allowed.")
+        return text
+
+
+class DocumentCreateSchema(Schema):
+    title = Title(200, required=True)
+    text = DocumentText(required=True, metadata={"description": "Markdown or plain text."})
+    url = fields.Url(
+        load_default=None, allow_none=True, schemes={"http", "https"},
+        validate=validate.Length(max=2048), metadata={"description": "Where a citation links."},
+    )  # fmt: skip
+    metadata = fields.Dict(
+        keys=fields.String(), load_default=dict, metadata={"description": "Any JSON object."}
+    )
+
+
 # Resources ------------------------------------------------------------------------------
 
 
@@ -194,6 +218,20 @@ class TaskSchema(Schema):
 
 class TaskPageSchema(Schema):
     items = fields.List(fields.Nested(TaskSchema), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
+
+
+class DocumentSchema(Schema):
+    id = fields.String(required=True)
+    title = fields.String(required=True)
+    url = fields.String(required=True, allow_none=True)
+    metadata = fields.Dict(required=True, attribute="meta")
+    chunk_count = fields.Integer(required=True)
+    created_at = UTCDateTime(required=True)
+
+
+class DocumentPageSchema(Schema):
+    items = fields.List(fields.Nested(DocumentSchema), required=True)
     next_cursor = fields.String(required=True, allow_none=True)
 
 

@@ -9,7 +9,7 @@ from sqlalchemy.orm import sessionmaker
 
 from .base import Agent
 from .local import LocalAgent
-from .tools import ToolBox, task_tools
+from .tools import ToolBox, knowledge_tools, task_tools
 
 
 def build_agent(config: dict[str, Any]) -> Agent:
@@ -30,5 +30,6 @@ def current_agent() -> Agent:
 
 
 def toolbox(sessions: sessionmaker, user_id: str | None) -> ToolBox:
-    """The tools of a turn: task tools only when the turn has a user."""
-    return ToolBox(sessions, task_tools(user_id) if user_id is not None else [])
+    """The tools of a turn: task tools only when the turn has a user; knowledge search always."""
+    tasks = task_tools(user_id) if user_id is not None else []
+    return ToolBox(sessions, [*tasks, *knowledge_tools()])

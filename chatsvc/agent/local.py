@@ -261,7 +261,11 @@ class _Run:
         result = self.call("search_knowledge", query=message, k=3)
         from .answers import extractive_answer  # the knowledge assistant's answer writer
 
-        text, self.sources = extractive_answer(message, result.get("results", []))
+        text, cited = extractive_answer(message, result.get("results", []))
+        self.tools.choose_sources(cited)
+        self.sources = self.tools.sources(text)
+        if not cited and "add_task" in self.tools.names:
+            text = f"{text} {HELP}"
         return text
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import NotFound
+from ..services import knowledge
 from ..services import tasks as task_service
 from .base import ToolCall
 
@@ -29,6 +31,7 @@ class Tool:
     description: str
     parameters: dict[str, Any]
     handler: Handler
+    cites: bool = False  # its result lists passages ("results") an answer may cite
 
     def spec(self) -> dict[str, Any]:
         """The OpenAI-style function declaration the model sees."""
@@ -43,11 +46,17 @@ class Tool:
 
 
 class ToolBox:
-    """The tools of one turn. Each call is its own short unit of work."""
+    """The tools of one turn. Each call is its own short unit of work.
+
+    It also keeps the turn's citations: every passage a citing tool returned gets a number
+    (`ref`, unique in the turn) that an answer cites as "[n]"; `sources(text)` turns an answer
+    into the contract's `sources`, so every agent gets citations without logic of its own."""
 
     def __init__(self, sessions: sessionmaker, tools: list[Tool]) -> None:
         self._sessions = sessions
         self._tools = {tool.name: tool for tool in tools}
+        self.hits: list[dict[str, Any]] = []  # passages seen this turn, in order, with `ref`
+        self._chosen: list[dict[str, Any]] | None = None
 
     @property
     def names(self) -> list[str]:
@@ -59,9 +68,9 @@ class ToolBox:
     def call(self, name: str, arguments: dict[str, Any] | str | None) -> ToolCall:
         """Run a tool; a bad call comes back as an error result for the model, never raises."""
         parameters: dict[str, Any] = {}
+        tool = self._tools.get(name)
         try:
             parameters = _decode(arguments)
-            tool = self._tools.get(name)
             if tool is None:
                 raise ToolArgumentError(
                     f"unknown tool {name!r}; available: {', '.join(self.names)}"
@@ -73,7 +82,67 @@ class ToolBox:
             result = {"error": "invalid_arguments", "detail": str(exc)}
         except NotFound:
             result = {"error": "task_not_found", "task_id": parameters.get("task_id")}
+        if tool is not None and tool.cites:
+            self._number(result.get("results", []))
         return ToolCall(tool=name, parameters=parameters, result=result)
+
+    def _number(self, results: list[dict[str, Any]]) -> None:
+        refs = {hit["chunk_id"]: hit["ref"] for hit in self.hits}
+        for hit in results:
+            if hit["chunk_id"] not in refs:
+                refs[hit["chunk_id"]] = len(self.hits) + 1
+                self.hits.append({**hit, "ref": refs[hit["chunk_id"]]})
+            hit["ref"] = refs[hit["chunk_id"]]
+
+    def choose_sources(self, sources: list[dict[str, Any]]) -> None:
+        """An agent that picks its citations itself says which (possibly none)."""
+        self._chosen = [_source(hit) for hit in sources]
+
+    def sources(self, answer: str) -> list[dict[str, Any]]:
+        """The citations of an answer: what the agent chose; else the passages the answer cites
+        as [n], in the order cited; else, when it cites none, every passage it was shown."""
+        if self._chosen is not None:
+            return self._chosen
+        by_ref = {hit["ref"]: hit for hit in self.hits}
+        cited: list[int] = []
+        for group in CITATION.findall(answer):
+            for ref in (int(n) for n in re.findall(r"\d+", group)):
+                if ref in by_ref and ref not in cited:
+                    cited.append(ref)
+        chosen = [by_ref[ref] for ref in cited] or self.hits
+        return [_source(hit) for hit in chosen]
+
+
+CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+SOURCE_FIELDS = ("document_id", "title", "url", "chunk_id", "snippet", "score")
+
+
+def _source(hit: dict[str, Any]) -> dict[str, Any]:
+    return {name: hit.get(name) for name in SOURCE_FIELDS}
+
+
+def knowledge_tools() -> list[Tool]:
+    """`search_knowledge`: open to every turn, with or without a user."""
+
+    def search_knowledge(session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        hits = knowledge.search(session, args["query"], args.get("k", 5))
+        return {"query": args["query"], "results": [hit.as_dict() for hit in hits]}
+
+    parameters = _object(
+        {
+            "query": {"type": "string", "minLength": 1, "maxLength": 500,
+                      "description": "Keywords or a question."},
+            "k": {"type": "integer", "minimum": 1, "maximum": knowledge.MAX_K,
+                  "description": "How many passages to return (default 5)."},
+        },
+        ["query"],
+    )  # fmt: skip
+    description = (
+        "Search the knowledge base (the service's documents) with full-text search. Returns "
+        "passages with a `ref` number; answer only from them and cite each passage you use as "
+        "[ref], e.g. [1]. If nothing relevant comes back, say you do not know."
+    )
+    return [Tool("search_knowledge", description, parameters, search_knowledge, cites=True)]
 
 
 def task_tools(user_id: str) -> list[Tool]:

@@ -23,6 +23,7 @@ from ..agent.base import (
     HistoryMessage,
     Reply,
     ReplyDone,
+    SourcesFound,
     TextDelta,
     ToolCall,
     ToolCallDone,
@@ -272,6 +273,10 @@ def stream(
             if isinstance(event, ReplyDone):
                 pending.timings["agent"] = _ms_since(started)
                 settled = True
+                if not event.reply.sources:  # citations come from what the tools returned
+                    event.reply.sources = tools.sources(event.reply.text)
+                    if event.reply.sources:
+                        yield SourcesFound(event.reply.sources)
                 yield finish(session, pending, event.reply)
                 return
             if isinstance(event, TextDelta):

@@ -1,0 +1,226 @@
+"""The knowledge base: documents in, passages out. Retrieval runs in the database itself —
+SQLite FTS5 (BM25) or PostgreSQL full-text search — behind `search()`, one backend per dialect,
+so another backend (e.g. pgvector) can be added without touching callers."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..errors import NotFound
+from ..models import Chunk, Document
+from . import chunking, pages
+
+MAX_K = 10
+MAX_TERMS = 32
+MAX_TERM_CHARS = 64
+# Words that say nothing about what a question is about; FTS5 has no stop list of its own.
+_STOP = (
+    "a an the and or not no nor but if then else of to in on at by for with from into onto about "
+    "as is are was were be been being am do does did done doing have has had having can could "
+    "shall should will would may might must i me my mine we us our you your he him his she her it "
+    "its they them their this that these those there here what which who whom whose when where "
+    "why how all any each some such than too very so just also only own same other again more "
+    "most near"
+)
+STOPWORDS = frozenset(_STOP.split())
+TERM = re.compile(r"[^\W_]+")
+
+
+class DocumentNotFound(NotFound):
+    detail = "The document does not exist."
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A passage that matched a query, with what a citation shows."""
+
+    document_id: str
+    title: str
+    url: str | None
+    chunk_id: str
+    snippet: str
+    score: float
+    section: str = ""  # the headings the passage sits under
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Documents ------------------------------------------------------------------------------
+
+
+def normalise(body: str) -> str:
+    return "\n".join(line.rstrip() for line in body.replace("\r\n", "\n").split("\n")).strip()
+
+
+def content_hash(body: str) -> str:
+    return hashlib.sha256(normalise(body).encode()).hexdigest()
+
+
+def ingest(
+    session: Session,
+    title: str,
+    body: str,
+    *,
+    url: str | None = None,
+    meta: dict[str, Any] | None = None,
+) -> tuple[Document, bool]:
+    """Store a document and its passages; the same text again returns the stored document.
+    The flag says whether it is new."""
+    digest = content_hash(body)
+    existing = _by_hash(session, digest)
+    if existing is not None:
+        session.commit()
+        return existing, False
+    passages = chunking.split(title, normalise(body))
+    document = Document(
+        title=title, url=url, meta=meta or {}, content_hash=digest, text=normalise(body),
+        chunk_count=len(passages),
+    )  # fmt: skip
+    document.chunks = [
+        Chunk(ordinal=n, heading=p.heading, text=p.text) for n, p in enumerate(passages)
+    ]
+    session.add(document)
+    try:
+        session.commit()
+    except IntegrityError:  # the same text, stored concurrently by another request
+        session.rollback()
+        winner = _by_hash(session, digest)
+        if winner is None:
+            raise
+        session.commit()
+        return winner, False
+    return document, True
+
+
+def _by_hash(session: Session, digest: str) -> Document | None:
+    return session.scalars(select(Document).where(Document.content_hash == digest)).first()
+
+
+def get_document(session: Session, document_id: str) -> Document:
+    document = session.get(Document, document_id) if len(document_id) <= 36 else None
+    if document is None:
+        session.rollback()
+        raise DocumentNotFound()
+    session.commit()
+    return document
+
+
+def list_documents(
+    session: Session, limit: int, cursor: str | None = None
+) -> tuple[list[Document], str | None]:
+    """Documents, newest first."""
+    query = select(Document)
+    position = pages.decode(cursor, int, str)
+    if position:
+        after, after_id = pages.from_micros(position[0]), position[1]
+        query = query.where(
+            or_(
+                Document.created_at < after,
+                and_(Document.created_at == after, Document.id < after_id),
+            )
+        )
+    query = query.order_by(Document.created_at.desc(), Document.id.desc()).limit(limit + 1)
+    rows = list(session.scalars(query))
+    session.commit()
+    items = rows[:limit]
+    next_cursor = None
+    if len(rows) > limit:
+        next_cursor = pages.encode(pages.to_micros(items[-1].created_at), items[-1].id)
+    return items, next_cursor
+
+
+def count_documents(session: Session) -> int:
+    total = session.scalar(select(func.count()).select_from(Document)) or 0
+    session.commit()
+    return total
+
+
+def delete_document(session: Session, document_id: str) -> None:
+    """Delete a document; its passages leave the index in the same transaction."""
+    document = get_document(session, document_id)
+    session.execute(delete(Chunk).where(Chunk.document_id == document.id))
+    session.execute(delete(Document).where(Document.id == document.id))
+    session.commit()
+
+
+# Search ---------------------------------------------------------------------------------
+
+
+def terms(query: str) -> list[str]:
+    """The words of a query that can be matched: letters and digits only, so that no input is
+    ever read as full-text query syntax; stop words dropped, duplicates removed."""
+    found: list[str] = []
+    for word in TERM.findall(query.casefold()):
+        if word not in STOPWORDS and len(word) <= MAX_TERM_CHARS and word not in found:
+            found.append(word)
+    return found[:MAX_TERMS]
+
+
+def search(session: Session, query: str, k: int = 5) -> list[Hit]:
+    """The k passages that best match the query, best first; any passage matching any of its
+    words may be returned, ranked by the database's own relevance."""
+    words = terms(query)
+    if not words or k < 1:
+        return []
+    backend = BACKENDS.get(session.get_bind().dialect.name)
+    if backend is None:
+        raise RuntimeError(f"no full-text backend for {session.get_bind().dialect.name}")
+    rows = backend(session, words, min(k, MAX_K))
+    session.commit()
+    return [
+        Hit(
+            document_id=row.document_id, title=row.title, url=row.url,
+            chunk_id=f"{row.document_id}:{row.ordinal}", snippet=row.text,
+            score=round(float(row.score), 4), section=row.heading,
+        )
+        for row in rows
+    ]  # fmt: skip
+
+
+def _sqlite(session: Session, words: list[str], k: int) -> list[Any]:
+    # Every word quoted: FTS5 reads it as a string, never as an operator or a column filter.
+    match = " OR ".join(f'"{word}"' for word in words)
+    return list(
+        session.execute(
+            text(
+                "SELECT c.document_id, c.ordinal, c.heading, c.text, d.title, d.url,"
+                " -bm25(chunks_fts, 2.0, 1.0) AS score"
+                " FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid"
+                " JOIN documents d ON d.id = c.document_id"
+                " WHERE chunks_fts MATCH :match ORDER BY bm25(chunks_fts, 2.0, 1.0), c.id"
+                " LIMIT :k"
+            ),
+            {"match": match, "k": k},
+        )
+    )
+
+
+def _postgres(session: Session, words: list[str], k: int) -> list[Any]:
+    # websearch_to_tsquery never raises on syntax; the words are plain letters and digits.
+    return list(
+        session.execute(
+            text(
+                "SELECT c.document_id, c.ordinal, c.heading, c.text, d.title, d.url,"
+                " ts_rank_cd(c.fts, q, 1) AS score"
+                " FROM chunks c JOIN documents d ON d.id = c.document_id,"
+                " websearch_to_tsquery('english', :query) q"
+                " WHERE c.fts @@ q ORDER BY score DESC, c.id LIMIT :k"
+            ),
+            {"query": " or ".join(words), "k": k},
+        )
+    )
+
+
+BACKENDS: dict[str, Callable[[Session, list[str], int], list[Any]]] = {
+    "sqlite": _sqlite,
+    "postgresql": _postgres,
+}
