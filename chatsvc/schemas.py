@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import current_app
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 # NUL and C0 controls other than tab, LF and CR; invalid UTF-8 never gets this far.
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
@@ -60,6 +60,21 @@ class UserChatSchema(Schema):
         load_default=None,
         allow_none=True,
         metadata={"description": "Continue this conversation; omit to start a new one."},
+    )
+
+
+class IdempotencyHeadersSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE  # every other header
+
+    idempotency_key = fields.String(
+        data_key="Idempotency-Key",
+        load_default=None,
+        validate=validate.Length(1, 255),
+        metadata={
+            "description": "Send the same key again (same body) to get the first response back "
+            "instead of a second turn; scoped to the caller and the route."
+        },
     )
 
 
