@@ -1,4 +1,4 @@
-"""Unbound extension singletons; `create_app` binds them to each app."""
+"""Extensions: unbound singletons `create_app` binds to each app, and the rate limiter."""
 
 from __future__ import annotations
 
@@ -48,18 +48,23 @@ def _on_breach(limit: RequestLimit) -> None:
     observability.RATE_LIMITED.labels("chat" if _is_chat() else "default").inc()
 
 
-limiter = Limiter(
-    key_func=auth.caller_key,
-    default_limits=[Limit(limit_provider=_limit, scope=_scope, shared=True, exempt_when=_exempt)],
-    headers_enabled=True,
-    on_breach=_on_breach,
-    # Fail open on purpose: with the shared storage (Redis) unreachable the service keeps
-    # answering, counting per process in memory until the storage answers again; the limiter
-    # logs the switch ("Rate limit storage unreachable") on the flask-limiter logger.
-    in_memory_fallback_enabled=True,
-    swallow_errors=True,
-    storage_options={"socket_connect_timeout": 1, "socket_timeout": 1},
-)
+def make_limiter() -> Limiter:
+    """One limiter per app: flask-limiter keeps its storage, fallback state and defaults on the
+    instance, and a test process builds many apps with different settings."""
+    return Limiter(
+        key_func=auth.caller_key,
+        default_limits=[
+            Limit(limit_provider=_limit, scope=_scope, shared=True, exempt_when=_exempt)
+        ],
+        headers_enabled=True,
+        on_breach=_on_breach,
+        # Fail open on purpose: with the shared storage (Redis) unreachable the service keeps
+        # answering, counting per process in memory until the storage answers again; the
+        # limiter logs the switch ("Rate limit storage unreachable") on its logger.
+        in_memory_fallback_enabled=True,
+        swallow_errors=True,
+        storage_options={"socket_connect_timeout": 1, "socket_timeout": 1},
+    )
 
 
 def init_app(app: Flask) -> None:
@@ -67,7 +72,7 @@ def init_app(app: Flask) -> None:
     hops = app.config["PROXY_FIX_X_FOR"]
     if hops:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops)  # type: ignore[method-assign]
-    limiter.init_app(app)
+    make_limiter().init_app(app)
     origins = [o.strip() for o in app.config["CORS_ORIGINS"].split(",") if o.strip()]
     cors.init_app(
         app,
