@@ -47,7 +47,7 @@ def unsigned(user: str) -> str:
         "Bearer " + token("alice", exp=1_000_000),  # expired
         "Bearer " + jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"),  # no exp
         "Bearer " + token("alice", sub=42),  # subject not a string
-        "Bearer " + jwt.encode({"sub": "a", "exp": 4102444800}, SECRET, algorithm="HS512"),
+        "Bearer " + jwt.encode({"sub": "a", "exp": 4102444800}, "h" * 64, algorithm="HS512"),
         "Bearer not.a.jwt",
         "Bearer ",
         "Bearer",

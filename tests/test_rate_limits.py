@@ -33,8 +33,9 @@ def storage_uri():
     yield url or "memory://"
     if url:
         client = redis.Redis.from_url(url)
-        for key in client.scan_iter(match="LIMITS:*edge-*"):
-            client.delete(key)
+        for pattern in ("LIMITS:*edge-*", "LIMITS:*addr:*"):
+            for found in client.scan_iter(match=pattern):
+                client.delete(found)
 
 
 @pytest.fixture
@@ -127,11 +128,12 @@ def test_the_client_address_comes_from_trusted_proxies_only(limited):
         return [
             client.post(
                 "/api/chat", json={"message": "hi"}, headers={"X-Forwarded-For": address},
-                environ_base={"REMOTE_ADDR": "10.9.8.7"},
+                environ_base={"REMOTE_ADDR": proxy},
             ).status_code
             for address in forwarded_for
         ]  # fmt: skip
 
+    proxy = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
     one, two = f"203.0.113.{uuid.uuid4().int % 250}", f"198.51.100.{uuid.uuid4().int % 250}"
     behind_proxy = limited(RATELIMIT_CHAT="1 per minute", PROXY_FIX_X_FOR=1)
     assert sessions_started(behind_proxy, [one, two, one]) == [200, 200, 429]
