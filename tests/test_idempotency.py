@@ -186,3 +186,16 @@ def test_an_expired_key_starts_a_new_turn(make_app):
         time.sleep(0.1)
     assert "Idempotent-Replayed" not in again.headers
     assert again.json["conversation_id"] != first.json["conversation_id"]
+
+
+def test_cleanup_purges_expired_keys(make_app):
+    app = make_app({"IDEMPOTENCY_TTL_SECONDS": 1})
+    client = app.test_client()
+    client.post("/api/alice/chat", json={"message": "hello"}, headers=key())
+    deadline = time.monotonic() + 5
+    while True:
+        output = app.test_cli_runner().invoke(args=["sessions", "cleanup"]).output
+        if "purged 1 expired idempotency keys" in output or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert "purged 1 expired idempotency keys" in output
