@@ -5,11 +5,19 @@ openai client is imported, or database waits block the whole worker; so it happe
 before gunicorn loads the app (and the app is not preloaded).
 """
 
+import glob
 import os
+import tempfile
 
 from gevent import monkey
 
 monkey.patch_all()
+
+# Prometheus multiprocess mode: each worker writes its samples under this directory and
+# /metrics adds them up. One directory per instance (several may run on one machine), made
+# here in the master before any worker imports prometheus_client.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="chatsvc-metrics-")
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 worker_class = "gevent"
@@ -27,3 +35,15 @@ accesslog = None  # the app writes one JSON access line per request
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+
+def on_starting(server):
+    """Samples left by a previous run of this instance would be added to this one's."""
+    for stale in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+        os.remove(stale)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

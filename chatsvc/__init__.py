@@ -10,9 +10,10 @@ from flask_smorest import Api
 
 from . import agent as agents
 from . import api as rest
-from . import cli, db, errors, observability
+from . import cli, db, errors, extensions, observability
 from . import config as settings
 from .agent.base import Agent
+from .api import docs
 from .extensions import migrate
 
 __version__ = "0.1.0"
@@ -29,11 +30,13 @@ def create_app(config: dict[str, Any] | None = None, *, agent: Agent | None = No
     settings.PROFILES[app.config["CHATSVC_ENV"]].validate(app.config)
 
     observability.init_app(app)
+    extensions.init_app(app)  # proxies, rate limits, CORS: after request ids, before the views
     db.init_app(app)
     migrate.init_app(app, db.database(app), directory=MIGRATIONS)
     agents.init_app(app, agent)
     rest.init_app(app)
     _register_blueprints(Api(app))  # flask-smorest keeps one spec per Api: one Api per app
+    app.register_blueprint(docs.bp)
     errors.register(app)
     cli.init_app(app)
     return app

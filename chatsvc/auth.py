@@ -10,7 +10,7 @@ import jwt
 from flask import current_app, g, request
 
 from .db import utcnow
-from .errors import Forbidden, NotFound, Unauthorized
+from .errors import ApiError, Forbidden, NotFound, Unauthorized
 from .services.conversations import SESSION, Access
 
 USER_ID = re.compile(r"^(?!(?:chat|session|documents)$)[A-Za-z0-9._@:-]{1,128}$")
@@ -56,6 +56,24 @@ def _verify(header: str) -> dict[str, Any]:
 def caller_id() -> str | None:
     found = claims()
     return found["sub"] if found else None
+
+
+def caller_key() -> str:
+    """Who is asking, for rate limits and idempotency: the token's subject; without a token the
+    path's user (trusted only when AUTH_MODE=optional), else the session id, else the client
+    address (the proxy's X-Forwarded-For when PROXY_FIX_X_FOR trusts it). Never raises."""
+    try:
+        subject = caller_id()
+    except ApiError:  # a bad token: the view answers 401, and the request counts by address
+        return f"addr:{request.remote_addr}"
+    if subject is not None:
+        return f"user:{subject}"
+    path = request.view_args or {}
+    if path.get("user_id") and current_app.config["AUTH_MODE"] == "optional":
+        return f"user:{path['user_id']}"
+    if path.get("session_id"):
+        return f"session:{path['session_id']}"
+    return f"addr:{request.remote_addr}"
 
 
 def user_for_path(user_id: str) -> str:

@@ -10,7 +10,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from . import auth, db
-from .services import conversations, knowledge
+from .services import conversations, idempotency, knowledge
 
 sessions_cli = AppGroup("sessions", help="Knowledge sessions.")
 token_cli = AppGroup("token", help="Development tokens.")
@@ -21,12 +21,15 @@ PROJECT = Path(__file__).resolve().parent.parent
 
 @sessions_cli.command("cleanup")
 def cleanup_sessions() -> None:
-    """Delete sessions expired longer than SESSION_RETENTION_SECONDS; fail stuck turns."""
+    """Delete sessions expired longer than SESSION_RETENTION_SECONDS; fail stuck turns; purge
+    expired idempotency keys."""
     with db.database().sessions() as session:
         report = conversations.cleanup(session, current_app.config)
+        keys = idempotency.purge_expired(session)
     click.echo(
         f"deleted {report.sessions_deleted} sessions and {report.conversations_deleted} "
-        f"conversations; failed {report.turns_failed} stuck turns"
+        f"conversations; failed {report.turns_failed} stuck turns; purged {keys} expired "
+        "idempotency keys"
     )
 
 

@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from limits import parse_many
+
 
 class ConfigError(RuntimeError):
     """The configuration is unsafe or incomplete; the service refuses to start."""
@@ -46,6 +48,15 @@ class Config:
     JWT_AUDIENCE = ""
     ALLOW_ANONYMOUS_SESSIONS = True
 
+    # The edge: rate limits, idempotency, CORS, proxies.
+    RATELIMIT_ENABLED = True
+    RATELIMIT_CHAT = "10 per minute"
+    RATELIMIT_DEFAULT = "120 per minute"
+    RATELIMIT_STORAGE_URI = "memory://"
+    IDEMPOTENCY_TTL_SECONDS = 86400
+    CORS_ORIGINS = "http://localhost:3000,http://localhost:5173"
+    PROXY_FIX_X_FOR = 0  # how many proxies in front set X-Forwarded-For (0: trust none)
+
     # Agent.
     AGENT_PROVIDER = "local"
     AGENT_TIMEOUT_SECONDS = 60.0
@@ -75,9 +86,18 @@ class Config:
             raise ConfigError("AUTH_MODE must be 'optional' or 'required'")
         if settings["AGENT_PROVIDER"] not in {"local", "openai"}:
             raise ConfigError("AGENT_PROVIDER must be 'local' or 'openai'")
-        for name in ("HISTORY_LIMIT", "MAX_MESSAGE_CHARS", "MAX_CONTENT_LENGTH"):
+        for name in (
+            "HISTORY_LIMIT", "MAX_MESSAGE_CHARS", "MAX_CONTENT_LENGTH", "IDEMPOTENCY_TTL_SECONDS"
+        ):  # fmt: skip
             if settings[name] < 1:
                 raise ConfigError(f"{name} must be positive")
+        if settings["PROXY_FIX_X_FOR"] < 0:
+            raise ConfigError("PROXY_FIX_X_FOR must be 0 or more")
+        for name in ("RATELIMIT_CHAT", "RATELIMIT_DEFAULT"):
+            try:
+                parse_many(settings[name])
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
 
 
 class TestConfig(Config):
@@ -86,6 +106,8 @@ class TestConfig(Config):
     CHATSVC_ENV = "testing"
     TESTING = True
     LOG_LEVEL = "WARNING"
+    # Most tests send many requests; the rate-limit tests enable limits explicitly.
+    RATELIMIT_ENABLED = False
 
 
 class ProductionConfig(Config):
@@ -94,6 +116,7 @@ class ProductionConfig(Config):
     CHATSVC_ENV = "production"
     AUTH_MODE = "required"
     ALLOW_ANONYMOUS_SESSIONS = False
+    CORS_ORIGINS = ""  # a deployment names its frontends
 
     @classmethod
     def validate(cls, settings: Mapping[str, Any]) -> None:

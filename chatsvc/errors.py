@@ -74,6 +74,11 @@ class ValidationFailed(ApiError):
     status, code, detail = 422, "validation_error", "The request is not valid."
 
 
+class IdempotencyMismatch(ApiError):
+    status, code = 422, "idempotency_mismatch"
+    detail = "This Idempotency-Key was used with a different request body."
+
+
 class Unauthorized(ApiError):
     status, code, detail = 401, "unauthorized", "A valid bearer token is required."
 
@@ -149,8 +154,9 @@ def _http_exception(error: HTTPException) -> Response:
         headers["Allow"] = ", ".join(sorted(error.valid_methods))
     if status == 413:
         detail = "The request body is larger than this endpoint accepts."
-    if error.response is not None and status == 429:
-        headers.update({k: v for k, v in error.response.headers.items() if k != "Content-Type"})
+    if status == 429:
+        # flask-limiter adds Retry-After and the X-RateLimit-* headers after this handler.
+        detail = f"Too many requests (limit: {error.description}); retry after Retry-After seconds."
     return problem(status, CODES.get(status, "error"), detail, headers=headers, **extra)
 
 

@@ -1,5 +1,83 @@
-"""Unbound extension singletons; `create_app` binds them to each app."""
+"""Extensions: unbound singletons `create_app` binds to each app, and the rate limiter."""
 
+from __future__ import annotations
+
+from flask import Flask, current_app, request
+from flask_cors import CORS
+from flask_limiter import Limit, Limiter, RequestLimit
 from flask_migrate import Migrate
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import auth, observability
 
 migrate = Migrate(render_as_batch=True, compare_type=True)
+cors = CORS()
+
+# Never rate limited: probes, metrics scrapes and documentation.
+EXEMPT_PATHS = ("/health", "/metrics", "/docs", "/openapi.json")
+EXPOSED_HEADERS = [
+    "X-Request-ID",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "Retry-After",
+    "Idempotent-Replayed",
+    "Server-Timing",
+]
+
+
+def _is_chat() -> bool:
+    return request.method == "POST" and request.blueprint == "chat"
+
+
+def _limit() -> str:
+    return current_app.config["RATELIMIT_CHAT" if _is_chat() else "RATELIMIT_DEFAULT"]
+
+
+def _scope(endpoint: str) -> str:
+    """All chat POSTs share one bucket per caller; every other route has its own."""
+    return "chat" if _is_chat() else endpoint
+
+
+def _exempt() -> bool:
+    # A preflight carries no credentials and precedes the real request, which counts.
+    return request.method == "OPTIONS" or request.path.startswith(EXEMPT_PATHS)
+
+
+def _on_breach(limit: RequestLimit) -> None:
+    observability.RATE_LIMITED.labels("chat" if _is_chat() else "default").inc()
+
+
+def make_limiter() -> Limiter:
+    """One limiter per app: flask-limiter keeps its storage, fallback state and defaults on the
+    instance, and a test process builds many apps with different settings."""
+    return Limiter(
+        key_func=auth.caller_key,
+        default_limits=[
+            Limit(limit_provider=_limit, scope=_scope, shared=True, exempt_when=_exempt)
+        ],
+        headers_enabled=True,
+        on_breach=_on_breach,
+        # Fail open on purpose: with the shared storage (Redis) unreachable the service keeps
+        # answering, counting per process in memory until the storage answers again; the
+        # limiter logs the switch ("Rate limit storage unreachable") on its logger.
+        in_memory_fallback_enabled=True,
+        swallow_errors=True,
+        storage_options={"socket_connect_timeout": 1, "socket_timeout": 1},
+    )
+
+
+def init_app(app: Flask) -> None:
+    """Proxy trust, rate limits and CORS, in the order their request hooks must run."""
+    hops = app.config["PROXY_FIX_X_FOR"]
+    if hops:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops)  # type: ignore[method-assign]
+    make_limiter().init_app(app)
+    origins = [o.strip() for o in app.config["CORS_ORIGINS"].split(",") if o.strip()]
+    cors.init_app(
+        app,
+        resources={r"/api/*": {"origins": origins}},
+        supports_credentials=True,
+        expose_headers=EXPOSED_HEADERS,
+        max_age=600,
+    )

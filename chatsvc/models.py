@@ -137,3 +137,27 @@ class Chunk(Base):
     @property
     def public_id(self) -> str:
         return f"{self.document_id}:{self.ordinal}"
+
+
+class IdempotencyRecord(Base):
+    """A chat POST sent with an Idempotency-Key: claimed with the turn's first unit of work,
+    settled with its second; a completed one keeps the response to replay."""
+
+    __tablename__ = "idempotency_records"
+    __table_args__ = (
+        UniqueConstraint("caller", "route", "key"),
+        Index("ix_idempotency_records_expires_at", "expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    caller: Mapped[str] = mapped_column(String(200))
+    route: Mapped[str] = mapped_column(String(300))
+    key: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # running | completed | failed
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    user_message_id: Mapped[str] = mapped_column(String(36))
+    assistant_message_id: Mapped[str] = mapped_column(String(36), index=True)
+    response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

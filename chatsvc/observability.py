@@ -1,18 +1,49 @@
-"""Request ids, the JSON access log, Server-Timing and security headers."""
+"""Request ids, the JSON access log, Server-Timing, security headers and Prometheus metrics."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
 import uuid
 
 from flask import Flask, Response, g, request
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 access_log = logging.getLogger("chatsvc.access")
+# Loggers whose lines go out as JSON: ours, and the rate limiter's (storage down, breaches).
+LOGGERS = ("chatsvc", "flask-limiter")
+
+# Process-wide metrics. Under gunicorn, PROMETHEUS_MULTIPROC_DIR (set per instance by
+# gunicorn.conf.py) makes /metrics add up every worker's counts.
+REQUESTS = Counter(
+    "chatsvc_http_requests_total", "HTTP requests by route template and status.",
+    ["method", "route", "status"],
+)  # fmt: skip
+REQUEST_SECONDS = Histogram(
+    "chatsvc_http_request_duration_seconds", "Time to the response's headers, by route.",
+    ["method", "route"],
+)  # fmt: skip
+AGENT_SECONDS = Histogram(
+    "chatsvc_agent_duration_seconds", "Agent (LLM and tools) time per turn.", ["model", "status"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120),
+)  # fmt: skip
+TOKENS = Counter("chatsvc_llm_tokens_total", "Tokens used, by model and kind.", ["model", "kind"])
+TOOL_CALLS = Counter("chatsvc_tool_calls_total", "Tool calls the agent made, by tool.", ["tool"])
+RATE_LIMITED = Counter(
+    "chatsvc_rate_limited_total", "Requests refused by the rate limiter (429).", ["scope"]
+)
 
 
 class JsonFormatter(logging.Formatter):
@@ -41,14 +72,15 @@ def init_app(app: Flask) -> None:
 
 
 def _configure_logging(level: str) -> None:
-    root = logging.getLogger("chatsvc")
-    root.setLevel(level)
-    if not any(getattr(h, "_chatsvc", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
-        handler._chatsvc = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-        root.propagate = False
+    for name in LOGGERS:
+        root = logging.getLogger(name)
+        root.setLevel(level)
+        if not any(getattr(h, "_chatsvc", False) for h in root.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(JsonFormatter())
+            handler._chatsvc = True  # type: ignore[attr-defined]
+            root.addHandler(handler)
+            root.propagate = False
 
 
 def _start() -> None:
@@ -70,6 +102,9 @@ def server_timing(timings: dict[str, float]) -> dict[str, float]:
 def _finish(response: Response) -> Response:
     response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    if response.status_code not in (429, 503):
+        # flask-limiter sends Retry-After on every response; it means something only here.
+        response.headers.pop("Retry-After", None)
     if response.mimetype == "text/html":
         response.headers.setdefault(
             "Content-Security-Policy",
@@ -86,9 +121,12 @@ def _finish(response: Response) -> Response:
 
 
 def _log_access(response: Response) -> None:
+    """Route template, never the raw path (ids) or the body (message text) or headers (tokens)."""
     started = g.get("started")
     duration = (time.perf_counter() - started) * 1000 if started else 0.0
     rule = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+    REQUESTS.labels(request.method, rule, str(response.status_code)).inc()
+    REQUEST_SECONDS.labels(request.method, rule).observe(duration / 1000)
     access_log.info(
         "access",
         extra={
@@ -102,3 +140,21 @@ def _log_access(response: Response) -> None:
             }
         },
     )
+
+
+def record_turn(model: str, status: str, agent_ms: float, usage: dict[str, int], tools: list[str]):
+    """A settled turn's agent time, tokens and tool calls, for /metrics."""
+    AGENT_SECONDS.labels(model, status).observe(agent_ms / 1000)
+    TOKENS.labels(model, "prompt").inc(usage.get("prompt_tokens", 0))
+    TOKENS.labels(model, "completion").inc(usage.get("completion_tokens", 0))
+    for tool in tools:
+        TOOL_CALLS.labels(tool).inc()
+
+
+def metrics_text() -> bytes:
+    """The Prometheus exposition of this instance: every worker's counts when multiprocess."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)

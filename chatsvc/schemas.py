@@ -7,7 +7,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import current_app
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+
+from .config import Config
 
 # NUL and C0 controls other than tab, LF and CR; invalid UTF-8 never gets this far.
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
@@ -22,8 +24,22 @@ class UTCDateTime(fields.DateTime):
         return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# The same rules for OpenAPI (so clients and fuzzers know them): something besides whitespace,
+# and no control characters; a title has no line breaks either.
+TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*[^\s\x00-\x1f][^\x00-\x08\x0b\x0c\x0e-\x1f]*$"
+LINE_PATTERN = r"^[^\x00-\x1f]*[^\s\x00-\x1f][^\x00-\x1f]*$"
+
+
+def _documented(kwargs: dict[str, Any], max_length: int, pattern: str) -> dict[str, Any]:
+    metadata = {"minLength": 1, "maxLength": max_length, "pattern": pattern}
+    return {**kwargs, "metadata": {**metadata, **kwargs.get("metadata", {})}}
+
+
 class ChatText(fields.String):
     """A chat message: trimmed, 1..MAX_MESSAGE_CHARS characters, no control characters."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**_documented(kwargs, Config.MAX_MESSAGE_CHARS, TEXT_PATTERN))
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs).strip()
@@ -39,7 +55,7 @@ class Title(fields.String):
     """A short single-line text, trimmed, with no control characters."""
 
     def __init__(self, max_length: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**_documented(kwargs, max_length, LINE_PATTERN))
         self.max_length = max_length
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
@@ -60,6 +76,21 @@ class UserChatSchema(Schema):
         load_default=None,
         allow_none=True,
         metadata={"description": "Continue this conversation; omit to start a new one."},
+    )
+
+
+class IdempotencyHeadersSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE  # every other header
+
+    idempotency_key = fields.String(
+        data_key="Idempotency-Key",
+        load_default=None,
+        validate=validate.Length(1, 255),
+        metadata={
+            "description": "Send the same key again (same body) to get the first response back "
+            "instead of a second turn; scoped to the caller and the route."
+        },
     )
 
 

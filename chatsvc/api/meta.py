@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import url_for
+from flask import Response, url_for
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import SQLAlchemyError
 
-from .. import __version__, db
+from .. import __version__, db, observability
 from ..errors import Unavailable
-from . import problems
+from . import docs, problems
 
 bp = Blueprint("meta", __name__, description="Service endpoints.")
 
@@ -36,7 +37,9 @@ def index() -> dict[str, Any]:
         "version": __version__,
         "links": {
             "openapi": url_for("api-docs.openapi_json"),
+            "docs": url_for("meta.swagger_ui"),
             "health": url_for("meta.health"),
+            "metrics": url_for("meta.metrics"),
         },
     }
 
@@ -60,3 +63,25 @@ def health() -> dict[str, Any]:
 def live() -> dict[str, Any]:
     """Live: the process serves requests."""
     return {"status": "ok", "checks": {}}
+
+
+def _text(content_type: str, description: str) -> dict[str, Any]:
+    return {
+        "responses": {
+            "200": {"description": description, "content": {content_type: {"schema": {}}}}
+        }
+    }
+
+
+@bp.get("/metrics")
+@bp.doc(**_text("text/plain", "Prometheus text exposition format."))
+def metrics() -> Response:
+    """Prometheus metrics: requests, latency, agent time, tokens, tool calls, rate limiting."""
+    return Response(observability.metrics_text(), content_type=CONTENT_TYPE_LATEST)
+
+
+@bp.get("/docs")
+@bp.doc(**_text("text/html", "Swagger UI for /openapi.json."))
+def swagger_ui() -> Response:
+    """Interactive API documentation (Swagger UI), served from local assets."""
+    return docs.page()

@@ -34,6 +34,19 @@ def respond(events: Iterator[Any], pending: PendingTurn) -> Response:
     return response
 
 
+def replay(body: dict[str, Any], *, headers: dict[str, str]) -> Response:
+    """An earlier turn's stored response as a stream: `meta`, then `done`."""
+    meta = {
+        name: body[name] for name in ("conversation_id", "message_id", "session_id") if name in body
+    }
+    frames = [frame(1, "meta", meta), frame(2, "done", body)]
+    return Response(
+        frames,
+        mimetype=EVENT_STREAM,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
+    )
+
+
 def _sse(events: Iterator[Any], pending: PendingTurn) -> Iterator[str]:
     counter = iter(range(1, 1_000_000))
     meta = {"conversation_id": pending.conversation_id, "message_id": pending.assistant_message_id}

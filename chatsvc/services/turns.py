@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select, true, update
 from sqlalchemy.orm import Session
 
 from ..agent.base import (
@@ -33,7 +33,8 @@ from ..agent.tools import ToolBox
 from ..db import utcnow
 from ..errors import TurnInProgress
 from ..models import Conversation, Message, new_id
-from . import conversations
+from ..observability import record_turn
+from . import conversations, idempotency
 from .conversations import Access
 
 TITLE_CHARS = 80
@@ -54,6 +55,7 @@ class PendingTurn:
     turn: Turn
     context: Context
     timings: dict[str, float] = field(default_factory=lambda: {"db": 0.0, "agent": 0.0})
+    idempotent: bool = False  # sent with an Idempotency-Key: settle its record in finish
 
 
 @dataclass(frozen=True)
@@ -94,11 +96,16 @@ def begin(
     kind: str,
     message: str,
     conversation_id: str | None = None,
+    attempt: idempotency.Attempt | None = None,
 ) -> PendingTurn:
-    """Unit of work 1: claim the conversation for one turn and store the user's message."""
+    """Unit of work 1: claim the conversation for one turn and store the user's message.
+    With an idempotent `attempt` that failed before, the stored user message is reused."""
     started = time.perf_counter()
     now = utcnow()
     assistant_id = new_id()
+    retry = attempt.retry if attempt else None
+    if retry is not None:
+        conversation_id = retry.conversation_id
     if conversation_id is None:
         conversation = _create(session, access, kind, message, now)
         history: tuple[HistoryMessage, ...] = ()
@@ -107,22 +114,36 @@ def begin(
         conversation = conversations.find(session, conversation_id, access)
         if conversation.active_turn_id is not None:
             conversations.fail_stale_turns(session, config, now, conversation.id)
-        history, context = _context(session, conversation, config, message)
-    first_seq = _claim(session, conversation.id, assistant_id, now)
-    user_message = Message(
-        conversation_id=conversation.id, seq=first_seq, role="user",
-        content=message, status="completed", created_at=now, completed_at=now,
-    )  # fmt: skip
+        skip = retry.user_message_id if retry else None
+        history, context = _context(session, conversation, config, message, skip)
+    seq = _claim(session, conversation.id, assistant_id, now, 1 if retry else 2)
+    if retry is None:
+        user_message_id = new_id()
+        session.add(
+            Message(
+                id=user_message_id, conversation_id=conversation.id, seq=seq, role="user",
+                content=message, status="completed", created_at=now, completed_at=now,
+            )
+        )  # fmt: skip
+        seq += 1
+    else:
+        user_message_id = retry.user_message_id
     assistant = Message(
-        id=assistant_id, conversation_id=conversation.id, seq=first_seq + 1,
+        id=assistant_id, conversation_id=conversation.id, seq=seq,
         role="assistant", content="", status="pending", created_at=now,
     )  # fmt: skip
-    session.add_all([user_message, assistant])
+    session.add(assistant)
+    if attempt is not None:
+        idempotency.claim(
+            session, attempt, conversation_id=conversation.id,
+            user_message_id=user_message_id, assistant_message_id=assistant_id, now=now,
+        )  # fmt: skip
     session.commit()
     turn = Turn(conversation.user_id, conversation.id, message, history)
     pending = PendingTurn(
-        conversation.id, conversation.kind, user_message.id, assistant_id, turn, context
-    )
+        conversation.id, conversation.kind, user_message_id, assistant_id, turn, context,
+        idempotent=attempt is not None,
+    )  # fmt: skip
     pending.timings["db"] += _ms_since(started)
     return pending
 
@@ -139,9 +160,11 @@ def _create(
     return conversation
 
 
-def _claim(session: Session, conversation_id: str, assistant_id: str, now: datetime) -> int:
-    """Take the conversation's one in-flight slot atomically (across workers) and reserve two
-    sequence numbers; 409 when another turn holds it."""
+def _claim(
+    session: Session, conversation_id: str, assistant_id: str, now: datetime, slots: int = 2
+) -> int:
+    """Take the conversation's one in-flight slot atomically (across workers) and reserve
+    `slots` sequence numbers (the first is returned); 409 when another turn holds it."""
     claimed = session.execute(
         update(Conversation)
         .where(Conversation.id == conversation_id, Conversation.active_turn_id.is_(None))
@@ -149,19 +172,23 @@ def _claim(session: Session, conversation_id: str, assistant_id: str, now: datet
             active_turn_id=assistant_id,
             turn_started_at=now,
             last_activity=now,
-            last_seq=Conversation.last_seq + 2,
-            message_count=Conversation.message_count + 2,
+            last_seq=Conversation.last_seq + slots,
+            message_count=Conversation.message_count + slots,
         )
         .returning(Conversation.last_seq)
     ).scalar_one_or_none()
     if claimed is None:
         session.rollback()
         raise TurnInProgress()
-    return claimed - 1
+    return claimed - slots + 1
 
 
 def _context(
-    session: Session, conversation: Conversation, config: dict[str, Any], message: str
+    session: Session,
+    conversation: Conversation,
+    config: dict[str, Any],
+    message: str,
+    skip: str | None = None,
 ) -> tuple[tuple[HistoryMessage, ...], Context]:
     """The newest HISTORY_LIMIT messages (oldest first), trimmed from the oldest end to
     HISTORY_MAX_TOKENS. An assistant message carries its tool calls, so a call and its result
@@ -173,6 +200,7 @@ def _context(
             .where(
                 Message.conversation_id == conversation.id,
                 or_(Message.role == "user", Message.status.in_(("completed", "cancelled"))),
+                Message.id != skip if skip else true(),  # a retried turn's own message
             )
             .order_by(Message.seq.desc())
             .limit(limit + 1)
@@ -238,9 +266,17 @@ def finish(
         )
         .values(active_turn_id=None, turn_started_at=None, last_activity=now)
     )
+    result = TurnResult(pending, reply, status, error_code, now)
+    if pending.idempotent:
+        done = result.body() if status == "completed" else None
+        idempotency.settle(session, pending.assistant_message_id, done)
     session.commit()
     pending.timings["db"] += _ms_since(started)
-    return TurnResult(pending, reply, status, error_code, now)
+    record_turn(
+        reply.model, status, pending.timings["agent"], reply.usage.as_dict(),
+        [call.tool for call in reply.tool_calls],
+    )  # fmt: skip
+    return result
 
 
 def run(session: Session, agent: Agent, tools: ToolBox, pending: PendingTurn) -> TurnResult:

@@ -1,0 +1,286 @@
+"""`make bench`: chatsvc under gunicorn (production worker class) against a fake LLM, next to a
+floor (a bare Flask endpoint under the same settings). Prints a table per scenario and writes
+bench/RESULTS.md.
+
+    python -m bench [--only P1,P3] [--quick]
+
+BENCH_DATABASE_URL selects PostgreSQL (its tables are created by migrations if missing);
+otherwise a fresh SQLite file is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import harness, seed
+from .harness import Service, Settings
+
+
+@dataclass
+class Row:
+    scenario: str
+    what: str
+    requests: int
+    rps: float
+    p50: float
+    p95: float
+    p99: float
+    errors: int
+    rss_mb: float
+    pool_max: int | str = "-"
+    note: str = ""
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    verdicts: list[str] = field(default_factory=list)
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        print(table([row]), flush=True)
+
+    def verdict(self, text: str) -> None:
+        self.verdicts.append(text)
+        print("  → " + text, flush=True)
+
+
+def table(rows: list[Row]) -> str:
+    head = (
+        "| scenario | what | requests | req/s | p50 ms | p95 ms | p99 ms | errors "
+        "| peak RSS/worker MB | pool max | note |"
+    )
+    line = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    body = [
+        f"| {r.scenario} | {r.what} | {r.requests} | {r.rps:.1f} | {r.p50:.1f} | {r.p95:.1f} | "
+        f"{r.p99:.1f} | {r.errors} | {r.rss_mb:.0f} | {r.pool_max} | {r.note} |"
+        for r in rows
+    ]
+    return "\n".join([head, line, *body])
+
+
+def wrk_row(scenario: str, what: str, result: dict, service: Service | None, note: str = "") -> Row:
+    rss = max((peak for _, peak in service.rss_mb().values()), default=0.0) if service else 0.0
+    pool = pool_high_water(service) if service and service.name != "floor" else "-"
+    return Row(
+        scenario, what, result["requests"], result["rps"], result["p50_ms"], result["p95_ms"],
+        result["p99_ms"], result["errors"], rss, pool, note,
+    )  # fmt: skip
+
+
+def pool_high_water(service: Service) -> int | str:
+    """The database pool's high-water mark, from the service's own /metrics."""
+    try:
+        with harness.urllib.request.urlopen(service.url + "/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return "?"
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("chatsvc_db_pool_checked_out_max")
+    ]
+    return int(max(values)) if values else "?"
+
+
+class Bench:
+    def __init__(self, quick: bool) -> None:
+        self.quick = quick
+        self.report = Report()
+        self.workers = int(os.environ.get("BENCH_WORKERS", "2"))
+        self.database_url, self.tmp = harness.temporary_sqlite()
+        self.database_url = os.environ.get("BENCH_DATABASE_URL", self.database_url)
+        self.started: list[Service] = []
+
+    def seconds(self, full: float) -> float:
+        return max(3.0, full / 4) if self.quick else full
+
+    def chatsvc(self, llm: Service, name: str = "chatsvc", **extra: str) -> Service:
+        env = harness.chatsvc_env(Settings(self.workers, self.database_url, extra), llm, self.tmp)
+        harness.migrate(env)
+        service = harness.start_chatsvc(env, name)
+        self.started.append(service)
+        return service
+
+    def llm(self, latency_ms: float, first_token_ms: float | None = None) -> Service:
+        service = harness.start_fake_llm(latency_ms, first_token_ms)
+        self.started.append(service)
+        return service
+
+    def stop_all(self) -> None:
+        while self.started:
+            self.started.pop().stop()
+
+    # Scenarios ------------------------------------------------------------------------------
+
+    def p1_overhead(self) -> None:
+        floor = harness.start_floor(self.workers)
+        self.started.append(floor)
+        base = harness.wrk(floor.url, connections=16, duration_s=self.seconds(10))
+        self.report.add(wrk_row("P1", "floor: bare Flask, c=16", base, floor))
+        svc = self.chatsvc(self.llm(0))
+        harness.wrk(svc.url, connections=16, duration_s=2)  # warm-up
+        result = harness.wrk(svc.url, connections=16, duration_s=self.seconds(10))
+        ratio = result["rps"] / base["rps"]
+        note = (
+            f"overhead p50 {result['overhead_p50_ms']:.1f} ms, "
+            f"p99 {result['overhead_p99_ms']:.1f} ms; {ratio:.0%} of floor"
+        )
+        self.report.add(wrk_row("P1", "chatsvc turn, LLM 0 ms, c=16", result, svc, note))
+        self.report.verdict(
+            f"P1 overhead p50 {result['overhead_p50_ms']:.1f} ms (target ≤ 5), p99 "
+            f"{result['overhead_p99_ms']:.1f} ms (≤ 20); throughput {ratio:.0%} of floor (≥ 40%)"
+        )
+        self.stop_all()
+
+    def p2_slow_turns(self) -> None:
+        latency_ms, inflight = 2000, 500
+        svc = self.chatsvc(self.llm(latency_ms))
+        harness.wrk(svc.url, connections=inflight, duration_s=3, timeout_s=15)  # warm-up
+        result = harness.wrk(
+            svc.url, connections=inflight, duration_s=self.seconds(20), timeout_s=15
+        )
+        ideal = inflight / (latency_ms / 1000)
+        note = f"{result['rps'] / ideal:.0%} of ideal {ideal:.0f}/s"
+        self.report.add(
+            wrk_row("P2", f"{inflight} in flight, LLM {latency_ms} ms", result, svc, note)
+        )
+        self.report.verdict(
+            f"P2 {result['rps']:.0f} turns/s = {result['rps'] / ideal:.0%} of ideal (≥ 90%), "
+            f"errors {result['errors']} (0), p99 {result['p99_ms']:.0f} ms (≤ 2300)"
+        )
+        self.stop_all()
+
+    def p3_long_history(self) -> None:
+        svc = self.chatsvc(self.llm(0))
+        short = seed.conversation(self.database_url, "bench-short", 10)
+        long = seed.conversation(self.database_url, "bench-long", 10_000)
+        results = {}
+        for label, (user, conversation) in (("10 messages", short), ("10 000 messages", long)):
+            env = {"BENCH_USER": user, "CONVERSATION": conversation}
+            harness.wrk(svc.url, connections=1, duration_s=1, threads=1, env=env)
+            results[label] = harness.wrk(
+                svc.url, connections=1, threads=1, duration_s=self.seconds(8), env=env
+            )
+            self.report.add(wrk_row("P3", f"turns on {label}, c=1", results[label], svc))
+        ratio = results["10 000 messages"]["p50_ms"] / results["10 messages"]["p50_ms"]
+        self.report.verdict(f"P3 long/short p50 latency = {ratio:.2f} (target ≤ 1.2)")
+        self.stop_all()
+
+    def p4_memory(self) -> None:
+        svc = self.chatsvc(self.llm(0))
+        harness.wrk(svc.url, connections=16, duration_s=3)
+        before = {pid: rss for pid, (rss, _) in svc.rss_mb().items()}
+        turns = 2_000 if self.quick else 20_000
+        done, result = 0, None
+        while done < turns:
+            result = harness.wrk(svc.url, connections=16, duration_s=5)
+            done += result["requests"]
+        after = svc.rss_mb()
+        growth = max((after[pid][0] / before[pid] - 1) for pid in before if pid in after)
+        note = f"{done} turns; RSS growth {growth:+.1%}"
+        self.report.add(wrk_row("P4", "memory over many turns, c=16", result, svc, note))
+        peak = max(peak for _, peak in after.values())
+        self.report.verdict(
+            f"P4 peak RSS/worker {peak:.0f} MB (≤ 150), "
+            f"growth {growth:+.1%} over {done} turns (≤ 10%)"
+        )
+        self.stop_all()
+
+    def p5_streaming(self) -> None:
+        first_token_ms = 50
+        svc = self.chatsvc(self.llm(200, first_token_ms))
+        samples = first_delta_ms(svc, 40 if self.quick else 200, concurrency=4)
+        ordered = sorted(samples)
+        p50 = statistics.median(ordered)
+        p95 = ordered[int(len(ordered) * 0.95) - 1]
+        row = Row("P5", f"first delta, LLM first token {first_token_ms} ms", len(samples), 0.0,
+                  p50, p95, ordered[-1], 0, 0.0, note="time to the first delta event")  # fmt: skip
+        self.report.add(row)
+        self.report.verdict(
+            f"P5 first delta p95 {p95:.1f} ms = first token + {p95 - first_token_ms:.1f} ms (≤ +10)"
+        )
+        self.stop_all()
+
+
+def first_delta_ms(service: Service, count: int, concurrency: int) -> list[float]:
+    def one(i: int) -> float:
+        connection = http.client.HTTPConnection("127.0.0.1", service.port, timeout=30)
+        body = json.dumps({"message": "stream please"})
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        started = time.perf_counter()
+        connection.request("POST", f"/api/bench-stream-{i}/chat", body, headers)
+        response = connection.getresponse()
+        elapsed = None
+        while line := response.readline():
+            if elapsed is None and line.startswith(b"event: delta"):
+                elapsed = (time.perf_counter() - started) * 1000
+        connection.close()
+        if elapsed is None:
+            raise RuntimeError("the stream had no delta")
+        return elapsed
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(concurrency)))  # warm-up
+        return list(pool.map(one, range(count)))
+
+
+SCENARIOS: dict[str, Callable[[Bench], None]] = {
+    "P1": Bench.p1_overhead,
+    "P2": Bench.p2_slow_turns,
+    "P3": Bench.p3_long_history,
+    "P4": Bench.p4_memory,
+    "P5": Bench.p5_streaming,
+}
+
+
+def machine() -> str:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{platform.node()}: {os.cpu_count()} cores, {memory:.0f} GiB, "
+        f"{platform.platform()}, Python {platform.python_version()}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="chatsvc benchmarks")
+    parser.add_argument("--only", default=",".join(SCENARIOS))
+    parser.add_argument("--quick", action="store_true", help="shorter runs, for a smoke check")
+    parser.add_argument("--output", default=str(harness.REPO / "bench" / "RESULTS.md"))
+    args = parser.parse_args()
+    bench = Bench(args.quick)
+    started = time.monotonic()
+    backend = "PostgreSQL" if bench.database_url.startswith("postgresql") else "SQLite"
+    print(f"# chatsvc benchmarks — {machine()}; {backend}; {bench.workers} gevent workers")
+    try:
+        for name in args.only.split(","):
+            SCENARIOS[name.strip()](bench)
+    finally:
+        bench.stop_all()
+    client = resource.getrusage(resource.RUSAGE_CHILDREN)
+    elapsed = time.monotonic() - started
+    text = "\n".join([
+        "# Benchmark results", "",
+        f"Machine: {machine()}. Database: {backend}. gunicorn: {bench.workers} gevent workers.",
+        f"Run: `make bench` ({'quick' if args.quick else 'full'}), {elapsed:.0f} s; load client "
+        f"wrk (child CPU {client.ru_utime + client.ru_stime:.0f} s in all).", "",
+        table(bench.report.rows), "", "## Against the targets", "",
+        *[f"- {v}" for v in bench.report.verdicts], "",
+    ])  # fmt: skip
+    Path(args.output).write_text(text)
+    print(f"\nwrote {args.output} in {elapsed:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""A fast OpenAI-compatible fake for load: asyncio, keep-alive, TCP_NODELAY, a fixed latency.
+
+    python -m bench.fakellm --port 9100 --latency-ms 2000 [--first-token-ms 50]
+
+It answers `POST /v1/chat/completions` with a short text completion (streamed when asked) and
+never calls a tool, so a turn costs exactly one model round trip of the configured latency.
+The test suite's fake (tests/fakellm.py) scripts answers and faults; this one only needs to be
+cheap enough that it is never the bottleneck of a benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import time
+
+WORDS = ["Sure", ",", " here", " is", " a", " short", " answer", "."]
+
+
+def completion(model: str) -> bytes:
+    body = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "".join(WORDS)},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 20, "completion_tokens": 8, "total_tokens": 28},
+    }
+    return json.dumps(body).encode()
+
+
+def chunk(model: str, delta: dict, finish: str | None = None, usage: dict | None = None) -> bytes:
+    body = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    if usage:
+        body["usage"] = usage
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+class FakeLLM:
+    def __init__(self, latency_ms: float, first_token_ms: float | None) -> None:
+        self.latency = latency_ms / 1000
+        self.first_token = (first_token_ms if first_token_ms is not None else latency_ms) / 1000
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                request = json.loads(await reader.readexactly(length)) if length else {}
+                model = request.get("model", "bench")
+                if request.get("stream"):
+                    await self.stream(writer, model)
+                else:
+                    await asyncio.sleep(self.latency)
+                    body = completion(model)
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+                    )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def stream(self, writer: asyncio.StreamWriter, model: str) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        await asyncio.sleep(self.first_token)
+        pieces = [chunk(model, {"role": "assistant", "content": WORDS[0]})]
+        pieces += [chunk(model, {"content": word}) for word in WORDS[1:]]
+        pieces.append(chunk(model, {}, "stop"))
+        usage = {"prompt_tokens": 20, "completion_tokens": 8, "total_tokens": 28}
+        pieces += [chunk(model, {}, usage=usage), b"data: [DONE]\n\n"]
+        for piece in pieces:
+            writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+
+
+async def serve(port: int, latency_ms: float, first_token_ms: float | None) -> None:
+    fake = FakeLLM(latency_ms, first_token_ms)
+    server = await asyncio.start_server(fake.handle, "127.0.0.1", port, backlog=2048)
+    async with server:
+        await server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--first-token-ms", type=float, default=None)
+    args = parser.parse_args()
+    asyncio.run(serve(args.port, args.latency_ms, args.first_token_ms))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Processes a benchmark starts (gunicorn, the fake LLM), the load client, and measurements."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+LOGS = REPO / "bench" / "out"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url: str, process: subprocess.Popen, deadline_s: float = 30.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up in {deadline_s}s")
+
+
+@dataclass
+class Service:
+    """A started process (its whole process group is stopped on exit)."""
+
+    name: str
+    process: subprocess.Popen
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+    def worker_pids(self) -> list[int]:
+        """gunicorn's workers: the master's children."""
+        children = []
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                fields = dict(
+                    line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
+                )
+            except OSError:
+                continue
+            if int(fields.get("PPid", "0").strip()) == self.process.pid:
+                children.append(int(status.parent.name))
+        return sorted(children)
+
+    def rss_mb(self) -> dict[int, tuple[float, float]]:
+        """Per worker: (current RSS, peak RSS) in MB."""
+        found = {}
+        for pid in self.worker_pids():
+            try:
+                text = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            values = {
+                line.split(":")[0]: int(line.split()[1]) / 1024
+                for line in text.splitlines()
+                if line.startswith(("VmRSS", "VmHWM"))
+            }
+            found[pid] = (values.get("VmRSS", 0.0), values.get("VmHWM", 0.0))
+        return found
+
+
+def spawn(name: str, argv: list[str], env: dict[str, str], port: int, health: str) -> Service:
+    LOGS.mkdir(parents=True, exist_ok=True)
+    log = LOGS / f"{name}.log"
+    process = subprocess.Popen(
+        argv,
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    service = Service(name, process, port, log)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}{health}", process)
+    except Exception:
+        service.stop()
+        raise
+    return service
+
+
+def start_fake_llm(latency_ms: float, first_token_ms: float | None = None) -> Service:
+    port = free_port()
+    argv = [str(BIN / "python"), "-m", "bench.fakellm", "--port", str(port)]
+    argv += ["--latency-ms", str(latency_ms)]
+    if first_token_ms is not None:
+        argv += ["--first-token-ms", str(first_token_ms)]
+    process = subprocess.Popen(argv, cwd=REPO, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return Service("fakellm", process, port, LOGS / "fakellm.log")
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("the fake LLM did not start")
+
+
+@dataclass
+class Settings:
+    workers: int = 2
+    database_url: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def chatsvc_env(settings: Settings, llm: Service, tmp: Path) -> dict[str, str]:
+    metrics = tmp / "metrics"
+    metrics.mkdir(exist_ok=True)
+    return {
+        "CHATSVC_ENV": "production",
+        "AUTH_MODE": "optional",
+        "DATABASE_URL": settings.database_url,
+        "AGENT_PROVIDER": "openai",
+        "OPENAI_BASE_URL": f"{llm.url}/v1",
+        "OPENAI_API_KEY": "bench",
+        "OPENAI_MODEL": "bench",
+        "AGENT_TIMEOUT_SECONDS": "30",
+        "RATELIMIT_ENABLED": "false",
+        "WEB_CONCURRENCY": str(settings.workers),
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+        "LOG_LEVEL": "INFO",
+        **settings.extra,
+    }
+
+
+def migrate(env: dict[str, str]) -> None:
+    subprocess.run(
+        [str(BIN / "flask"), "--app", "chatsvc", "db", "upgrade"],
+        cwd=REPO,
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+    )
+
+
+def start_chatsvc(env: dict[str, str], name: str = "chatsvc") -> Service:
+    port = free_port()
+    argv = [str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", "wsgi:app"]
+    return spawn(name, argv, {**env, "PORT": str(port)}, port, "/health/live")
+
+
+def start_floor(workers: int) -> Service:
+    port = free_port()
+    argv = [str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", "bench.floor:app"]
+    env = {"PORT": str(port), "WEB_CONCURRENCY": str(workers), "LOG_LEVEL": "WARNING"}
+    return spawn("floor", argv, env, port, "/health/live")
+
+
+def wrk(
+    url: str,
+    *,
+    connections: int,
+    duration_s: float,
+    threads: int = 2,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 10.0,
+) -> dict:
+    """Drive POST chat turns with wrk; returns the script's JSON summary plus throughput."""
+    argv = [
+        "wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration_s}s",
+        f"--timeout={timeout_s}s", "-s", str(REPO / "bench" / "turn.lua"), url,
+    ]  # fmt: skip
+    started = time.process_time()
+    done = subprocess.run(
+        argv, env={**os.environ, **(env or {})}, capture_output=True, text=True, check=True
+    )
+    line = next(x for x in done.stdout.splitlines() if x.startswith("WRK_JSON "))
+    result = json.loads(line.removeprefix("WRK_JSON "))
+    result["rps"] = result["requests"] / result["duration_s"]
+    result["client_cpu_s"] = time.process_time() - started
+    return result
+
+
+def temporary_sqlite() -> tuple[str, Path]:
+    tmp = Path(tempfile.mkdtemp(prefix="chatsvc-bench-"))
+    return f"sqlite:///{tmp / 'bench.db'}", tmp

@@ -1,0 +1,78 @@
+-- wrk script: one chat turn per request. Each request starts a new conversation for a user of
+-- its own, unless CONVERSATION is set (then every request continues that conversation).
+-- At the end it prints one JSON line: latency percentiles, errors, and the API overhead
+-- (Server-Timing total minus agent) percentiles.
+local threads = {}
+
+function setup(thread)
+  thread:set("tid", #threads + 1)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  counter = 0
+  overheads = {}
+  statuses = {}
+  conversation = os.getenv("CONVERSATION")
+  user = os.getenv("BENCH_USER")
+  message = os.getenv("MESSAGE") or "hello there"
+end
+
+function request()
+  counter = counter + 1
+  local body, path
+  if conversation and conversation ~= "" then
+    body = '{"message":"' .. message .. '","conversation_id":"' .. conversation .. '"}'
+    path = "/api/" .. user .. "/chat"
+  else
+    body = '{"message":"' .. message .. '"}'
+    path = "/api/bench-" .. tid .. "-" .. counter .. "/chat"
+  end
+  return wrk.format("POST", path, {["Content-Type"] = "application/json"}, body)
+end
+
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+  local timing = headers["Server-Timing"] or headers["server-timing"]
+  if timing then
+    local agent = tonumber(timing:match("agent;dur=([%d%.]+)"))
+    local total = tonumber(timing:match("total;dur=([%d%.]+)"))
+    if agent and total then overheads[#overheads + 1] = total - agent end
+  end
+end
+
+local function percentile(sorted, p)
+  if #sorted == 0 then return nil end
+  local index = math.max(1, math.ceil(#sorted * p / 100))
+  return sorted[index]
+end
+
+function done(summary, latency, requests)
+  local all = {}
+  local codes = {}
+  for _, thread in ipairs(threads) do
+    for _, value in ipairs(thread:get("overheads")) do all[#all + 1] = value end
+    for code, count in pairs(thread:get("statuses")) do
+      codes[tostring(code)] = (codes[tostring(code)] or 0) + count
+    end
+  end
+  table.sort(all)
+  local e = summary.errors
+  local parts = {
+    string.format('"requests":%d', summary.requests),
+    string.format('"duration_s":%.3f', summary.duration / 1e6),
+    string.format('"errors":%d', e.connect + e.read + e.write + e.timeout + e.status),
+    string.format('"socket_errors":%d', e.connect + e.read + e.write + e.timeout),
+    string.format('"p50_ms":%.2f', latency:percentile(50) / 1000),
+    string.format('"p95_ms":%.2f', latency:percentile(95) / 1000),
+    string.format('"p99_ms":%.2f', latency:percentile(99) / 1000),
+    string.format('"overhead_p50_ms":%s', tostring(percentile(all, 50) or "null")),
+    string.format('"overhead_p99_ms":%s', tostring(percentile(all, 99) or "null")),
+  }
+  local code_parts = {}
+  for code, count in pairs(codes) do
+    code_parts[#code_parts + 1] = string.format('"%s":%d', code, count)
+  end
+  parts[#parts + 1] = '"statuses":{' .. table.concat(code_parts, ",") .. '}'
+  io.write("WRK_JSON " .. "{" .. table.concat(parts, ",") .. "}\n")
+end

@@ -1,0 +1,48 @@
+"""Swagger UI at /docs, from the assets installed with flask-swagger-ui: no CDN, no inline
+script, so it renders under the Content-Security-Policy that allows only this origin."""
+
+from __future__ import annotations
+
+import os
+
+import flask_swagger_ui
+from flask import Blueprint, Response, send_from_directory, url_for
+
+ASSETS = os.path.join(os.path.dirname(flask_swagger_ui.__file__), "dist")
+
+# Assets only; the page itself is documented in /openapi.json by the meta blueprint.
+bp = Blueprint("docs", __name__, url_prefix="/docs")
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>chatsvc API</title>
+<link rel="stylesheet" href="{css}"></head>
+<body><div id="swagger-ui"></div>
+<script src="{bundle}"></script>
+<script src="{init}"></script>
+</body>
+</html>
+"""
+
+INIT = 'window.ui = SwaggerUIBundle({url: "%s", dom_id: "#swagger-ui", deepLinking: true});\n'
+
+
+def page() -> Response:
+    html = PAGE.format(
+        css=url_for("docs.asset", filename="swagger-ui.css"),
+        bundle=url_for("docs.asset", filename="swagger-ui-bundle.js"),
+        init=url_for("docs.init_script"),
+    )
+    return Response(html, mimetype="text/html")
+
+
+@bp.get("/assets/<path:filename>")
+def asset(filename: str) -> Response:
+    """A Swagger UI asset."""
+    return send_from_directory(ASSETS, filename, max_age=86400)
+
+
+@bp.get("/init.js")
+def init_script() -> Response:
+    """Points Swagger UI at this service's OpenAPI document."""
+    return Response(INIT % url_for("api-docs.openapi_json"), mimetype="text/javascript")
