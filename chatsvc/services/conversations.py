@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, select, update
 from sqlalchemy.orm import Session
 
 from ..db import utcnow
@@ -74,24 +74,9 @@ def list_for_user(
 ) -> tuple[list[Conversation], str | None]:
     """A user's conversations (both kinds), newest activity first."""
     query = select(Conversation).where(Conversation.user_id == user_id)
-    position = pages.decode(cursor, int, str)
-    if position:
-        after, after_id = pages.from_micros(position[0]), position[1]
-        query = query.where(
-            or_(
-                Conversation.last_activity < after,
-                and_(Conversation.last_activity == after, Conversation.id < after_id),
-            )
-        )
-    query = query.order_by(Conversation.last_activity.desc(), Conversation.id.desc())
-    rows = list(session.scalars(query.limit(limit + 1)))
-    session.commit()
-    items = rows[:limit]
-    next_cursor = None
-    if len(rows) > limit:
-        last = items[-1]
-        next_cursor = pages.encode(pages.to_micros(last.last_activity), last.id)
-    return items, next_cursor
+    return pages.newest_first(
+        session, query, Conversation.last_activity, Conversation.id, limit, cursor
+    )
 
 
 def messages_page(

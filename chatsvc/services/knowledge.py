@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -119,23 +119,7 @@ def list_documents(
 ) -> tuple[list[Document], str | None]:
     """Documents, newest first."""
     query = select(Document)
-    position = pages.decode(cursor, int, str)
-    if position:
-        after, after_id = pages.from_micros(position[0]), position[1]
-        query = query.where(
-            or_(
-                Document.created_at < after,
-                and_(Document.created_at == after, Document.id < after_id),
-            )
-        )
-    query = query.order_by(Document.created_at.desc(), Document.id.desc()).limit(limit + 1)
-    rows = list(session.scalars(query))
-    session.commit()
-    items = rows[:limit]
-    next_cursor = None
-    if len(rows) > limit:
-        next_cursor = pages.encode(pages.to_micros(items[-1].created_at), items[-1].id)
-    return items, next_cursor
+    return pages.newest_first(session, query, Document.created_at, Document.id, limit, cursor)
 
 
 def count_documents(session: Session) -> int:

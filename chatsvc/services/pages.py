@@ -8,6 +8,9 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import Select, and_, or_
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
 from ..errors import ValidationFailed
 
 
@@ -57,3 +60,27 @@ def from_micros(micros: int) -> datetime:
             "cursor: Not a cursor this list returned.",
             errors={"query": {"cursor": ["Not a cursor this list returned."]}},
         ) from None
+
+
+def newest_first(
+    session: Session,
+    query: Select,
+    when: InstrumentedAttribute,
+    ident: InstrumentedAttribute,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[Any], str | None]:
+    """One page of `query` ordered by (when, ident) descending, with keyset pagination: a
+    cursor holds the last row's (when, ident), so pages neither skip nor repeat rows."""
+    position = decode(cursor, int, str)
+    if position:
+        after, after_id = from_micros(position[0]), position[1]
+        query = query.where(or_(when < after, and_(when == after, ident < after_id)))
+    rows = list(session.scalars(query.order_by(when.desc(), ident.desc()).limit(limit + 1)))
+    session.commit()
+    items = rows[:limit]
+    next_cursor = None
+    if len(rows) > limit:
+        last = items[-1]
+        next_cursor = encode(to_micros(getattr(last, when.key)), getattr(last, ident.key))
+    return items, next_cursor
