@@ -84,22 +84,35 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-@pytest.fixture
-def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A fresh page (own storage); uncaught script errors and CSP violations fail the test."""
+@pytest.fixture(scope="session")
+def tab(browser: Any) -> Iterator[Any]:
+    """One page reused by every test; each test's server has its own origin (own storage)."""
     context = browser.new_context(viewport={"width": 1100, "height": 760})
     context.set_default_timeout(5000)
-    tab = context.new_page()
-    problems: list[str] = []
-    tab.on("pageerror", lambda error: problems.append(str(error)))
-    tab.on(
-        "console",
-        lambda message: (
-            problems.append(message.text) if "Content Security Policy" in message.text else None
-        ),
-    )
-    yield tab
+    yield context.new_page()
     context.close()
+
+
+@pytest.fixture
+def page(tab: Any) -> Iterator[Any]:
+    """The page, left blank after the test; uncaught script errors and CSP violations fail it."""
+    problems: list[str] = []
+
+    def on_console(message: Any) -> None:
+        if "Content Security Policy" in message.text:
+            problems.append(message.text)
+
+    def on_error(error: Any) -> None:
+        problems.append(str(error))
+
+    tab.on("console", on_console)
+    tab.on("pageerror", on_error)
+    yield tab
+    tab.remove_listener("console", on_console)
+    tab.remove_listener("pageerror", on_error)
+    if tab.url.startswith("http"):
+        tab.evaluate("localStorage.clear()")  # a later server may get this port again
+    tab.goto("about:blank")
     assert not problems, problems
 
 
@@ -271,9 +284,10 @@ def test_a_refused_message_shows_its_code_and_request_id(page, serve, screenshot
 
 
 def test_a_rate_limited_message_shows_when_to_retry(page, serve, screenshot):
-    server, app = serve({"RATELIMIT_CHAT": "1 per minute"})
-    if "limiter" not in app.extensions:
+    if not hasattr(Config, "RATELIMIT_CHAT"):
         pytest.skip("rate limiting not merged yet")
+    limits = {"RATELIMIT_CHAT": "1 per minute", "RATELIMIT_STORAGE_URI": "memory://"}
+    server, _ = serve({"RATELIMIT_ENABLED": True, **limits})
     page.goto(f"{server.origin}/demo")
     pick_user(page, "erin")
     send(page, "Add a task to call mum", "/api/erin/chat")
@@ -366,3 +380,38 @@ def test_keyboard_only_use(page, serve):
     assert page.evaluate("document.activeElement.id") == "send"
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.id") == "refresh-tasks"
+
+
+STREAM = (
+    'event: meta\r\nid: 1\r\ndata: {"a": 1}\r\n\r\n'
+    ": ping\n\n"
+    "event: delta\rdata: line one\rdata: line two\r\r"
+    'event: done\nid: 3\ndata: {"text": "héllo ✓"}\n\n'
+    "data: never finished"
+)
+PARSE = """async (chunks) => {
+  const { readEvents } = await import("/static/demo/sse.js");
+  const body = new ReadableStream({
+    start(controller) {
+      for (const chunk of chunks) controller.enqueue(new Uint8Array(chunk));
+      controller.close();
+    },
+  });
+  const events = [];
+  for await (const event of readEvents(body)) events.push(event);
+  return events;
+}"""
+
+
+@pytest.mark.parametrize("size", [1, 7, len(STREAM.encode())])
+def test_the_page_parses_any_split_of_an_event_stream(page, static_host, size):
+    host = static_host()
+    page.goto(f"{host.origin}/demo")
+    raw = STREAM.encode()
+    chunks = [list(raw[i : i + size]) for i in range(0, len(raw), size)]
+    assert page.evaluate(PARSE, chunks) == [
+        {"type": "meta", "id": "1", "data": '{"a": 1}'},
+        {"type": "comment", "id": None, "data": "ping"},
+        {"type": "delta", "id": None, "data": "line one\nline two"},
+        {"type": "done", "id": "3", "data": '{"text": "héllo ✓"}'},
+    ]

@@ -174,6 +174,7 @@ async function refreshTasks() {
     list.replaceChildren(...page.items.map(taskItem));
     $("tasks-note").textContent = page.items.length ? `${userId()}'s tasks` : `${userId()} has no tasks yet.`;
   } catch (error) {
+    $("tasks-note").textContent = "Could not load the tasks.";
     showError(asProblem(error));
   }
 }
@@ -261,6 +262,7 @@ function setBusy(busy) {
 function applyMode() {
   document.querySelector(`input[name=mode][value=${saved.mode}]`).checked = true;
   $("user-field").hidden = mode() !== "user";
+  $("message").placeholder = mode() === "user" ? "Add a task to buy milk" : "Ask a question about the documents";
   clearError();
   loadHistory();
   refreshTasks();
