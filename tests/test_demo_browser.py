@@ -246,6 +246,22 @@ def test_the_answer_appears_while_the_agent_is_still_working(page, serve):
     expect(answer).not_to_have_attribute("aria-busy", "true")
 
 
+def test_stop_cancels_the_answer_being_streamed(page, serve):
+    agent = HalfwayAgent()
+    server, _ = serve(agent=agent)
+    page.goto(f"{server.origin}/demo")
+    pick_user(page, "cora")
+    page.get_by_label("Message").fill("Think about it")
+    page.get_by_label("Message").press("Enter")
+    answer = page.locator(".message.assistant").last
+    expect(answer.locator(".content")).to_have_text("Let me think… ")
+
+    page.get_by_role("button", name="Stop").click()
+    expect(answer.locator(".badge")).to_have_text("cancelled")
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+    agent.gate.set()
+
+
 def test_a_knowledge_session_continues_and_reloads(page, serve):
     server, _ = serve()
     page.goto(f"{server.origin}/demo")
@@ -415,3 +431,21 @@ def test_the_page_parses_any_split_of_an_event_stream(page, static_host, size):
         {"type": "delta", "id": None, "data": "line one\nline two"},
         {"type": "done", "id": "3", "data": '{"text": "héllo ✓"}'},
     ]
+
+
+def test_a_deleted_conversation_is_forgotten_and_the_next_message_starts_anew(page, serve):
+    server, app = serve()
+    page.goto(f"{server.origin}/demo")
+    pick_user(page, "gus")
+    send(page, "Add a task to buy milk", "/api/gus/chat")
+    expect(page.locator(".message")).to_have_count(2)
+    listed = app.test_client().get("/api/gus/conversations").json["items"]
+    app.test_client().delete(f"/api/gus/conversations/{listed[0]['id']}")
+
+    response = send(page, "Show my tasks", "/api/gus/chat")
+    assert response.status == 404
+    expect(page.get_by_role("alert").locator(".error-code")).to_have_text("404 not_found")
+    expect(page.locator(".message")).to_have_count(0)
+    send(page, "Show my tasks", "/api/gus/chat")
+    expect(page.locator(".message.assistant .content").last).to_contain_text("buy milk")
+    assert len(app.test_client().get("/api/gus/conversations").json["items"]) == 1

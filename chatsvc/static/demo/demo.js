@@ -227,7 +227,13 @@ async function send(text) {
       answer.remove();
       $("message").value = text;
       $("status").textContent = "Not sent.";
-      showError(asProblem(error));
+      const problem = asProblem(error);
+      if ((problem.status === 404 || problem.status === 410) && conversationId()) {
+        rememberConversation(null); // gone or expired: the next message starts a new one
+        $("transcript").replaceChildren();
+        $("status").textContent = "Not sent: that conversation is gone; send again to start a new one.";
+      }
+      showError(problem);
     } else {
       setStatus(answer, "failed", asProblem(error).code);
       $("status").textContent = "The turn failed.";
@@ -268,12 +274,17 @@ function applyMode() {
   refreshTasks();
 }
 
+// While a turn streams, the send button stops it (before the form's validation can object
+// to the now empty message box).
+$("send").addEventListener("click", (event) => {
+  if (!turn) return;
+  event.preventDefault();
+  turn.abort();
+});
+
 $("composer").addEventListener("submit", (event) => {
   event.preventDefault();
-  if (turn) {
-    turn.abort();
-    return;
-  }
+  if (turn) return;
   const text = $("message").value;
   if (!text.trim()) return;
   if (mode() === "user" && !userId()) {
