@@ -175,7 +175,8 @@ class HalfwayAgent(Agent):
 
 
 def send(page: Any, text: str, route: str) -> Any:
-    """Type a message and press Enter; the chat response the page got."""
+    """Type a message and press Enter once no turn is in flight; the chat response it got."""
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
     box = page.get_by_label("Message")
     box.fill(text)
     with page.expect_response(lambda r: r.request.method == "POST" and route in r.url) as sent:
