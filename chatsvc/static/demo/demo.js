@@ -1,0 +1,335 @@
+// The demo chat page: a frontend of chatsvc using only its public API.
+import { Api, ApiProblem } from "./api.js";
+
+const $ = (id) => document.getElementById(id);
+const apiBase = (new URLSearchParams(location.search).get("api") || location.origin).replace(/\/+$/, "");
+const api = new Api(apiBase, () => $("token").value);
+const storeKey = `chatsvc-demo:${apiBase}`;
+const saved = loadSaved();
+let turn = null; // the AbortController of the turn streaming now
+
+function loadSaved() {
+  try {
+    return { mode: "user", userId: "demo-user", conversations: {}, sessionId: null,
+      ...JSON.parse(localStorage.getItem(storeKey) || "{}") };
+  } catch {
+    return { mode: "user", userId: "demo-user", conversations: {}, sessionId: null };
+  }
+}
+
+function save() {
+  localStorage.setItem(storeKey, JSON.stringify(saved));
+}
+
+const mode = () => saved.mode;
+const userId = () => $("user-id").value.trim();
+const enc = encodeURIComponent;
+
+function conversationId() {
+  return mode() === "user" ? saved.conversations[userId()] || null : saved.sessionId;
+}
+
+function rememberConversation(id) {
+  if (mode() === "user") saved.conversations[userId()] = id;
+  else saved.sessionId = id;
+  save();
+  showConversationLabel();
+}
+
+function showConversationLabel() {
+  const id = conversationId();
+  const what = mode() === "user" ? `Conversation of ${userId() || "?"}` : "Anonymous session";
+  $("conversation-label").textContent = id ? `${what}: ${id}` : `${what}: new (starts with your first message)`;
+}
+
+// ---- rendering --------------------------------------------------------------
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function addMessage(role, content = "") {
+  const item = element("li", `message ${role}`);
+  item.append(element("p", "who", role === "user" ? "You" : "Assistant"));
+  item.append(element("div", "content", content));
+  $("transcript").append(item);
+  item.scrollIntoView({ block: "end" });
+  return item;
+}
+
+function section(item, className, tag, label) {
+  let list = item.querySelector(`.${className}`);
+  if (!list) {
+    list = element(tag, className);
+    list.setAttribute("aria-label", label);
+    item.append(list);
+  }
+  return list;
+}
+
+function addToolCall(item, call) {
+  const card = element("li", "tool-call");
+  card.append(element("p", "tool-name", `Tool call: ${call.tool}`));
+  const details = element("dl");
+  details.append(element("dt", "", "parameters"), element("dd", "tool-parameters", JSON.stringify(call.parameters)));
+  details.append(element("dt", "", "result"), element("dd", "tool-result", JSON.stringify(call.result)));
+  card.append(details);
+  section(item, "tool-calls", "ul", "Tool calls").append(card);
+}
+
+function addSources(item, sources) {
+  if (!sources.length) return;
+  const list = section(item, "sources", "ol", "Sources");
+  list.replaceChildren();
+  for (const source of sources) {
+    const entry = element("li", "source");
+    const title = source.title || source.url || "untitled";
+    if (/^https?:\/\//i.test(source.url || "")) {
+      const link = element("a", "source-title", title);
+      link.href = source.url;
+      link.rel = "noopener noreferrer";
+      link.target = "_blank";
+      entry.append(link);
+    } else {
+      entry.append(element("span", "source-title", title));
+    }
+    if (source.snippet) entry.append(element("p", "snippet", source.snippet));
+    list.append(entry);
+  }
+}
+
+function setStatus(item, status, code) {
+  item.dataset.status = status;
+  if (status === "completed" || status === "pending") return;
+  item.querySelector(".badge")?.remove();
+  item.querySelector(".who").append(element("span", "badge", code ? `${status}: ${code}` : status));
+}
+
+function renderMessage(message) {
+  const item = addMessage(message.role, message.content);
+  for (const call of message.tool_calls || []) addToolCall(item, call);
+  addSources(item, message.sources || []);
+  setStatus(item, message.status, message.error_code);
+}
+
+function showError(problem) {
+  const box = $("error");
+  box.replaceChildren();
+  const head = problem.status ? `${problem.status} ${problem.code}` : problem.code;
+  box.append(element("strong", "error-code", head));
+  if (problem.detail) box.append(" ", element("span", "error-detail", problem.detail));
+  if (problem.retryAfter) {
+    box.append(" ", element("span", "retry-after", `Retry after ${problem.retryAfter} s.`));
+  }
+  if (problem.requestId) {
+    box.append(" ", element("span", "", "Request id: "), element("code", "request-id", problem.requestId));
+  }
+  box.hidden = false;
+}
+
+function clearError() {
+  $("error").hidden = true;
+  $("error").replaceChildren();
+}
+
+function asProblem(error) {
+  return error instanceof ApiProblem ? error : new ApiProblem({ code: "client_error", detail: String(error) });
+}
+
+// ---- conversation -----------------------------------------------------------
+
+async function loadHistory() {
+  $("transcript").replaceChildren();
+  showConversationLabel();
+  const id = conversationId();
+  if (!id) return;
+  try {
+    const path = mode() === "user"
+      ? `/api/${enc(userId())}/conversations/${enc(id)}?limit=100`
+      : `/api/session/${enc(id)}?limit=100`;
+    const found = await api.json("GET", path);
+    $("transcript").replaceChildren();
+    found.messages.forEach(renderMessage);
+  } catch (error) {
+    const problem = asProblem(error);
+    if (problem.status === 404 || problem.status === 410) rememberConversation(null);
+    showError(problem);
+  }
+}
+
+async function refreshTasks() {
+  const list = $("task-list");
+  if (mode() !== "user" || !userId()) {
+    list.replaceChildren();
+    $("tasks-note").textContent = "Tasks belong to a user: pick the Todo assistant.";
+    $("refresh-tasks").disabled = true;
+    return;
+  }
+  $("refresh-tasks").disabled = false;
+  try {
+    const page = await api.json("GET", `/api/${enc(userId())}/tasks?limit=100`);
+    list.replaceChildren(...page.items.map(taskItem));
+    $("tasks-note").textContent = page.items.length ? `${userId()}'s tasks` : `${userId()} has no tasks yet.`;
+  } catch (error) {
+    $("tasks-note").textContent = "Could not load the tasks.";
+    showError(asProblem(error));
+  }
+}
+
+function taskItem(task) {
+  const item = element("li", task.completed ? "task done" : "task");
+  item.append(element("span", "task-id", `#${task.task_id}`), " ", element("span", "task-title", task.title));
+  if (task.completed) item.append(" ", element("span", "badge", "done"));
+  return item;
+}
+
+async function send(text) {
+  clearError();
+  const path = mode() === "user"
+    ? `/api/${enc(userId())}/chat`
+    : conversationId() ? `/api/chat/${enc(conversationId())}` : "/api/chat";
+  const extra = mode() === "user" && conversationId() ? { conversation_id: conversationId() } : {};
+  const question = addMessage("user", text);
+  const answer = addMessage("assistant");
+  const content = answer.querySelector(".content");
+  answer.setAttribute("aria-busy", "true");
+  answer.dataset.status = "pending";
+  let deltas = 0;
+  let started = false;
+  turn = new AbortController();
+  setBusy(true);
+  try {
+    for await (const event of api.chat(path, text, extra, turn.signal)) {
+      started = true;
+      if (event.type === "meta") rememberConversation(event.data.session_id || event.data.conversation_id);
+      else if (event.type === "delta") {
+        content.textContent += event.data.text;
+        answer.dataset.deltas = String(++deltas);
+      } else if (event.type === "tool_call") {
+        addToolCall(answer, event.data);
+        refreshTasks();
+      } else if (event.type === "sources") addSources(answer, event.data.sources);
+      else if (event.type === "comment") $("status").textContent = "The assistant is working…";
+      else if (event.type === "done") finish(answer, event.data, deltas);
+      else if (event.type === "error") throw new ApiProblem(event.data);
+    }
+  } catch (error) {
+    if (error.name === "AbortError") {
+      setStatus(answer, "cancelled");
+      $("status").textContent = "Stopped.";
+    } else if (!started) {
+      // Refused before the turn began (422, 429, network…): nothing was stored, so give
+      // the text back to the composer instead of showing a message that does not exist.
+      question.remove();
+      answer.remove();
+      $("message").value = text;
+      $("status").textContent = "Not sent.";
+      const problem = asProblem(error);
+      if ((problem.status === 404 || problem.status === 410) && conversationId()) {
+        rememberConversation(null); // gone or expired: the next message starts a new one
+        $("transcript").replaceChildren();
+        $("status").textContent = "Not sent: that conversation is gone; send again to start a new one.";
+      }
+      showError(problem);
+    } else {
+      setStatus(answer, "failed", asProblem(error).code);
+      $("status").textContent = "The turn failed.";
+      showError(asProblem(error));
+    }
+  } finally {
+    answer.removeAttribute("aria-busy");
+    turn = null;
+    setBusy(false);
+  }
+}
+
+function finish(answer, body, deltas) {
+  if (!deltas) answer.querySelector(".content").textContent = body.response;
+  if (!answer.querySelector(".tool-calls")) (body.tool_calls || []).forEach((call) => addToolCall(answer, call));
+  addSources(answer, body.sources || []);
+  setStatus(answer, body.status);
+  if (!conversationId()) rememberConversation(body.session_id || body.conversation_id);
+  if ((body.tool_calls || []).length) refreshTasks();
+  const total = body.timing?.total;
+  $("status").textContent = total === undefined ? "Answered." : `Answered in ${Math.round(total)} ms.`;
+}
+
+function setBusy(busy) {
+  $("send").textContent = busy ? "Stop" : "Send";
+  $("send").dataset.busy = busy ? "true" : "";
+  if (busy) $("status").textContent = "Sending…";
+}
+
+// ---- wiring -----------------------------------------------------------------
+
+function applyMode() {
+  document.querySelector(`input[name=mode][value=${saved.mode}]`).checked = true;
+  $("user-field").hidden = mode() !== "user";
+  $("message").placeholder = mode() === "user" ? "Add a task to buy milk" : "Ask a question about the documents";
+  clearError();
+  loadHistory();
+  refreshTasks();
+}
+
+// While a turn streams, the send button stops it (before the form's validation can object
+// to the now empty message box).
+$("send").addEventListener("click", (event) => {
+  if (!turn) return;
+  event.preventDefault();
+  turn.abort();
+});
+
+$("composer").addEventListener("submit", (event) => {
+  event.preventDefault();
+  if (turn) return;
+  const text = $("message").value;
+  if (!text.trim()) return;
+  if (mode() === "user" && !userId()) {
+    showError(new ApiProblem({ code: "missing_user_id", detail: "Enter a user id first." }));
+    $("user-id").focus();
+    return;
+  }
+  $("message").value = "";
+  send(text);
+});
+
+$("message").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    if (!turn) $("composer").requestSubmit();
+  }
+});
+
+$("setup").addEventListener("submit", (event) => event.preventDefault());
+
+for (const radio of document.querySelectorAll("input[name=mode]")) {
+  radio.addEventListener("change", () => {
+    saved.mode = radio.value;
+    save();
+    applyMode();
+  });
+}
+
+$("user-id").addEventListener("change", () => {
+  saved.userId = userId();
+  save();
+  applyMode();
+});
+
+$("new-conversation").addEventListener("click", () => {
+  turn?.abort();
+  rememberConversation(null);
+  clearError();
+  $("transcript").replaceChildren();
+  $("message").focus();
+});
+
+$("refresh-tasks").addEventListener("click", refreshTasks);
+
+$("api-base").textContent = apiBase;
+$("user-id").value = saved.userId;
+applyMode();
+document.body.dataset.ready = "true";

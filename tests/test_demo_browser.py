@@ -1,0 +1,452 @@
+"""The demo page in headless Chromium against a real server, as a newcomer would use it."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from werkzeug.serving import make_server
+
+from chatsvc.agent.base import Agent, Reply, ReplyDone, TextDelta
+from chatsvc.config import Config
+
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+expect = playwright.expect
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+STATIC = Path(__file__).resolve().parents[1] / "chatsvc" / "static"
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+
+
+class LiveServer:
+    """A WSGI app or a directory served on a free loopback port, in a thread."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.origin = f"http://127.0.0.1:{server.server_port}"
+        self.thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class StaticPage(SimpleHTTPRequestHandler):
+    """Serves the page the way any static host would: /demo and /static/… only."""
+
+    def translate_path(self, path: str) -> str:
+        path = path.split("?", 1)[0]
+        if path == "/demo":
+            return str(STATIC / "demo" / "index.html")
+        if path.startswith("/static/demo/") and ".." not in path:
+            return str(STATIC / path.removeprefix("/static/"))
+        return str(STATIC / "missing")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the whole session (Debian's, never a downloaded build)."""
+    if not os.path.exists(CHROMIUM):
+        reason = f"Chromium not installed at {CHROMIUM}: run .ci/install-browser"
+        if os.environ.get("CHATSVC_REQUIRE_SERVICES") == "1":
+            pytest.fail(reason + " (CHATSVC_REQUIRE_SERVICES=1)")
+        pytest.skip(reason)
+    with playwright.sync_playwright() as driver:
+        chromium = driver.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="session")
+def tab(browser: Any) -> Iterator[Any]:
+    """One page reused by every test; each test's server has its own origin (own storage)."""
+    context = browser.new_context(viewport={"width": 1100, "height": 760})
+    context.set_default_timeout(5000)
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture
+def page(tab: Any) -> Iterator[Any]:
+    """The page, left blank after the test; uncaught script errors and CSP violations fail it."""
+    problems: list[str] = []
+
+    def on_console(message: Any) -> None:
+        if "Content Security Policy" in message.text:
+            problems.append(message.text)
+
+    def on_error(error: Any) -> None:
+        problems.append(str(error))
+
+    tab.on("console", on_console)
+    tab.on("pageerror", on_error)
+    yield tab
+    tab.remove_listener("console", on_console)
+    tab.remove_listener("pageerror", on_error)
+    if tab.url.startswith("http"):
+        tab.evaluate("localStorage.clear()")  # a later server may get this port again
+    tab.goto("about:blank")
+    assert not problems, problems
+
+
+@pytest.fixture
+def serve(make_app: Callable[..., Flask]) -> Iterator[Callable[..., tuple[LiveServer, Flask]]]:
+    """Start the real service (werkzeug, threaded) on the test database."""
+    servers: list[LiveServer] = []
+
+    def start(config: dict[str, Any] | None = None, agent: Agent | None = None):
+        app = make_app(config, agent=agent)
+        servers.append(LiveServer(make_server("127.0.0.1", 0, app, threaded=True)))
+        return servers[-1], app
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def static_host() -> Iterator[Callable[[], LiveServer]]:
+    """A second origin serving the same page files, like a frontend's own web server."""
+    hosts: list[LiveServer] = []
+
+    def start() -> LiveServer:
+        handler = functools.partial(StaticPage, directory=str(STATIC))
+        hosts.append(LiveServer(ThreadingHTTPServer(("127.0.0.1", 0), handler)))
+        return hosts[-1]
+
+    yield start
+    for host in hosts:
+        host.close()
+
+
+@pytest.fixture
+def screenshot(page: Any, request: pytest.FixtureRequest) -> Callable[[str], Path]:
+    def take(state: str) -> Path:
+        backend = request.node.callspec.params.get("database_url", "db")
+        path = ARTIFACTS / f"demo-{state}-{backend}.png"
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(path), full_page=True)
+        return path
+
+    return take
+
+
+class HalfwayAgent(Agent):
+    """Says its first words, then waits for the test before finishing the answer."""
+
+    name = "halfway"
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+
+    def stream(self, turn: Any, tools: Any) -> Iterator[Any]:
+        yield TextDelta("Let me think… ")
+        if not self.gate.wait(timeout=10):
+            raise TimeoutError("the test never released the agent")
+        yield TextDelta("done.")
+        yield ReplyDone(Reply("Let me think… done.", self.name))
+
+
+def send(page: Any, text: str, route: str) -> Any:
+    """Type a message and press Enter once no turn is in flight; the chat response it got."""
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+    box = page.get_by_label("Message")
+    box.fill(text)
+    with page.expect_response(lambda r: r.request.method == "POST" and route in r.url) as sent:
+        box.press("Enter")
+    return sent.value
+
+
+def pick_user(page: Any, user_id: str) -> None:
+    page.get_by_label("User id").fill(user_id)
+    page.get_by_label("User id").press("Tab")
+
+
+def test_todo_turn_streams_its_answer_tool_call_and_task(page, serve, screenshot):
+    server, _ = serve()
+    page.goto(f"{server.origin}/demo")
+    pick_user(page, "alice")
+    response = send(page, "Add a task to buy milk", "/api/alice/chat")
+
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.request.headers["accept"] == "text/event-stream"
+    answer = page.locator(".message.assistant").last
+    expect(answer.locator(".content")).to_have_text("Added task 1: “buy milk”.")
+    expect(answer).to_have_attribute("data-status", "completed")
+    assert int(answer.get_attribute("data-deltas")) > 1  # built from the stream's deltas
+    expect(answer.locator(".tool-name")).to_have_text("Tool call: add_task")
+    expect(answer.locator(".tool-parameters")).to_have_text('{"title":"buy milk"}')
+    expect(answer.locator(".tool-result")).to_contain_text('"status":"created"')
+    expect(page.locator("#task-list .task-title")).to_have_text(["buy milk"])
+    expect(page.get_by_role("status")).to_contain_text("Answered in")
+    screenshot("todo")
+
+
+def test_history_comes_back_after_a_reload(page, serve, screenshot):
+    server, app = serve()
+    page.goto(f"{server.origin}/demo")
+    pick_user(page, "bob")
+    send(page, "Add a task to water the plants", "/api/bob/chat")
+    expect(page.locator("#task-list .task-title")).to_have_text(["water the plants"])
+
+    page.reload()
+    expect(page.locator(".message .content")).to_have_text(
+        ["Add a task to water the plants", "Added task 1: “water the plants”."]
+    )
+    expect(page.locator(".message.assistant .tool-name")).to_have_text("Tool call: add_task")
+    expect(page.locator("#task-list .task-title")).to_have_text(["water the plants"])
+
+    send(page, "Mark task 1 as done", "/api/bob/chat")
+    expect(page.locator(".message.assistant .content").last).to_contain_text("water the plants")
+    expect(page.locator("#task-list .task.done .task-title")).to_have_text(["water the plants"])
+    screenshot("history")
+    listed = app.test_client().get("/api/bob/conversations").json["items"]
+    assert [c["message_count"] for c in listed] == [4]  # the reload continued one conversation
+
+
+def test_the_answer_appears_while_the_agent_is_still_working(page, serve):
+    agent = HalfwayAgent()
+    server, _ = serve(agent=agent)
+    page.goto(f"{server.origin}/demo")
+    pick_user(page, "carol")
+    page.get_by_label("Message").fill("Think about it")
+    page.get_by_label("Message").press("Enter")
+
+    answer = page.locator(".message.assistant").last
+    expect(answer.locator(".content")).to_have_text("Let me think… ")
+    expect(answer).to_have_attribute("aria-busy", "true")
+    agent.gate.set()
+    expect(answer.locator(".content")).to_have_text("Let me think… done.")
+    expect(answer).not_to_have_attribute("aria-busy", "true")
+
+
+def test_stop_cancels_the_answer_being_streamed(page, serve):
+    agent = HalfwayAgent()
+    server, _ = serve(agent=agent)
+    page.goto(f"{server.origin}/demo")
+    pick_user(page, "cora")
+    page.get_by_label("Message").fill("Think about it")
+    page.get_by_label("Message").press("Enter")
+    answer = page.locator(".message.assistant").last
+    expect(answer.locator(".content")).to_have_text("Let me think… ")
+
+    page.get_by_role("button", name="Stop").click()
+    expect(answer.locator(".badge")).to_have_text("cancelled")
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+    agent.gate.set()
+
+
+def test_a_knowledge_session_continues_and_reloads(page, serve):
+    server, _ = serve()
+    page.goto(f"{server.origin}/demo")
+    page.get_by_label("Knowledge assistant (anonymous session)").check()
+    expect(page.get_by_label("User id")).to_be_hidden()
+    send(page, "hello", "/api/chat")
+    expect(page.locator(".message.assistant").last).to_have_attribute("data-status", "completed")
+    label = page.locator("#conversation-label")
+    expect(label).to_have_text(re.compile(r"^Anonymous session: [0-9a-f-]{36}$"))
+    session_id = label.inner_text().rsplit(" ", 1)[1]
+    second = send(page, "What is the refund policy?", f"/api/chat/{session_id}")
+    assert second.ok
+    expect(page.locator(".message.assistant")).to_have_count(2)
+
+    page.reload()
+    expect(page.get_by_label("Knowledge assistant (anonymous session)")).to_be_checked()
+    expect(page.locator(".message")).to_have_count(4)
+    expect(page.locator(".message.user .content").last).to_have_text("What is the refund policy?")
+
+
+def test_a_refused_message_shows_its_code_and_request_id(page, serve, screenshot):
+    server, _ = serve()
+    page.goto(f"{server.origin}/demo")
+    pick_user(page, "dave")
+    too_long = "x" * 4001
+    response = send(page, too_long, "/api/dave/chat")
+
+    assert response.status == 422
+    alert = page.get_by_role("alert")
+    expect(alert.locator(".error-code")).to_have_text("422 validation_error")
+    expect(alert).to_contain_text("message: Length must be between 1 and 4000.")
+    expect(alert.locator(".request-id")).to_have_text(response.headers["x-request-id"])
+    expect(page.get_by_label("Message")).to_have_value(too_long)  # nothing typed is lost
+    expect(page.locator(".message")).to_have_count(0)
+    screenshot("error-422")
+
+
+def test_a_rate_limited_message_shows_when_to_retry(page, serve, screenshot):
+    if not hasattr(Config, "RATELIMIT_CHAT"):
+        pytest.skip("rate limiting not merged yet")
+    limits = {"RATELIMIT_CHAT": "1 per minute", "RATELIMIT_STORAGE_URI": "memory://"}
+    server, _ = serve({"RATELIMIT_ENABLED": True, **limits})
+    page.goto(f"{server.origin}/demo")
+    pick_user(page, "erin")
+    send(page, "Add a task to call mum", "/api/erin/chat")
+    expect(page.locator(".message.assistant")).to_have_count(1)
+    response = send(page, "Add a task to call dad", "/api/erin/chat")
+
+    assert response.status == 429
+    alert = page.get_by_role("alert")
+    expect(alert.locator(".error-code")).to_have_text("429 rate_limited")
+    expect(alert.locator(".retry-after")).to_have_text(
+        f"Retry after {response.headers['retry-after']} s."
+    )
+    expect(alert.locator(".request-id")).to_have_text(response.headers["x-request-id"])
+    screenshot("error-429")
+
+
+def test_a_knowledge_answer_shows_its_citation(page, serve, screenshot):
+    server, app = serve()
+    added = app.test_client().post(
+        "/api/documents",
+        json={
+            "title": "Returns policy",
+            "text": "Items can be returned within 30 days of delivery for a full refund.",
+            "url": "https://example.com/returns",
+        },
+    )
+    if added.status_code == 404:
+        pytest.skip("knowledge base not merged yet")
+    assert added.status_code == 201, added.json
+    page.goto(f"{server.origin}/demo")
+    page.get_by_label("Knowledge assistant (anonymous session)").check()
+    send(page, "How many days do I have to return items?", "/api/chat")
+
+    citation = page.locator(".message.assistant .sources .source").first
+    link = citation.get_by_role("link", name="Returns policy")
+    expect(link).to_have_attribute("href", "https://example.com/returns")
+    expect(citation.locator(".snippet")).to_contain_text("30 days")
+    screenshot("citation")
+
+    page.reload()
+    expect(page.get_by_role("link", name="Returns policy")).to_be_visible()
+
+
+def test_the_page_works_from_an_allowed_origin_and_is_blocked_from_others(
+    page, serve, static_host, screenshot
+):
+    if not hasattr(Config, "CORS_ORIGINS"):
+        pytest.skip("CORS not merged yet")
+    allowed, other = static_host(), static_host()
+    server, app = serve({"CORS_ORIGINS": allowed.origin})
+
+    page.goto(f"{allowed.origin}/demo?api={server.origin}")
+    expect(page.locator("#api-base")).to_have_text(server.origin)
+    pick_user(page, "frank")
+    send(page, "Add a task to buy milk", f"{server.origin}/api/frank/chat")
+    expect(page.locator(".message.assistant .content")).to_have_text("Added task 1: “buy milk”.")
+    expect(page.locator("#task-list .task-title")).to_have_text(["buy milk"])
+
+    page.goto(f"{other.origin}/demo?api={server.origin}")
+    pick_user(page, "frank")
+    page.get_by_label("Message").fill("Add a task to buy bread")
+    page.get_by_label("Message").press("Enter")
+    expect(page.get_by_role("alert").locator(".error-code")).to_have_text("network_error")
+    expect(page.get_by_label("Message")).to_have_value("Add a task to buy bread")
+    screenshot("cors-blocked")
+    tasks = app.test_client().get("/api/frank/tasks").json["items"]
+    assert [t["title"] for t in tasks] == ["buy milk"]  # the blocked request never ran
+
+
+def test_keyboard_only_use(page, serve):
+    server, _ = serve()
+    page.goto(f"{server.origin}/demo")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    order = []
+    deadline = time.monotonic() + 5
+    while "message" not in order and time.monotonic() < deadline:
+        page.keyboard.press("Tab")
+        order.append(page.evaluate("document.activeElement.id || document.activeElement.value"))
+    assert order == ["user", "user-id", "token", "new-conversation", "message"]
+
+    page.keyboard.type("Add a task to")
+    page.keyboard.press("Shift+Enter")  # a new line, not a send
+    page.keyboard.type("feed the cat")
+    expect(page.locator(".message")).to_have_count(0)
+    page.keyboard.press("Enter")
+    expect(page.locator(".message.assistant .content")).to_have_text(
+        "Added task 1: “feed the cat”."
+    )
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "send"
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "refresh-tasks"
+
+
+STREAM = (
+    'event: meta\r\nid: 1\r\ndata: {"a": 1}\r\n\r\n'
+    ": ping\n\n"
+    "event: delta\rdata: line one\rdata: line two\r\r"
+    'event: done\nid: 3\ndata: {"text": "héllo ✓"}\n\n'
+    "data: never finished"
+)
+PARSE = """async (chunks) => {
+  const { readEvents } = await import("/static/demo/sse.js");
+  const body = new ReadableStream({
+    start(controller) {
+      for (const chunk of chunks) controller.enqueue(new Uint8Array(chunk));
+      controller.close();
+    },
+  });
+  const events = [];
+  for await (const event of readEvents(body)) events.push(event);
+  return events;
+}"""
+
+
+@pytest.mark.parametrize("size", [1, 7, len(STREAM.encode())])
+def test_the_page_parses_any_split_of_an_event_stream(page, static_host, size):
+    host = static_host()
+    page.goto(f"{host.origin}/demo")
+    raw = STREAM.encode()
+    chunks = [list(raw[i : i + size]) for i in range(0, len(raw), size)]
+    assert page.evaluate(PARSE, chunks) == [
+        {"type": "meta", "id": "1", "data": '{"a": 1}'},
+        {"type": "comment", "id": None, "data": "ping"},
+        {"type": "delta", "id": None, "data": "line one\nline two"},
+        {"type": "done", "id": "3", "data": '{"text": "héllo ✓"}'},
+    ]
+
+
+def test_a_deleted_conversation_is_forgotten_and_the_next_message_starts_anew(page, serve):
+    server, app = serve()
+    page.goto(f"{server.origin}/demo")
+    pick_user(page, "gus")
+    send(page, "Add a task to buy milk", "/api/gus/chat")
+    expect(page.locator(".message")).to_have_count(2)
+    listed = app.test_client().get("/api/gus/conversations").json["items"]
+    app.test_client().delete(f"/api/gus/conversations/{listed[0]['id']}")
+
+    response = send(page, "Show my tasks", "/api/gus/chat")
+    assert response.status == 404
+    expect(page.get_by_role("alert").locator(".error-code")).to_have_text("404 not_found")
+    expect(page.locator(".message")).to_have_count(0)
+    send(page, "Show my tasks", "/api/gus/chat")
+    expect(page.locator(".message.assistant .content").last).to_contain_text("buy milk")
+    assert len(app.test_client().get("/api/gus/conversations").json["items"]) == 1
