@@ -26,12 +26,14 @@ class ChatText(fields.String):
     """A chat message: trimmed, 1..MAX_MESSAGE_CHARS characters, no control characters."""
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
-        text = super()._deserialize(value, attr, data, **kwargs).strip()
+        raw = super()._deserialize(value, attr, data, **kwargs)
+        # Checked before trimming: str.strip() would silently drop \x0b, \x0c and \x1c-\x1f.
+        if CONTROL_CHARS.search(raw):
+            raise ValidationError("Control characters other than tab, CR and LF are not allowed.")
+        text = raw.strip()
         limit = current_app.config["MAX_MESSAGE_CHARS"]
         if not 1 <= len(text) <= limit:
             raise ValidationError(f"Length must be between 1 and {limit}.")
-        if CONTROL_CHARS.search(text):
-            raise ValidationError("Control characters other than tab, CR and LF are not allowed.")
         return text
 
 
@@ -43,11 +45,12 @@ class Title(fields.String):
         self.max_length = max_length
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
-        text = super()._deserialize(value, attr, data, **kwargs).strip()
+        raw = super()._deserialize(value, attr, data, **kwargs)
+        text = raw.strip()
+        if CONTROL_CHARS.search(raw) or "\n" in text or "\r" in text:
+            raise ValidationError("Control characters and line breaks are not allowed.")
         if not 1 <= len(text) <= self.max_length:
             raise ValidationError(f"Length must be between 1 and {self.max_length}.")
-        if CONTROL_CHARS.search(text) or "\n" in text or "\r" in text:
-            raise ValidationError("Control characters and line breaks are not allowed.")
         return text
 
 

@@ -107,6 +107,7 @@ def test_another_user_cannot_touch_my_task(client):
         ({"title": "x" * 201}, "title"),
         ({"title": "two\nlines"}, "title"),
         ({"title": "bell\x07"}, "title"),
+        ({"title": "tab at end\x0b"}, "title"),
         ({"title": 5}, "title"),
         ({"title": "ok", "description": "d" * 1001}, "description"),
         ({"title": "ok", "owner": "bob"}, "owner"),
