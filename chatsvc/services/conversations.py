@@ -16,6 +16,7 @@ from ..models import Conversation, Message
 from . import pages
 
 USER, SESSION = "user", "session"
+ID_LENGTH = 36
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ def find(
     session: Session, conversation_id: str, access: Access, *, lock: bool = False
 ) -> Conversation:
     """The conversation if `access` may see it (else 404) and it has not expired (else 410)."""
+    if not _well_formed(conversation_id):
+        raise NotFound("The conversation does not exist.")
     query = select(Conversation).where(Conversation.id == conversation_id)
     conversation = session.scalars(query.with_for_update() if lock else query).first()
     if conversation is None or not _visible(conversation, access):
@@ -53,6 +56,11 @@ def find(
             else "The conversation has expired."
         )  # fmt: skip
     return conversation
+
+
+def _well_formed(conversation_id: str) -> bool:
+    """Ids we could have made; others (PostgreSQL refuses NUL bytes outright) are simply unknown."""
+    return len(conversation_id) <= ID_LENGTH and conversation_id.isprintable()
 
 
 def _visible(conversation: Conversation, access: Access) -> bool:
