@@ -85,14 +85,21 @@ class TaskListArgsSchema(PageArgsSchema):
     )
 
 
+def no_control_chars(text: str) -> None:
+    if CONTROL_CHARS.search(text):
+        raise ValidationError("Control characters other than tab, CR and LF are not allowed.")
+
+
 class TaskCreateSchema(Schema):
     title = Title(200, required=True)
-    description = fields.String(load_default="", validate=validate.Length(max=1000))
+    description = fields.String(
+        load_default="", validate=[validate.Length(max=1000), no_control_chars]
+    )
 
 
 class TaskUpdateSchema(Schema):
     title = Title(200)
-    description = fields.String(validate=validate.Length(max=1000))
+    description = fields.String(validate=[validate.Length(max=1000), no_control_chars])
     completed = fields.Boolean()
 
     @validates_schema
