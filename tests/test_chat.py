@@ -110,12 +110,14 @@ def test_message_is_stored_trimmed_and_otherwise_verbatim(make_app):
     assert history(client, "alice", body["conversation_id"])[0]["content"] == text
 
 
-@pytest.mark.parametrize("other", ["someone-else", "nope", "00000000-0000-0000-0000-000000000000"])
-def test_unknown_or_foreign_conversation_is_404(client, other):
+def test_unknown_or_foreign_conversation_is_404(client, subtests):
     bob = ok(chat(client, "bob", "secret plans"))["conversation_id"]
-    wanted = bob if other == "someone-else" else other
-    assert_problem(chat(client, "alice", "hi", conversation_id=wanted), 404, "not_found")
+    for wanted in [bob, "nope", "00000000-0000-0000-0000-000000000000", "x" * 300, "\x00"]:
+        with subtests.test(repr(wanted[:10])):
+            response = chat(client, "alice", "hi", conversation_id=wanted)
+            assert_problem(response, 404, "not_found")
     assert len(history(client, "bob", bob)) == 2
+    assert ok(client.get("/api/alice/conversations"))["items"] == []
 
 
 def test_a_session_id_is_not_a_user_conversation(client):

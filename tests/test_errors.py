@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
 from flask import abort
 from helpers import assert_problem, chat, ok
 from sqlalchemy import text
@@ -14,20 +13,28 @@ from chatsvc import db
 CHAT_ROUTES = ["/api/alice/chat", "/api/chat"]
 
 
-@pytest.mark.parametrize("path", CHAT_ROUTES + ["/api/alice/tasks"])
-def test_malformed_json_is_400(client, path):
-    response = client.post(path, data='{"message": "hi"', content_type="application/json")
-    assert_problem(response, 400, "bad_request")
+BODY_ROUTES = [*CHAT_ROUTES, "/api/alice/tasks"]
+NOT_JSON = [
+    ("message=hi", "application/x-www-form-urlencoded"),
+    ("hi", "text/plain"),
+    ('{"message": "hi"}', ""),
+]
 
 
-@pytest.mark.parametrize("path", CHAT_ROUTES + ["/api/alice/tasks"])
-@pytest.mark.parametrize(
-    ("data", "content_type"),
-    [("message=hi", "application/x-www-form-urlencoded"), ("hi", "text/plain"), ('{"a":1}', "")],
-)
-def test_a_body_that_is_not_json_is_415(client, path, data, content_type):
-    response = client.post(path, data=data, content_type=content_type)
-    assert_problem(response, 415, "unsupported_media_type")
+def test_malformed_json_is_400(client, subtests):
+    for path in BODY_ROUTES:
+        with subtests.test(path):
+            response = client.post(path, data='{"message": "hi"', content_type="application/json")
+            assert_problem(response, 400, "bad_request")
+
+
+def test_a_body_that_is_not_json_is_415(client, subtests):
+    for path in BODY_ROUTES:
+        for data, content_type in NOT_JSON:
+            with subtests.test(path=path, content_type=content_type):
+                response = client.post(path, data=data, content_type=content_type)
+                assert_problem(response, 415, "unsupported_media_type")
+    assert ok(client.get("/api/alice/tasks"))["items"] == []
 
 
 def test_missing_body_is_422_not_500(client):
@@ -35,34 +42,33 @@ def test_missing_body_is_422_not_500(client):
     assert "message" in body["errors"]["json"]
 
 
-@pytest.mark.parametrize(
-    "path", ["/nope", "/api", "/api/alice", "/api/alice/nothing", "/api/alice/tasks/1/x"]
-)
-def test_unknown_routes_are_404_problems(client, path):
-    assert_problem(client.get(path), 404, "not_found")
+def test_unknown_routes_are_404_problems(client, subtests):
+    for path in ["/nope", "/api", "/api/alice", "/api/alice/nothing", "/api/alice/tasks/1/x"]:
+        with subtests.test(path):
+            assert_problem(client.get(path), 404, "not_found")
 
 
-@pytest.mark.parametrize(
-    "path", ["/api/bad%20user/conversations", "/api/" + "u" * 129 + "/tasks", "/api/a$b/chat"]
-)
-def test_malformed_user_ids_are_404(client, path):
-    method = client.post if path.endswith("chat") else client.get
-    assert_problem(method(path, json={"message": "hi"}), 404, "not_found")
+def test_malformed_user_ids_are_404(client, subtests):
+    for path in ["/api/bad%20user/conversations", f"/api/{'u' * 129}/tasks", "/api/a$b/chat"]:
+        with subtests.test(path):
+            method = client.post if path.endswith("chat") else client.get
+            assert_problem(method(path, json={"message": "hi"}), 404, "not_found")
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "allowed"),
-    [
-        ("put", "/api/alice/chat", {"POST", "OPTIONS"}),
-        ("get", "/api/alice/chat", {"POST", "OPTIONS"}),
-        ("delete", "/api/alice/tasks", {"GET", "HEAD", "POST", "OPTIONS"}),
-        ("post", "/health", {"GET", "HEAD", "OPTIONS"}),
-    ],
-)
-def test_wrong_method_is_405_with_allow(client, method, path, allowed):
-    response = getattr(client, method)(path)
-    assert_problem(response, 405, "method_not_allowed")
-    assert {m.strip() for m in response.headers["Allow"].split(",")} == allowed
+WRONG_METHODS = [
+    ("put", "/api/alice/chat", {"POST", "OPTIONS"}),
+    ("get", "/api/alice/chat", {"POST", "OPTIONS"}),
+    ("delete", "/api/alice/tasks", {"GET", "HEAD", "POST", "OPTIONS"}),
+    ("post", "/health", {"GET", "HEAD", "OPTIONS"}),
+]
+
+
+def test_wrong_method_is_405_with_allow(client, subtests):
+    for method, path, allowed in WRONG_METHODS:
+        with subtests.test(method=method, path=path):
+            response = getattr(client, method)(path)
+            assert_problem(response, 405, "method_not_allowed")
+            assert {m.strip() for m in response.headers["Allow"].split(",")} == allowed
 
 
 def test_body_over_max_content_length_is_413(make_app):
@@ -72,22 +78,21 @@ def test_body_over_max_content_length_is_413(make_app):
     assert ok(client.get("/api/alice/conversations"))["items"] == []
 
 
-@pytest.mark.parametrize(
-    "message",
-    ["", "   ", "\n\t ", "x" * 4001, "nul\x00byte", "bell\x07", "esc\x1b[31m", "vt\x0b", "\x1fsep"],
-)
-@pytest.mark.parametrize("path", CHAT_ROUTES)
-def test_invalid_messages_are_422(client, path, message):
-    body = assert_problem(client.post(path, json={"message": message}), 422, "validation_error")
-    assert "message" in body["errors"]["json"]
-    assert body["detail"].startswith("message:")
+INVALID_MESSAGES = [
+    "", "   ", "\n\t ", "x" * 4001, "nul\x00byte", "bell\x07", "esc\x1b[31m", "vt\x0b",
+    "\x1fsep", None, 42, ["hi"], {"text": "hi"},
+]  # fmt: skip
+
+
+def test_invalid_messages_are_422(client, subtests):
+    for path in CHAT_ROUTES:
+        for message in INVALID_MESSAGES:
+            with subtests.test(path=path, message=repr(message)[:20]):
+                response = client.post(path, json={"message": message})
+                body = assert_problem(response, 422, "validation_error")
+                assert "message" in body["errors"]["json"]
+                assert body["detail"].startswith("message:")
     assert ok(client.get("/api/alice/conversations"))["items"] == []
-
-
-@pytest.mark.parametrize("message", [None, 42, ["hi"], {"text": "hi"}])
-def test_a_message_that_is_not_text_is_422(client, message):
-    body = assert_problem(chat(client, "alice", message), 422, "validation_error")
-    assert "message" in body["errors"]["json"]
 
 
 def test_longest_message_counts_after_trimming(make_app):
@@ -100,17 +105,18 @@ def test_tab_cr_and_lf_are_allowed(client):
     ok(chat(client, "alice", "line one\r\n\tline two"))
 
 
-@pytest.mark.parametrize(
-    ("path", "body", "field"),
-    [
-        ("/api/alice/chat", {"message": "hi", "user_id": "bob"}, "user_id"),
-        ("/api/chat", {"message": "hi", "conversation_id": "x"}, "conversation_id"),
-        ("/api/alice/tasks", {"title": "t", "task_id": 3}, "task_id"),
-    ],
-)
-def test_unknown_fields_are_422(client, path, body, field):
-    problem = assert_problem(client.post(path, json=body), 422, "validation_error")
-    assert field in problem["errors"]["json"]
+UNKNOWN_FIELDS = [
+    ("/api/alice/chat", {"message": "hi", "user_id": "bob"}, "user_id"),
+    ("/api/chat", {"message": "hi", "conversation_id": "x"}, "conversation_id"),
+    ("/api/alice/tasks", {"title": "t", "task_id": 3}, "task_id"),
+]
+
+
+def test_unknown_fields_are_422(client, subtests):
+    for path, body, field in UNKNOWN_FIELDS:
+        with subtests.test(path):
+            problem = assert_problem(client.post(path, json=body), 422, "validation_error")
+            assert field in problem["errors"]["json"]
 
 
 def test_unexpected_errors_are_500_without_internals(make_app):
@@ -146,23 +152,28 @@ def test_well_formed_request_id_is_echoed(client):
     assert response.get_json()["request_id"] == "abc.DEF_123-xyz"
 
 
-@pytest.mark.parametrize("incoming", [None, "", "has space", "x" * 129, "semi;colon", "é"])
-def test_other_request_ids_are_replaced_with_fresh_ones(client, incoming):
-    headers = {"X-Request-ID": incoming} if incoming is not None else {}
-    first = client.get("/health/live", headers=headers).headers["X-Request-ID"]
-    second = client.get("/health/live", headers=headers).headers["X-Request-ID"]
-    assert first != incoming and first != second
-    assert 1 <= len(first) <= 128
+def test_other_request_ids_are_replaced_with_fresh_ones(client, subtests):
+    for incoming in [None, "", "has space", "x" * 129, "semi;colon", "é"]:
+        with subtests.test(repr(incoming)[:20]):
+            headers = {"X-Request-ID": incoming} if incoming is not None else {}
+            first = client.get("/health/live", headers=headers).headers["X-Request-ID"]
+            second = client.get("/health/live", headers=headers).headers["X-Request-ID"]
+            assert first != incoming and first != second
+            assert 1 <= len(first) <= 128
 
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [("get", "/"), ("get", "/health"), ("get", "/nope"), ("post", "/api/alice/chat")],
-)
-def test_every_response_says_nosniff(client, method, path):
-    response = getattr(client, method)(path, json={"message": "hi"} if method == "post" else None)
-    assert response.headers["X-Content-Type-Options"] == "nosniff"
-    assert response.headers["X-Request-ID"]
+def test_every_response_says_nosniff(client, subtests):
+    for method, path in [
+        ("get", "/"),
+        ("get", "/health"),
+        ("get", "/nope"),
+        ("post", "/api/a/chat"),
+    ]:
+        with subtests.test(path):
+            body = {"message": "hi"} if method == "post" else None
+            response = getattr(client, method)(path, json=body)
+            assert response.headers["X-Content-Type-Options"] == "nosniff"
+            assert response.headers["X-Request-ID"]
 
 
 def test_ids_are_opaque(client):

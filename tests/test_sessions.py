@@ -58,13 +58,13 @@ def test_session_state_lists_messages_oldest_first(client):
     assert [m["id"] for m in newest] == [state["messages"][-1]["id"]]
 
 
-@pytest.mark.parametrize("limit", ["0", "101", "x"])
-def test_session_state_limit_out_of_range_is_422(client, limit):
+def test_session_state_limit_out_of_range_is_422(client, subtests):
     session = start(client)["session_id"]
-    body = assert_problem(
-        client.get(f"/api/session/{session}?limit={limit}"), 422, "validation_error"
-    )
-    assert "limit" in body["errors"]["query"]
+    for limit in ["0", "101", "x"]:
+        with subtests.test(limit):
+            response = client.get(f"/api/session/{session}?limit={limit}")
+            body = assert_problem(response, 422, "validation_error")
+            assert "limit" in body["errors"]["query"]
 
 
 def test_reset_clears_history_and_keeps_the_id(make_app):
@@ -90,7 +90,7 @@ def test_reset_clears_history_and_keeps_the_id(make_app):
 )
 def test_unknown_and_user_conversation_ids_are_404_on_session_routes(client, method, path):
     conversation = ok(chat(client, "alice", "my own"))["conversation_id"]
-    for unknown in (conversation, "00000000-0000-0000-0000-000000000000", "not-an-id"):
+    for unknown in (conversation, "00000000-0000-0000-0000-000000000000", "not-an-id", "%00"):
         url = path.format(id=unknown)
         response = getattr(client, method)(url, json={"message": "hi"} if "chat" in url else None)
         assert_problem(response, 404, "not_found")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from helpers import assert_problem, ok, tasks
 
 TASK_FIELDS = {"task_id", "title", "description", "completed", "created_at", "updated_at"}
@@ -62,32 +61,32 @@ def test_list_pages_by_task_number(client):
     assert ok(client.get("/api/alice/tasks?limit=5"))["next_cursor"] is None
 
 
-@pytest.mark.parametrize(
-    "query", ["limit=0", "limit=101", "status=later", "cursor=nope", "cursor=WyJ4Il0"]
-)
-def test_bad_list_arguments_are_422(client, query):
-    body = assert_problem(client.get(f"/api/alice/tasks?{query}"), 422, "validation_error")
-    assert query.split("=")[0] in body["errors"]["query"]
+def test_bad_list_arguments_are_422(client, subtests):
+    for query in ["limit=0", "limit=101", "status=later", "cursor=nope", "cursor=WyJ4Il0"]:
+        with subtests.test(query):
+            body = assert_problem(client.get(f"/api/alice/tasks?{query}"), 422, "validation_error")
+            assert query.split("=")[0] in body["errors"]["query"]
 
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [
-        ("get", "/api/alice/tasks/9"),
-        ("patch", "/api/alice/tasks/9"),
-        ("delete", "/api/alice/tasks/9"),
-        ("get", "/api/alice/tasks/0"),
-        ("get", "/api/alice/tasks/99999999999999999999"),
-        ("get", "/api/alice/tasks/abc"),
-        ("get", "/api/alice/tasks/-1"),
-        ("get", "/api/bob/tasks/1"),
-        ("get", "/api/not%20a%20user/tasks"),
-    ],
-)
-def test_unknown_tasks_are_404(client, method, path):
+UNKNOWN = [
+    ("get", "/api/alice/tasks/9"),
+    ("patch", "/api/alice/tasks/9"),
+    ("delete", "/api/alice/tasks/9"),
+    ("get", "/api/alice/tasks/0"),
+    ("get", "/api/alice/tasks/99999999999999999999"),
+    ("get", "/api/alice/tasks/abc"),
+    ("get", "/api/alice/tasks/-1"),
+    ("get", "/api/bob/tasks/1"),
+    ("get", "/api/not%20a%20user/tasks"),
+]
+
+
+def test_unknown_tasks_are_404(client, subtests):
     create(client)
-    body = {"completed": True} if method == "patch" else None
-    assert_problem(getattr(client, method)(path, json=body), 404, "not_found")
+    for method, path in UNKNOWN:
+        with subtests.test(method=method, path=path):
+            body = {"completed": True} if method == "patch" else None
+            assert_problem(getattr(client, method)(path, json=body), 404, "not_found")
     assert ok(client.get("/api/alice/tasks/1"))["completed"] is False
 
 
@@ -98,25 +97,28 @@ def test_another_user_cannot_touch_my_task(client):
     assert ok(client.get("/api/alice/tasks/1"))["title"] == "buy milk"
 
 
-@pytest.mark.parametrize(
-    ("body", "field"),
-    [
-        ({}, "title"),
-        ({"title": ""}, "title"),
-        ({"title": "   "}, "title"),
-        ({"title": "x" * 201}, "title"),
-        ({"title": "two\nlines"}, "title"),
-        ({"title": "bell\x07"}, "title"),
-        ({"title": "tab at end\x0b"}, "title"),
-        ({"title": 5}, "title"),
-        ({"title": "ok", "description": "d" * 1001}, "description"),
-        ({"title": "ok", "owner": "bob"}, "owner"),
-        ({"title": "ok", "completed": True}, "completed"),
-    ],
-)
-def test_invalid_new_tasks_are_422(client, body, field):
-    problem = assert_problem(client.post("/api/alice/tasks", json=body), 422, "validation_error")
-    assert field in problem["errors"]["json"]
+INVALID_NEW = [
+    ({}, "title"),
+    ({"title": ""}, "title"),
+    ({"title": "   "}, "title"),
+    ({"title": "x" * 201}, "title"),
+    ({"title": "two\nlines"}, "title"),
+    ({"title": "bell\x07"}, "title"),
+    ({"title": "tab at end\x0b"}, "title"),
+    ({"title": 5}, "title"),
+    ({"title": "ok", "description": "d" * 1001}, "description"),
+    ({"title": "ok", "description": "nul\x00byte"}, "description"),
+    ({"title": "ok", "owner": "bob"}, "owner"),
+    ({"title": "ok", "completed": True}, "completed"),
+]
+
+
+def test_invalid_new_tasks_are_422(client, subtests):
+    for body, field in INVALID_NEW:
+        with subtests.test(repr(body)[:40]):
+            response = client.post("/api/alice/tasks", json=body)
+            problem = assert_problem(response, 422, "validation_error")
+            assert field in problem["errors"]["json"]
     assert tasks(client, "alice") == []
 
 
@@ -124,10 +126,22 @@ def test_limits_are_inclusive(client):
     assert create(client, title="x" * 200, description="d" * 1000)["task_id"] == 1
 
 
-@pytest.mark.parametrize(
-    "body", [{}, {"title": ""}, {"completed": "maybe"}, {"task_id": 7}, {"title": None}]
-)
-def test_invalid_patches_are_422(client, body):
+def test_descriptions_keep_their_lines(client):
+    description = "first line\r\n\tindented — ✓ שלום"
+    assert create(client, description=description)["description"] == description
+    assert ok(client.get("/api/alice/tasks/1"))["description"] == description
+
+
+def test_invalid_patches_are_422(client, subtests):
     create(client)
-    assert_problem(client.patch("/api/alice/tasks/1", json=body), 422, "validation_error")
+    for body in [
+        {},
+        {"title": ""},
+        {"completed": "maybe"},
+        {"task_id": 7},
+        {"description": "\x00"},
+    ]:
+        with subtests.test(repr(body)):
+            response = client.patch("/api/alice/tasks/1", json=body)
+            assert_problem(response, 422, "validation_error")
     assert ok(client.get("/api/alice/tasks/1"))["title"] == "buy milk"
