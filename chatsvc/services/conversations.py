@@ -107,7 +107,7 @@ def messages_page(
 ) -> tuple[list[Message], str | None]:
     """The newest `limit` messages before the cursor, oldest first, and the cursor to older ones."""
     query = select(Message).where(Message.conversation_id == conversation.id)
-    position = pages.decode(cursor, int)
+    position = pages.decode(cursor, int, maximum=pages.INT32_MAX)
     if position:
         query = query.where(Message.seq < position[0])
     rows = list(session.scalars(query.order_by(Message.seq.desc()).limit(limit + 1)))
