@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import timedelta
 from typing import Any
@@ -74,3 +75,11 @@ def sse_events(response: TestResponse) -> list[tuple[str, int, dict[str, Any]]]:
         if fields:
             events.append((fields["event"], int(fields["id"]), json.loads(fields["data"])))
     return events
+
+
+def forged_cursor(*position: Any) -> str:
+    """A cursor the service never issued, in the shape of its own (base64url JSON)."""
+    return base64.urlsafe_b64encode(json.dumps(position).encode()).decode().rstrip("=")
+
+
+FORGED_INT_CURSORS = [forged_cursor(n) for n in (2**31, 2**63, 10**30, -(10**30), -1)]

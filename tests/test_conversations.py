@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fakes import ScriptedAgent
-from helpers import age, assert_problem, chat, ok
+from helpers import FORGED_INT_CURSORS, age, assert_problem, chat, forged_cursor, ok
 
 CONVERSATION_FIELDS = {"id", "kind", "title", "created_at", "last_activity", "message_count"}
 
@@ -43,7 +43,10 @@ def test_list_pages_with_a_cursor(client):
 
 def test_bad_list_arguments_are_422(client, subtests):
     ok(chat(client, "alice", "hi"))
-    for query in ["limit=0", "limit=101", "limit=ten", "cursor=garbage", "cursor=WzFd"]:
+    forged = [forged_cursor(n, "x") for n in (2**63, 10**30, -1)]
+    for query in ["limit=0", "limit=101", "limit=ten", "cursor=garbage", "cursor=WzFd"] + [
+        f"cursor={cursor}" for cursor in forged
+    ]:
         with subtests.test(query):
             response = client.get(f"/api/alice/conversations?{query}")
             body = assert_problem(response, 422, "validation_error")
@@ -72,6 +75,15 @@ def test_one_conversation_pages_its_messages_newest_first_oldest_first_within(ma
     ]
     default = ok(client.get(f"/api/alice/conversations/{conversation}"))
     assert len(default["messages"]) == 8 and default["next_cursor"] is None
+
+
+def test_forged_message_cursors_are_422(client, subtests):
+    conversation = ok(chat(client, "alice", "hi"))["conversation_id"]
+    for cursor in ["nope", forged_cursor("x"), *FORGED_INT_CURSORS]:
+        with subtests.test(cursor):
+            response = client.get(f"/api/alice/conversations/{conversation}?cursor={cursor}")
+            body = assert_problem(response, 422, "validation_error")
+            assert "cursor" in body["errors"]["query"]
 
 
 def test_another_users_conversation_is_404_everywhere(client):

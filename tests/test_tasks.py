@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from helpers import assert_problem, ok, tasks
+from helpers import FORGED_INT_CURSORS, assert_problem, ok, tasks
 
 TASK_FIELDS = {"task_id", "title", "description", "completed", "created_at", "updated_at"}
 
@@ -62,7 +62,8 @@ def test_list_pages_by_task_number(client):
 
 
 def test_bad_list_arguments_are_422(client, subtests):
-    for query in ["limit=0", "limit=101", "status=later", "cursor=nope", "cursor=WyJ4Il0"]:
+    forged = [f"cursor={cursor}" for cursor in FORGED_INT_CURSORS]
+    for query in ["limit=0", "limit=101", "status=later", "cursor=nope", "cursor=WyJ4Il0", *forged]:
         with subtests.test(query):
             body = assert_problem(client.get(f"/api/alice/tasks?{query}"), 422, "validation_error")
             assert query.split("=")[0] in body["errors"]["query"]
