@@ -9,8 +9,16 @@ from typing import Any
 from flask import current_app
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-# NUL and C0 controls other than tab, LF and CR; invalid UTF-8 never gets this far.
-CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+# NUL and C0 controls other than tab, LF and CR, and lone surrogates (JSON's "\ud800" escapes:
+# no text, and no database stores them); invalid UTF-8 never gets this far.
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
+
+
+def no_control_chars(text: str) -> None:
+    if CONTROL_CHARS.search(text):
+        raise ValidationError(
+            "Control characters (other than tab, CR and LF) and lone surrogates are not allowed."
+        )
 
 
 class UTCDateTime(fields.DateTime):
@@ -28,8 +36,7 @@ class ChatText(fields.String):
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
         raw = super()._deserialize(value, attr, data, **kwargs)
         # Checked before trimming: str.strip() would silently drop \x0b, \x0c and \x1c-\x1f.
-        if CONTROL_CHARS.search(raw):
-            raise ValidationError("Control characters other than tab, CR and LF are not allowed.")
+        no_control_chars(raw)
         text = raw.strip()
         limit = current_app.config["MAX_MESSAGE_CHARS"]
         if not 1 <= len(text) <= limit:
@@ -83,11 +90,6 @@ class TaskListArgsSchema(PageArgsSchema):
     status = fields.String(
         load_default="all", validate=validate.OneOf(["all", "pending", "completed"])
     )
-
-
-def no_control_chars(text: str) -> None:
-    if CONTROL_CHARS.search(text):
-        raise ValidationError("Control characters other than tab, CR and LF are not allowed.")
 
 
 class TaskCreateSchema(Schema):
