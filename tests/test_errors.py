@@ -21,11 +21,19 @@ NOT_JSON = [
 ]
 
 
+MALFORMED_JSON = [
+    '{"message": "hi"',
+    '{"message": "\xff"}'.encode("latin-1"),
+    "[" * 5000 + "]" * 5000,
+]
+
+
 def test_malformed_json_is_400(client, subtests):
     for path in BODY_ROUTES:
-        with subtests.test(path):
-            response = client.post(path, data='{"message": "hi"', content_type="application/json")
-            assert_problem(response, 400, "bad_request")
+        for data in MALFORMED_JSON:
+            with subtests.test(path=path, data=data[:20]):
+                response = client.post(path, data=data, content_type="application/json")
+                assert_problem(response, 400, "bad_request")
 
 
 def test_a_body_that_is_not_json_is_415(client, subtests):
@@ -46,6 +54,8 @@ def test_unknown_routes_are_404_problems(client, subtests):
     for path in ["/nope", "/api", "/api/alice", "/api/alice/nothing", "/api/alice/tasks/1/x"]:
         with subtests.test(path):
             assert_problem(client.get(path), 404, "not_found")
+            response = client.post(path, data="hi", content_type="text/plain")
+            assert_problem(response, 404, "not_found")
 
 
 def test_malformed_user_ids_are_404(client, subtests):
@@ -66,7 +76,7 @@ WRONG_METHODS = [
 def test_wrong_method_is_405_with_allow(client, subtests):
     for method, path, allowed in WRONG_METHODS:
         with subtests.test(method=method, path=path):
-            response = getattr(client, method)(path)
+            response = getattr(client, method)(path, data="hi", content_type="text/plain")
             assert_problem(response, 405, "method_not_allowed")
             assert {m.strip() for m in response.headers["Allow"].split(",")} == allowed
 
@@ -80,7 +90,7 @@ def test_body_over_max_content_length_is_413(make_app):
 
 INVALID_MESSAGES = [
     "", "   ", "\n\t ", "x" * 4001, "nul\x00byte", "bell\x07", "esc\x1b[31m", "vt\x0b",
-    "\x1fsep", None, 42, ["hi"], {"text": "hi"},
+    "\x1fsep", "lone \ud800 surrogate", "\udfff", None, 42, ["hi"], {"text": "hi"},
 ]  # fmt: skip
 
 

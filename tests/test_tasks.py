@@ -109,6 +109,7 @@ INVALID_NEW = [
     ({"title": 5}, "title"),
     ({"title": "ok", "description": "d" * 1001}, "description"),
     ({"title": "ok", "description": "nul\x00byte"}, "description"),
+    ({"title": "ok", "description": "lone \udc00"}, "description"),
     ({"title": "ok", "owner": "bob"}, "owner"),
     ({"title": "ok", "completed": True}, "completed"),
 ]
