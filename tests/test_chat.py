@@ -90,6 +90,18 @@ def test_agent_receives_the_newest_twenty_messages_oldest_first(make_app):
     assert agent.turns[-1].message == "last"
 
 
+def test_history_is_trimmed_to_the_token_budget_from_the_oldest_end(make_app):
+    # About four characters a token plus four a message: "m1" costs 4, "echo: m1" 6, "q" 4.
+    agent = ScriptedAgent()
+    client = make_app({"HISTORY_MAX_TOKENS": 4 + 2 * (4 + 6)}, agent=agent).test_client()
+    conversation = ok(chat(client, "alice", "m0"))["conversation_id"]
+    for n in (1, 2):
+        ok(chat(client, "alice", f"m{n}", conversation_id=conversation))
+    body = ok(chat(client, "alice", "q", conversation_id=conversation))
+    assert body["context"] == {"messages": 4, "truncated": True}
+    assert [m.content for m in agent.turns[-1].history] == ["m1", "echo: m1", "m2", "echo: m2"]
+
+
 def test_tool_calls_come_back_with_the_history(make_app):
     call = ToolCall("list_tasks", {"status": "all"}, {"tasks": []})
     agent = ScriptedAgent([Reply("You have no tasks.", "scripted", [call])])
@@ -141,6 +153,7 @@ def test_tasks_are_per_user(client):
         (UpstreamError(), 502, "upstream_error"),
         (UpstreamTimeout(), 504, "upstream_timeout"),
         (UpstreamBusy(retry_after=7), 503, "upstream_busy"),
+        (RuntimeError("bug with secret=hunter2"), 500, "internal_error"),
     ],
 )
 def test_failing_agent_keeps_the_message_and_the_conversation_usable(make_app, error, status, code):
@@ -151,7 +164,7 @@ def test_failing_agent_keeps_the_message_and_the_conversation_usable(make_app, e
     problem = assert_problem(
         chat(client, "alice", "are you there?", conversation_id=conversation), status, code
     )
-    assert "Traceback" not in str(problem)
+    assert "Traceback" not in str(problem) and "hunter2" not in str(problem)
     messages = history(client, "alice", conversation)
     assert [(m["role"], m["content"], m["status"]) for m in messages[2:]] == [
         ("user", "are you there?", "completed"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from helpers import FORGED_INT_CURSORS, assert_problem, ok, tasks
 
 TASK_FIELDS = {"task_id", "title", "description", "completed", "created_at", "updated_at"}
@@ -147,3 +149,20 @@ def test_invalid_patches_are_422(client, subtests):
             response = client.patch("/api/alice/tasks/1", json=body)
             assert_problem(response, 422, "validation_error")
     assert ok(client.get("/api/alice/tasks/1"))["title"] == "buy milk"
+
+
+def test_concurrent_creations_get_unique_gap_free_numbers(app):
+    numbers: list[int] = []
+
+    def add_three():
+        client = app.test_client()
+        for _ in range(3):
+            numbers.append(create(client, title="same time")["task_id"])
+
+    workers = [threading.Thread(target=add_three) for _ in range(6)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=30)
+    assert sorted(numbers) == list(range(1, 19))
+    assert [t["task_id"] for t in tasks(app.test_client(), "alice")] == list(range(1, 19))
