@@ -297,10 +297,15 @@ def _task_reference(message: str) -> TaskRef | None:
     quoted = _quotes(message)
     if quoted:
         return TaskRef(words=quoted[0].strip())
-    number = TASK_NUMBER.search(message) or BARE_NUMBER.search(message)
+    number = TASK_NUMBER.search(message)
     if number:
         return TaskRef(number=int(number.group(1)))
     words = " ".join(w for w in re.findall(r"[\w'-]+", message) if w.lower() not in STOPWORDS)
+    # A bare number is the task's only when nothing else is said ("delete 3"); in "I finished
+    # call 3 clients" it is part of a title.
+    number = BARE_NUMBER.fullmatch(words)
+    if number:
+        return TaskRef(number=int(number.group(1)))
     return TaskRef(words=words) if words else None
 
 
