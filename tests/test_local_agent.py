@@ -89,6 +89,8 @@ COMPLETING = [
     ("I'm done with the dog", 2),
     ('complete "pay rent"', 3),
     ("I finished walking the dog", 2),
+    ("mark 2 as done please", 2),
+    ("3 is done", 3),
 ]
 
 
@@ -110,6 +112,7 @@ DELETING = [
     ("cancel task 3", 3),
     ('Remove "walk the dog"', 2),
     ("remove task number 3", 3),
+    ("delete 3", 3),
 ]
 
 
@@ -165,6 +168,13 @@ def test_saying_kindly_which_task_it_could_not_find(client, subtests):
             assert named in body["response"]
             assert ok(client.get(f"/api/{user}/tasks/1"))["completed"] is False
             assert [t["title"] for t in tasks(client, user)] == ["buy milk"]
+
+
+def test_a_number_inside_a_title_is_part_of_the_title(client):
+    seed(client, "call 3 clients", "buy milk", "pay rent")
+    body = say(client, "I finished call 3 clients")
+    assert ("complete_task", {"task_id": 1}) in calls(body)
+    assert [t["task_id"] for t in tasks(client, "alice", "completed")] == [1]
 
 
 def test_one_users_numbers_never_reach_another_users_tasks(client):
