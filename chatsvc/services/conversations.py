@@ -11,7 +11,7 @@ from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..db import utcnow
-from ..errors import NotFound, SessionExpired
+from ..errors import NotFound, SessionExpired, TurnInProgress
 from ..models import Conversation, Message
 from . import pages
 
@@ -118,7 +118,8 @@ def messages_page(
 
 
 def delete_conversation(session: Session, conversation_id: str, access: Access) -> None:
-    conversation = find(session, conversation_id, access)
+    conversation = find(session, conversation_id, access, lock=True)
+    _require_idle(session, conversation)
     session.execute(delete(Message).where(Message.conversation_id == conversation.id))
     session.delete(conversation)
     session.commit()
@@ -127,6 +128,7 @@ def delete_conversation(session: Session, conversation_id: str, access: Access) 
 def reset(session: Session, conversation_id: str, access: Access) -> Conversation:
     """Clear a session's history and keep its id."""
     conversation = find(session, conversation_id, access, lock=True)
+    _require_idle(session, conversation)
     session.execute(delete(Message).where(Message.conversation_id == conversation.id))
     conversation.message_count = 0
     conversation.active_turn_id = None
@@ -134,6 +136,17 @@ def reset(session: Session, conversation_id: str, access: Access) -> Conversatio
     conversation.last_activity = utcnow()
     session.commit()
     return conversation
+
+
+def _require_idle(session: Session, conversation: Conversation) -> None:
+    """409 while a turn runs: its reply would land in a cleared (or deleted) conversation, and a
+    second turn could start beside it. A turn stale after a crash does not count."""
+    if conversation.active_turn_id is None:
+        return
+    fail_stale_turns(session, current_app.config, utcnow(), conversation.id)
+    if conversation.active_turn_id is not None:
+        session.rollback()
+        raise TurnInProgress()
 
 
 @dataclass(frozen=True)
