@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -11,6 +14,7 @@ from flask import Flask
 from sqlalchemy import select
 from werkzeug.test import TestResponse
 
+from chatsvc.agent.base import Reply
 from chatsvc.db import database
 from chatsvc.models import Conversation, Message
 
@@ -83,3 +87,29 @@ def forged_cursor(*position: Any) -> str:
 
 
 FORGED_INT_CURSORS = [forged_cursor(n) for n in (2**31, 2**63, 10**30, -(10**30), -1)]
+
+
+@contextmanager
+def turn_in_flight(
+    app: Flask, agent: Any, conversation: str, path: str = "/api/alice/chat"
+) -> Iterator[None]:
+    """A turn whose agent hangs (as if its worker had crashed) until the block ends."""
+    entered, gate = threading.Event(), threading.Event()
+
+    def hang(turn, tools):
+        entered.set()
+        gate.wait(timeout=10)
+        return Reply("too late", "scripted")
+
+    agent.steps.append(hang)
+    body = {"message": "crashing"}
+    if path.endswith("/chat"):
+        body["conversation_id"] = conversation
+    worker = threading.Thread(target=app.test_client().post, args=(path,), kwargs={"json": body})
+    worker.start()
+    try:
+        assert entered.wait(timeout=10)
+        yield
+    finally:
+        gate.set()
+        worker.join(timeout=10)

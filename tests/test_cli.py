@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from fakes import ScriptedAgent
-from helpers import age, assert_problem, chat, history, ok
-
-from chatsvc.agent.base import Reply
+from helpers import age, assert_problem, chat, history, ok, turn_in_flight
 
 SHORT = {"SESSION_TTL_SECONDS": 60, "SESSION_RETENTION_SECONDS": 120}
 
@@ -48,30 +42,6 @@ def test_user_conversations_are_kept_unless_they_have_a_ttl(make_app):
     expiring = make_app({**SHORT, "CONVERSATION_TTL_SECONDS": 60})
     assert "1 conversations" in cleanup(expiring)
     assert_problem(client.get(f"/api/alice/conversations/{conversation}"), 404, "not_found")
-
-
-@contextmanager
-def turn_in_flight(app, agent, conversation) -> Iterator[None]:
-    """A turn whose agent hangs (as if its worker had crashed) until the block ends."""
-    entered, gate = threading.Event(), threading.Event()
-
-    def hang(turn, tools):
-        entered.set()
-        gate.wait(timeout=10)
-        return Reply("too late", "scripted")
-
-    agent.steps.append(hang)
-    worker = threading.Thread(
-        target=chat, args=(app.test_client(), "alice", "crashing"),
-        kwargs={"conversation_id": conversation},
-    )  # fmt: skip
-    worker.start()
-    try:
-        assert entered.wait(timeout=10)
-        yield
-    finally:
-        gate.set()
-        worker.join(timeout=10)
 
 
 def stale_app(make_app):

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from fakes import ScriptedAgent
-from helpers import FORGED_INT_CURSORS, age, assert_problem, chat, forged_cursor, ok
+from helpers import (
+    FORGED_INT_CURSORS,
+    age,
+    assert_problem,
+    chat,
+    forged_cursor,
+    ok,
+    turn_in_flight,
+)
 
 CONVERSATION_FIELDS = {"id", "kind", "title", "created_at", "last_activity", "message_count"}
 
@@ -129,3 +137,15 @@ def test_idle_conversation_expires_when_a_ttl_is_set(make_app):
     assert_problem(client.get(f"/api/alice/conversations/{conversation}"), 410, "session_expired")
     listed = ok(client.get("/api/alice/conversations"))["items"]
     assert [c["id"] for c in listed] == [conversation]
+
+
+def test_a_conversation_with_a_turn_running_is_not_deleted(make_app):
+    agent = ScriptedAgent()
+    app = make_app(agent=agent)
+    client = app.test_client()
+    conversation = ok(chat(client, "alice", "hi"))["conversation_id"]
+    with turn_in_flight(app, agent, conversation):
+        response = client.delete(f"/api/alice/conversations/{conversation}")
+        assert_problem(response, 409, "turn_in_progress")
+    assert ok(client.get(f"/api/alice/conversations/{conversation}"))["message_count"] == 4
+    assert client.delete(f"/api/alice/conversations/{conversation}").status_code == 204

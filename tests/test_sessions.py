@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from fakes import ScriptedAgent
-from helpers import age, assert_problem, chat, ok
+from helpers import age, assert_problem, chat, ok, turn_in_flight
 
 
 def start(client, message="hello"):
@@ -130,3 +130,18 @@ def test_activity_keeps_a_session_alive(make_app):
     age(app, session, 50)
     state = ok(client.get(f"/api/session/{session}"))
     assert datetime.fromisoformat(state["expires_at"]) > before
+
+
+def test_reset_waits_for_the_running_turn_unless_it_is_stale(make_app):
+    agent = ScriptedAgent()
+    app = make_app({"TURN_STALE_SECONDS": 300}, agent=agent)
+    client = app.test_client()
+    session = start(client)["session_id"]
+    with turn_in_flight(app, agent, session, path=f"/api/chat/{session}"):
+        assert_problem(client.post(f"/api/session/{session}/reset"), 409, "turn_in_progress")
+        assert ok(client.get(f"/api/session/{session}"))["message_count"] == 4
+        age(app, session, 301)  # as if the worker running it had crashed
+        state = ok(client.post(f"/api/session/{session}/reset"))
+        assert state["message_count"] == 0
+        body = ok(client.post(f"/api/chat/{session}", json={"message": "fresh start"}))
+        assert body["context"] == {"messages": 0, "truncated": False}
