@@ -229,3 +229,27 @@ def test_second_turn_while_one_runs_is_409(make_app):
     assert ok(chat(client, "alice", "now", conversation_id=conversation_id))["status"] == (
         "completed"
     )
+
+
+def test_a_running_turn_holds_no_connection_and_no_lock(make_app):
+    # One pooled connection (PostgreSQL) and a short lock wait (SQLite): if the turn kept its
+    # transaction open while the agent waits, these requests would stall and fail.
+    agent = GatedAgent()
+    app = make_app(
+        {"DB_POOL_SIZE": 1, "DB_POOL_TIMEOUT": 2, "SQLITE_BUSY_TIMEOUT_MS": 2000}, agent=agent
+    )
+    client = app.test_client()
+    results = {}
+    worker = threading.Thread(
+        target=lambda: results.update(turn=chat(app.test_client(), "alice", "slow"))
+    )
+    worker.start()
+    try:
+        assert agent.entered.wait(timeout=10)
+        ok(client.post("/api/alice/tasks", json={"title": "meanwhile"}), 201)
+        listed = ok(client.get("/api/alice/conversations"))["items"]
+        assert listed[0]["message_count"] == 2
+    finally:
+        agent.release()
+        worker.join(timeout=10)
+    assert ok(results["turn"])["response"] == "released"
