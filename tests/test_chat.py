@@ -80,8 +80,11 @@ def test_agent_receives_the_newest_twenty_messages_oldest_first(make_app):
     agent = ScriptedAgent()
     client = make_app(agent=agent).test_client()
     conversation = ok(chat(client, "alice", "m0"))["conversation_id"]
-    for n in range(1, 11):  # 11 turns: 22 stored messages
+    for n in range(1, 10):  # 10 turns: exactly 20 stored messages, all of them sent
         ok(chat(client, "alice", f"m{n}", conversation_id=conversation))
+    body = ok(chat(client, "alice", "m10", conversation_id=conversation))
+    assert body["context"] == {"messages": 20, "truncated": False}
+    assert agent.turns[-1].history[0].content == "m0"
     body = ok(chat(client, "alice", "last", conversation_id=conversation))
     assert body["context"] == {"messages": 20, "truncated": True}
     sent = [m.content for m in agent.turns[-1].history]

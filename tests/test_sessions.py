@@ -43,6 +43,9 @@ def test_session_state_lists_messages_oldest_first(client):
     session = start(client, "first")["session_id"]
     ok(client.post(f"/api/chat/{session}", json={"message": "second"}))
     state = ok(client.get(f"/api/session/{session}"))
+    assert set(state) == {
+        "session_id", "created_at", "last_activity", "expires_at", "message_count", "messages",
+    }  # fmt: skip
     assert state["session_id"] == session
     assert state["message_count"] == 4
     assert [m["role"] for m in state["messages"]] == ["user", "assistant", "user", "assistant"]
