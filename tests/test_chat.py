@@ -74,6 +74,8 @@ def test_continuing_sends_the_history_and_stores_both_messages(make_app):
     ]
     assert set(messages[0]) >= MESSAGE_FIELDS
     assert messages[3]["id"] == second["message_id"]
+    assert messages[3]["created_at"] == second["created_at"]
+    assert [m["created_at"] for m in messages] == sorted(m["created_at"] for m in messages)
 
 
 def test_agent_receives_the_newest_twenty_messages_oldest_first(make_app):

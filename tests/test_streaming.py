@@ -39,10 +39,11 @@ def test_stream_sends_meta_deltas_tool_calls_and_done(client):
     }
     stored = history(client, "alice", done["conversation_id"])[-1]
     assert stored["id"] == done["message_id"]
-    assert (stored["content"], stored["status"], stored["tool_calls"]) == (
+    assert (stored["content"], stored["status"], stored["tool_calls"], stored["created_at"]) == (
         done["response"],
         "completed",
         done["tool_calls"],
+        done["created_at"],
     )
 
 
