@@ -93,7 +93,8 @@ FORGED_INT_CURSORS = [forged_cursor(n) for n in (2**31, 2**63, 10**30, -(10**30)
 def turn_in_flight(
     app: Flask, agent: Any, conversation: str, path: str = "/api/alice/chat"
 ) -> Iterator[None]:
-    """A turn whose agent hangs (as if its worker had crashed) until the block ends."""
+    """A turn ("crashing") whose agent hangs until the block ends: a turn in flight, or, once
+    aged past TURN_STALE_SECONDS, one whose worker crashed."""
     entered, gate = threading.Event(), threading.Event()
 
     def hang(turn, tools):

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 from fakes import GatedAgent, ScriptedAgent
-from helpers import assert_problem, chat, history, ok, tasks
+from helpers import assert_problem, chat, history, ok, tasks, turn_in_flight
 
 from chatsvc.agent.base import Reply, ToolCall, UpstreamBusy, UpstreamError, UpstreamTimeout
 
@@ -149,7 +149,10 @@ def test_tasks_are_per_user(client):
     ok(chat(client, "bob", "add walk the dog"))
     assert [t["task_id"] for t in tasks(client, "bob")] == [1]
     body = ok(chat(client, "bob", "delete task 2"))
+    assert body["tool_calls"][0]["result"]["error"] == "task_not_found"
+    ok(chat(client, "bob", "delete task 1"))
     assert [t["title"] for t in tasks(client, "alice")] == ["buy milk"]
+    assert tasks(client, "bob") == []
 
 
 @pytest.mark.parametrize(
@@ -206,34 +209,16 @@ def test_failed_first_turn_is_found_in_the_conversation_list(make_app):
 
 
 def test_second_turn_while_one_runs_is_409(make_app):
-    agent = GatedAgent()
+    agent = ScriptedAgent()
     app = make_app(agent=agent)
     client = app.test_client()
-    # Start the conversation with a turn that finishes, then hold the next one in flight.
-    agent.gate.set()
-    conversation_id = ok(chat(client, "alice", "start"))["conversation_id"]
-    agent.gate.clear()
-    agent.entered.clear()
-    results = {}
-
-    def first_turn():
-        results["first"] = chat(app.test_client(), "alice", "slow", conversation_id=conversation_id)
-
-    worker = threading.Thread(target=first_turn)
-    worker.start()
-    try:
-        assert agent.entered.wait(timeout=10)
-        second = chat(client, "alice", "impatient", conversation_id=conversation_id)
+    conversation = ok(chat(client, "alice", "start"))["conversation_id"]
+    with turn_in_flight(app, agent, conversation):
+        second = chat(client, "alice", "impatient", conversation_id=conversation)
         assert_problem(second, 409, "turn_in_progress")
-    finally:
-        agent.release()
-        worker.join(timeout=10)
-    assert ok(results["first"])["response"] == "released"
-    contents = [m["content"] for m in history(client, "alice", conversation_id)]
-    assert "impatient" not in contents
-    assert ok(chat(client, "alice", "now", conversation_id=conversation_id))["status"] == (
-        "completed"
-    )
+    messages = history(client, "alice", conversation)
+    assert [m["content"] for m in messages] == ["start", "echo: start", "crashing", "too late"]
+    assert ok(chat(client, "alice", "now", conversation_id=conversation))["status"] == "completed"
 
 
 def test_a_running_turn_holds_no_connection_and_no_lock(make_app):
