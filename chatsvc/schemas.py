@@ -11,8 +11,16 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 
 from .config import Config
 
-# NUL and C0 controls other than tab, LF and CR; invalid UTF-8 never gets this far.
-CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+# NUL and C0 controls other than tab, LF and CR, and lone surrogates (JSON's "\ud800" escapes:
+# no text, and no database stores them); invalid UTF-8 never gets this far.
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
+
+
+def no_control_chars(text: str) -> None:
+    if CONTROL_CHARS.search(text):
+        raise ValidationError(
+            "Control characters (other than tab, CR and LF) and lone surrogates are not allowed."
+        )
 
 
 class UTCDateTime(fields.DateTime):
@@ -42,12 +50,13 @@ class ChatText(fields.String):
         super().__init__(**_documented(kwargs, Config.MAX_MESSAGE_CHARS, TEXT_PATTERN))
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
-        text = super()._deserialize(value, attr, data, **kwargs).strip()
+        raw = super()._deserialize(value, attr, data, **kwargs)
+        # Checked before trimming: str.strip() would silently drop \x0b, \x0c and \x1c-\x1f.
+        no_control_chars(raw)
+        text = raw.strip()
         limit = current_app.config["MAX_MESSAGE_CHARS"]
         if not 1 <= len(text) <= limit:
             raise ValidationError(f"Length must be between 1 and {limit}.")
-        if CONTROL_CHARS.search(text):
-            raise ValidationError("Control characters other than tab, CR and LF are not allowed.")
         return text
 
 
@@ -59,11 +68,12 @@ class Title(fields.String):
         self.max_length = max_length
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
-        text = super()._deserialize(value, attr, data, **kwargs).strip()
+        raw = super()._deserialize(value, attr, data, **kwargs)
+        text = raw.strip()
+        if CONTROL_CHARS.search(raw) or "\n" in text or "\r" in text:
+            raise ValidationError("Control characters and line breaks are not allowed.")
         if not 1 <= len(text) <= self.max_length:
             raise ValidationError(f"Length must be between 1 and {self.max_length}.")
-        if CONTROL_CHARS.search(text) or "\n" in text or "\r" in text:
-            raise ValidationError("Control characters and line breaks are not allowed.")
         return text
 
 
@@ -115,12 +125,14 @@ class TaskListArgsSchema(PageArgsSchema):
 
 class TaskCreateSchema(Schema):
     title = Title(200, required=True)
-    description = fields.String(load_default="", validate=validate.Length(max=1000))
+    description = fields.String(
+        load_default="", validate=[validate.Length(max=1000), no_control_chars]
+    )
 
 
 class TaskUpdateSchema(Schema):
     title = Title(200)
-    description = fields.String(validate=validate.Length(max=1000))
+    description = fields.String(validate=[validate.Length(max=1000), no_control_chars])
     completed = fields.Boolean()
 
     @validates_schema

@@ -47,7 +47,8 @@ ADD_FILLER = re.compile(
 )
 WITH_DESCRIPTION = re.compile(r"\s+with (?:the )?(?:description|note|details)(?::\s*|\s+)", re.I)
 GREETING = re.compile(r"^\s*(hi|hello|hey|help|good (morning|afternoon|evening))\b[\s!.?]*$", re.I)
-QUOTED = re.compile(r"[\"“”'‘’«»]([^\"“”'‘’«»]+)[\"“”'‘’«»]")
+# Paired quotes; a single quote opens/closes only outside a word, so apostrophes ("mom's") don't.
+QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”|«([^»]+)»|(?<!\w)['‘](.+?)['’](?!\w)")
 TASK_NUMBER = re.compile(r"(?:\btask\s*(?:number\s*|no\.?\s*)?#?|#|\bnumber\s+)(\d+)\b", re.I)
 BARE_NUMBER = re.compile(r"\b(\d+)\b")
 STOPWORDS = frozenset(
@@ -202,7 +203,7 @@ class _Run:
         return self._on_task(message, "delete_task", "Deleted task {task_id} “{title}”.")
 
     def update(self, message: str) -> str:
-        quoted = QUOTED.findall(message)
+        quoted = _quotes(message)
         match = re.search(r"^(?P<ref>.*?)\s+(?:to|into|as)\s+(?P<new>.+)$", message, re.I | re.S)
         if len(quoted) >= 2:
             reference, new_text = f"“{quoted[0]}”", quoted[1]
@@ -283,9 +284,9 @@ def _intent(message: str) -> str | None:
 
 
 def _new_task_text(message: str) -> tuple[str, str]:
-    quoted = QUOTED.search(message)
+    quoted = _quotes(message)
     if quoted:
-        return quoted.group(1).strip(), ""
+        return quoted[0].strip(), ""
     text = re.sub(ADD_TRIGGER, "", message.strip(), count=1)
     text = re.sub(ADD_FILLER, "", text, count=1)
     title, *rest = WITH_DESCRIPTION.split(text, maxsplit=1)
@@ -297,13 +298,18 @@ def _new_task_text(message: str) -> tuple[str, str]:
 
 
 def _task_reference(message: str) -> TaskRef | None:
-    quoted = QUOTED.search(message)
+    quoted = _quotes(message)
     if quoted:
-        return TaskRef(words=quoted.group(1).strip())
-    number = TASK_NUMBER.search(message) or BARE_NUMBER.search(message)
+        return TaskRef(words=quoted[0].strip())
+    number = TASK_NUMBER.search(message)
     if number:
         return TaskRef(number=int(number.group(1)))
     words = " ".join(w for w in re.findall(r"[\w'-]+", message) if w.lower() not in STOPWORDS)
+    # A bare number is the task's only when nothing else is said ("delete 3"); in "I finished
+    # call 3 clients" it is part of a title.
+    number = BARE_NUMBER.fullmatch(words)
+    if number:
+        return TaskRef(number=int(number.group(1)))
     return TaskRef(words=words) if words else None
 
 
@@ -311,6 +317,15 @@ def _words(text: str) -> set[str]:
     return {w for w in re.findall(r"[\w'-]+", text.lower()) if w not in STOPWORDS}
 
 
+def _quotes(text: str) -> list[str]:
+    """The quoted passages of a message, verbatim, in order."""
+    return [_unquote(match) for match in QUOTED.finditer(text)]
+
+
+def _unquote(match: re.Match[str]) -> str:
+    return next(group for group in match.groups() if group is not None)
+
+
 def _strip_quotes(text: str) -> str:
     quoted = QUOTED.fullmatch(text)
-    return quoted.group(1) if quoted else text
+    return _unquote(quoted) if quoted else text

@@ -33,16 +33,27 @@ class UnsupportedMediaType(ApiError):
     status, code, detail = 415, "unsupported_media_type", "Send the body as application/json."
 
 
+class MalformedJson(ApiError):
+    status, code, detail = 400, "bad_request", "The request body is not valid JSON."
+
+
 def init_app(app: Flask) -> None:
     app.before_request(_require_json)
 
 
 def _require_json() -> None:
-    """A body that is not JSON is refused before any schema sees it."""
-    if (
+    """A body that is not JSON is refused before any schema sees it (on a route that exists:
+    unknown routes stay 404, wrong methods 405)."""
+    if not (
         request.method in {"POST", "PUT", "PATCH"}
+        and request.url_rule is not None
         and request.path.startswith("/api/")
         and (request.content_length or request.headers.get("Transfer-Encoding"))
-        and not request.is_json
     ):
+        return
+    if not request.is_json:
         raise UnsupportedMediaType()
+    try:
+        request.get_json(silent=True)  # webargs reads the body again, from the cache
+    except RecursionError:  # nested deeper than the decoder goes: malformed, not a crash
+        raise MalformedJson() from None

@@ -28,7 +28,7 @@ bp = Blueprint("tasks", __name__, url_prefix="/api", description="Tasks.")
 @problems(bp, 401, 403, 404, 422, 429)
 def list_tasks(args: dict[str, Any], user_id: str) -> dict[str, Any]:
     """The user's tasks by number, optionally only pending or completed ones."""
-    position = pages.decode(args["cursor"], int)
+    position = pages.decode(args["cursor"], int, maximum=pages.INT32_MAX)
     found = task_service.list_tasks(
         db.session(), auth.user_for_path(user_id), args["status"],
         after=position[0] if position else 0, limit=args["limit"] + 1,

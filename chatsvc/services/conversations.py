@@ -11,11 +11,12 @@ from sqlalchemy import and_, delete, select, update
 from sqlalchemy.orm import Session
 
 from ..db import utcnow
-from ..errors import NotFound, SessionExpired
+from ..errors import NotFound, SessionExpired, TurnInProgress
 from ..models import Conversation, Message
 from . import pages
 
 USER, SESSION = "user", "session"
+ID_LENGTH = 36
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ def find(
     session: Session, conversation_id: str, access: Access, *, lock: bool = False
 ) -> Conversation:
     """The conversation if `access` may see it (else 404) and it has not expired (else 410)."""
+    if not _well_formed(conversation_id):
+        raise NotFound("The conversation does not exist.")
     query = select(Conversation).where(Conversation.id == conversation_id)
     conversation = session.scalars(query.with_for_update() if lock else query).first()
     if conversation is None or not _visible(conversation, access):
@@ -53,6 +56,11 @@ def find(
             else "The conversation has expired."
         )  # fmt: skip
     return conversation
+
+
+def _well_formed(conversation_id: str) -> bool:
+    """Ids we could have made; others (PostgreSQL refuses NUL bytes outright) are simply unknown."""
+    return len(conversation_id) <= ID_LENGTH and conversation_id.isprintable()
 
 
 def _visible(conversation: Conversation, access: Access) -> bool:
@@ -84,7 +92,7 @@ def messages_page(
 ) -> tuple[list[Message], str | None]:
     """The newest `limit` messages before the cursor, oldest first, and the cursor to older ones."""
     query = select(Message).where(Message.conversation_id == conversation.id)
-    position = pages.decode(cursor, int)
+    position = pages.decode(cursor, int, maximum=pages.INT32_MAX)
     if position:
         query = query.where(Message.seq < position[0])
     rows = list(session.scalars(query.order_by(Message.seq.desc()).limit(limit + 1)))
@@ -95,7 +103,8 @@ def messages_page(
 
 
 def delete_conversation(session: Session, conversation_id: str, access: Access) -> None:
-    conversation = find(session, conversation_id, access)
+    conversation = find(session, conversation_id, access, lock=True)
+    _require_idle(session, conversation)
     session.execute(delete(Message).where(Message.conversation_id == conversation.id))
     session.delete(conversation)
     session.commit()
@@ -104,6 +113,7 @@ def delete_conversation(session: Session, conversation_id: str, access: Access) 
 def reset(session: Session, conversation_id: str, access: Access) -> Conversation:
     """Clear a session's history and keep its id."""
     conversation = find(session, conversation_id, access, lock=True)
+    _require_idle(session, conversation)
     session.execute(delete(Message).where(Message.conversation_id == conversation.id))
     conversation.message_count = 0
     conversation.active_turn_id = None
@@ -111,6 +121,17 @@ def reset(session: Session, conversation_id: str, access: Access) -> Conversatio
     conversation.last_activity = utcnow()
     session.commit()
     return conversation
+
+
+def _require_idle(session: Session, conversation: Conversation) -> None:
+    """409 while a turn runs: its reply would land in a cleared (or deleted) conversation, and a
+    second turn could start beside it. A turn stale after a crash does not count."""
+    if conversation.active_turn_id is None:
+        return
+    fail_stale_turns(session, current_app.config, utcnow(), conversation.id)
+    if conversation.active_turn_id is not None:
+        session.rollback()
+        raise TurnInProgress()
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,13 @@ def encode(*position: Any) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode(cursor: str | None, *types: type) -> tuple[Any, ...] | None:
-    """The position a cursor encodes, checked against the expected types; 422 if it is not ours."""
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+
+
+def decode(cursor: str | None, *types: type, maximum: int = INT64_MAX) -> tuple[Any, ...] | None:
+    """The position a cursor encodes, checked against the expected types and the integer range
+    its column holds (a forged, out-of-range number is a database error); 422 if it is not ours."""
     if cursor is None:
         return None
     try:
@@ -32,7 +37,7 @@ def decode(cursor: str | None, *types: type) -> tuple[Any, ...] | None:
         not isinstance(position, list)
         or len(position) != len(types)
         or not all(
-            isinstance(v, t) and not isinstance(v, bool)
+            isinstance(v, t) and not isinstance(v, bool) and (t is not int or 0 <= v <= maximum)
             for v, t in zip(position, types, strict=True)
         )
     ):

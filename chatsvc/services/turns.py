@@ -254,6 +254,7 @@ def finish(
             sources=reply.sources,
             model=reply.model,
             latency_ms=latency_ms,
+            created_at=now,  # the reply's time, as the response says: history shows the same
             completed_at=now,
             **reply.usage.as_dict(),
         )

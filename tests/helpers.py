@@ -1,0 +1,116 @@
+"""Small helpers shared by the tests: requests, problem checks, SSE parsing, moving time back."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import select
+from werkzeug.test import TestResponse
+
+from chatsvc.agent.base import Reply
+from chatsvc.db import database
+from chatsvc.models import Conversation, Message
+
+
+def chat(client: Any, user: str, message: str, **body: Any) -> TestResponse:
+    return client.post(f"/api/{user}/chat", json={"message": message, **body})
+
+
+def ok(response: TestResponse, status: int = 200) -> dict[str, Any]:
+    """The JSON body of a successful response, with a readable failure when it is not."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    return response.get_json()
+
+
+def assert_problem(response: TestResponse, status: int, code: str) -> dict[str, Any]:
+    """An RFC 9457 problem body of the contract, with the request id of the response."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/problem+json"
+    body = response.get_json()
+    assert body["status"] == status
+    assert body["code"] == code
+    assert body["type"] == "about:blank"
+    assert body["title"] and body["detail"]
+    assert body["request_id"] == response.headers["X-Request-ID"]
+    return body
+
+
+def tasks(client: Any, user: str, status: str = "all") -> list[dict[str, Any]]:
+    return ok(client.get(f"/api/{user}/tasks?status={status}&limit=100"))["items"]
+
+
+def history(client: Any, user: str, conversation_id: str, limit: int = 100) -> list[dict]:
+    response = client.get(f"/api/{user}/conversations/{conversation_id}?limit={limit}")
+    return ok(response)["messages"]
+
+
+def age(app: Flask, conversation_id: str, seconds: float) -> None:
+    """Move a conversation's clock (last activity, turn start, messages) `seconds` back."""
+    shift = timedelta(seconds=seconds)
+    with database(app).sessions() as session:
+        conversation = session.get(Conversation, conversation_id)
+        conversation.last_activity -= shift
+        if conversation.turn_started_at is not None:
+            conversation.turn_started_at -= shift
+        for message in session.scalars(
+            select(Message).where(Message.conversation_id == conversation_id)
+        ):
+            message.created_at -= shift
+        session.commit()
+
+
+def sse_events(response: TestResponse) -> list[tuple[str, int, dict[str, Any]]]:
+    """(event, id, data) of each Server-Sent Event; comment lines are skipped."""
+    events = []
+    for block in response.get_data(as_text=True).split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.splitlines():
+            if line.startswith(":") or not line:
+                continue
+            name, _, value = line.partition(": ")
+            fields[name] = value
+        if fields:
+            events.append((fields["event"], int(fields["id"]), json.loads(fields["data"])))
+    return events
+
+
+def forged_cursor(*position: Any) -> str:
+    """A cursor the service never issued, in the shape of its own (base64url JSON)."""
+    return base64.urlsafe_b64encode(json.dumps(position).encode()).decode().rstrip("=")
+
+
+FORGED_INT_CURSORS = [forged_cursor(n) for n in (2**31, 2**63, 10**30, -(10**30), -1)]
+
+
+@contextmanager
+def turn_in_flight(
+    app: Flask, agent: Any, conversation: str, path: str = "/api/alice/chat"
+) -> Iterator[None]:
+    """A turn ("crashing") whose agent hangs until the block ends: a turn in flight, or, once
+    aged past TURN_STALE_SECONDS, one whose worker crashed."""
+    entered, gate = threading.Event(), threading.Event()
+
+    def hang(turn, tools):
+        entered.set()
+        gate.wait(timeout=10)
+        return Reply("too late", "scripted")
+
+    agent.steps.append(hang)
+    body = {"message": "crashing"}
+    if path.endswith("/chat"):
+        body["conversation_id"] = conversation
+    worker = threading.Thread(target=app.test_client().post, args=(path,), kwargs={"json": body})
+    worker.start()
+    try:
+        assert entered.wait(timeout=10)
+        yield
+    finally:
+        gate.set()
+        worker.join(timeout=10)
