@@ -49,6 +49,18 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# The full-text index is database-specific and lives only in the migrations: SQLite's FTS5
+# table (and its shadow tables), PostgreSQL's generated tsvector column and its GIN index.
+FULL_TEXT = ("chunks_fts", "ix_chunks_fts")
+
+
+def include_name(name: str | None, type_: str, parent_names: dict[str, Any]) -> bool:
+    """Alembic's filter: what autogenerate compares between the models and the database."""
+    if type_ == "column" and parent_names.get("table_name") == "chunks":
+        return name != "fts"
+    return not (name or "").startswith(FULL_TEXT)
+
+
 class Database:
     """What `db.init_app` attaches to the app: the engine and the session factory."""
 

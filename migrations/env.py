@@ -6,22 +6,14 @@ from logging.config import fileConfig
 from alembic import context
 from flask import current_app
 
+from chatsvc.db import include_name
+
 config = context.config
 if config.config_file_name is not None and not logging.getLogger("chatsvc").handlers:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 database = current_app.extensions["migrate"].db
 options = current_app.extensions["migrate"].configure_args
-
-# The full-text index is database-specific and lives only in the migrations: SQLite's FTS5
-# table (and its shadow tables), PostgreSQL's generated tsvector column and its GIN index.
-FULL_TEXT = ("chunks_fts", "ix_chunks_fts")
-
-
-def include_name(name, type_, parent_names):
-    if type_ == "column" and parent_names.get("table_name") == "chunks":
-        return name != "fts"
-    return not (name or "").startswith(FULL_TEXT)
 
 
 def run_migrations_offline() -> None:

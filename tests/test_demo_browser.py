@@ -440,8 +440,10 @@ def test_a_deleted_conversation_is_forgotten_and_the_next_message_starts_anew(pa
     pick_user(page, "gus")
     send(page, "Add a task to buy milk", "/api/gus/chat")
     expect(page.locator(".message")).to_have_count(2)
+    expect(page.get_by_role("status")).to_contain_text("Answered")  # the turn is stored
     listed = app.test_client().get("/api/gus/conversations").json["items"]
-    app.test_client().delete(f"/api/gus/conversations/{listed[0]['id']}")
+    deleted = app.test_client().delete(f"/api/gus/conversations/{listed[0]['id']}")
+    assert deleted.status_code == 204
 
     response = send(page, "Show my tasks", "/api/gus/chat")
     assert response.status == 404

@@ -186,6 +186,7 @@ def test_one_users_numbers_never_reach_another_users_tasks(client):
 
 def test_anything_else_is_not_a_task(client):
     body = say(client, "what is the capital of France?")
-    assert body["tool_calls"] == []
+    assert [call["tool"] for call in body["tool_calls"]] == ["search_knowledge"]
+    assert body["sources"] == []
     assert "don't know" in body["response"]
     assert tasks(client, "alice") == []

@@ -24,8 +24,9 @@ def test_new_session_answers_with_its_id_twice(client):
 def test_anonymous_session_turn_has_no_user_and_no_task_tools(make_app):
     client = make_app().test_client()
     body = start(client, "Add a task to buy milk")
-    assert body["tool_calls"] == []
+    assert [call["tool"] for call in body["tool_calls"]] == ["search_knowledge"]
     assert "don't know" in body["response"]
+    assert client.get("/api/alice/tasks").json["items"] == []
 
 
 def test_session_agent_gets_no_user(make_app):

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 from flask_smorest import Blueprint
 
 from ..errors import PROBLEM_JSON, ApiError
@@ -37,6 +37,17 @@ class MalformedJson(ApiError):
     status, code, detail = 400, "bad_request", "The request body is not valid JSON."
 
 
+def body_limit(setting: str) -> Callable[[Any], Any]:
+    """Let a view accept bodies up to the config value `setting` instead of
+    MAX_CONTENT_LENGTH. Put it right under the route decorator."""
+
+    def decorate(view: Any) -> Any:
+        view.body_limit = setting
+        return view
+
+    return decorate
+
+
 def init_app(app: Flask) -> None:
     app.before_request(_require_json)
 
@@ -51,6 +62,9 @@ def _require_json() -> None:
         and (request.content_length or request.headers.get("Transfer-Encoding"))
     ):
         return
+    setting = getattr(current_app.view_functions.get(request.endpoint), "body_limit", None)
+    if setting is not None:
+        request.max_content_length = current_app.config[setting]
     if not request.is_json:
         raise UnsupportedMediaType()
     try:

@@ -4,26 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app, request
 from flask_smorest import Blueprint
 
 from .. import auth, db
 from ..models import Document
 from ..schemas import DocumentCreateSchema, DocumentPageSchema, DocumentSchema, PageArgsSchema
 from ..services import knowledge
-from . import problems
+from . import body_limit, problems
 
 bp = Blueprint("documents", __name__, url_prefix="/api/documents", description="Knowledge base.")
 
 
-@bp.before_request
-def _document_body_limit() -> None:
-    """Documents may be larger than chat bodies: MAX_DOCUMENT_BYTES instead."""
-    if request.method == "POST":
-        request.max_content_length = current_app.config["MAX_DOCUMENT_BYTES"]
-
-
 @bp.post("")
+@body_limit("MAX_DOCUMENT_BYTES")
 @bp.arguments(DocumentCreateSchema)
 @bp.response(201, DocumentSchema)
 @bp.alt_response(200, schema=DocumentSchema, description="The same text was already stored.")
