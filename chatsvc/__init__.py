@@ -40,9 +40,9 @@ def create_app(config: dict[str, Any] | None = None, *, agent: Agent | None = No
 
 
 def _register_blueprints(api: Api) -> None:
-    from .api import chat, conversations, meta, sessions, tasks
+    from .api import chat, conversations, meta, sessions, tasks, usage
 
-    for module in (meta, chat, sessions, conversations, tasks):
+    for module in (meta, chat, sessions, conversations, tasks, usage):
         api.register_blueprint(module.bp)
 
 
