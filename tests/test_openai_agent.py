@@ -125,7 +125,10 @@ def test_provider_faults_map_to_problems_and_store_a_failed_turn(
 ):
     client = llm_app(AGENT_TIMEOUT_SECONDS=1.0).test_client()
     conversation_id = chat(client, "first").json["conversation_id"]
-    fake_llm.script(fault)
+    # A stream that fails before saying anything is asked again without streaming (see the
+    # adapter): a fault of that kind must happen twice to fail the turn.
+    silent = status == 502 and fault.fault != "drop_midstream"
+    fake_llm.script(*([fault, fault] if silent else [fault]))
     response = chat(client, "second", conversation_id)
     assert response.status_code == status
     assert response.mimetype == "application/problem+json"
@@ -155,3 +158,12 @@ def test_a_retry_after_beyond_the_deadline_answers_at_once(llm_app, fake_llm):
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "30"
     assert len(fake_llm.requests) == 1
+
+
+def test_a_server_that_cannot_stream_tool_calls_is_asked_again_without_streaming(llm_app, fake_llm):
+    client = llm_app().test_client()
+    fake_llm.script(drop(), call(("add_task", {"title": "water"})), say("Added water."))
+    body = chat(client, "add water").json
+    assert body["tool_calls"][0]["result"]["status"] == "created"
+    assert body["response"] == "Added water."
+    assert [bool(r.get("stream")) for r in fake_llm.requests] == [True, False, True]

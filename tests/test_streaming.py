@@ -71,7 +71,7 @@ def test_model_stream_forwards_chunks_and_tool_calls_in_order(llm_app, fake_llm)
 
 def test_a_provider_failure_ends_the_stream_with_an_error_event(llm_app, fake_llm):
     client = llm_app().test_client()
-    fake_llm.script(fail(500))
+    fake_llm.script(fail(500), fail(500))  # the second: the same round without streaming
     events, _ = stream(client, "/api/alice/chat", {"message": "hi"})
     assert_well_formed(events)
     assert events[-1].name == "error"

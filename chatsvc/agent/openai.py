@@ -30,6 +30,7 @@ from .base import (
     UpstreamError,
     UpstreamTimeout,
     Usage,
+    estimate_tokens,
 )
 from .tools import ToolBox
 
@@ -175,10 +176,17 @@ class OpenAIAgent(Agent):
             request["tools"] = tools
         try:
             if self._stream_provider:
-                yield from self._read_stream(request, deadline, step)
-            else:
-                completion = self._with_retries(request, deadline)
-                yield from _read_completion(completion, step)
+                try:
+                    yield from self._read_stream(request, deadline, step)
+                    return
+                except UpstreamError:
+                    # llama-cpp-python's server cannot stream a tool call it decided on (it
+                    # drops the stream): such a round is asked again without streaming.
+                    if not tools or step.text or step.calls:
+                        raise
+                    log.warning("streaming with tools failed; asking again without streaming")
+            completion = self._with_retries(request, deadline)
+            yield from _read_completion(completion, step)
         except AgentError:
             raise
         except openai.APIError as exc:
@@ -213,6 +221,8 @@ class OpenAIAgent(Agent):
         if not step.finished:
             raise UpstreamError("The language model's stream ended before its answer did.")
         step.calls = _named_calls(calls.values())
+        if not step.usage.total_tokens:  # servers that ignore stream_options send no usage
+            step.usage = _estimated_usage(request["messages"], step)
 
     def _with_retries(self, request: dict[str, Any], deadline: _Deadline) -> Any:
         """The SDK call, retried on transient failures while the deadline allows it."""
@@ -346,6 +356,12 @@ def _named_calls(calls: Any) -> list[_PendingCall]:
             call.id = f"call{index:05d}"
         seen.add(call.id)
     return named
+
+
+def _estimated_usage(messages: list[dict[str, Any]], step: _Step) -> Usage:
+    prompt = sum(estimate_tokens(json.dumps(message, ensure_ascii=False)) for message in messages)
+    completion = estimate_tokens(step.text + "".join(call.arguments for call in step.calls))
+    return Usage(prompt, completion, prompt + completion)
 
 
 def _usage(raw: Any) -> Usage:

@@ -28,6 +28,7 @@ from ..agent.base import (
     ToolCall,
     ToolCallDone,
     Turn,
+    estimate_tokens,
 )
 from ..agent.tools import ToolBox
 from ..db import utcnow
@@ -206,13 +207,6 @@ def message_tokens(item: HistoryMessage) -> int:
         estimate_tokens(json.dumps(call.parameters) + json.dumps(call.result))
         for call in item.tool_calls
     )
-
-
-def estimate_tokens(text: str) -> int:
-    """About four ASCII characters a token, one a token for other scripts, plus a message's
-    framing: close enough to real tokenizers and needs no download."""
-    ascii_chars = sum(1 for char in text if char.isascii())
-    return ascii_chars // 4 + (len(text) - ascii_chars) + 4
 
 
 def finish(
