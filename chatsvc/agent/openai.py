@@ -173,7 +173,8 @@ class OpenAIAgent(Agent):
         """Yield the response's text pieces as they arrive; fill `step` with the rest."""
         request: dict[str, Any] = {"model": self.name, "messages": messages}
         if tools:
-            request["tools"] = tools
+            # Explicit: OpenAI defaults to "auto" with tools, llama-cpp-python ignores the tools.
+            request.update(tools=tools, tool_choice="auto")
         try:
             if self._stream_provider:
                 try:
