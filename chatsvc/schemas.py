@@ -203,7 +203,9 @@ class UsageDaySchema(Schema):
     prompt_tokens = fields.Integer(required=True)
     completion_tokens = fields.Integer(required=True)
     total_tokens = fields.Integer(required=True)
-    turns = fields.Integer(required=True)
+    turns = fields.Integer(
+        required=True, metadata={"description": "Assistant replies, failed and cancelled included."}
+    )
 
 
 class UsagePageSchema(Schema):

@@ -117,9 +117,12 @@ def test_a_client_that_hangs_up_leaves_the_partial_answer_cancelled(live_server,
             b"POST /api/alice/chat HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n"
             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
         )
+        connection.settimeout(5)
         received = b""
         while received.count(b"event: delta") < 3:
-            received += connection.recv(4096)
+            chunk = connection.recv(4096)
+            assert chunk, f"the stream ended early: {received!r}"
+            received += chunk
     client = app.test_client()
     conversation = wait_for(
         lambda: (client.get("/api/alice/conversations").json["items"] or [None])[0]
