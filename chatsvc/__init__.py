@@ -43,9 +43,9 @@ def create_app(config: dict[str, Any] | None = None, *, agent: Agent | None = No
 
 
 def _register_blueprints(api: Api) -> None:
-    from .api import chat, conversations, demo, documents, meta, sessions, tasks
+    from .api import chat, conversations, demo, documents, meta, sessions, tasks, usage
 
-    for module in (meta, chat, sessions, conversations, tasks, documents, demo):
+    for module in (meta, chat, sessions, conversations, tasks, usage, documents, demo):
         api.register_blueprint(module.bp)
 
 

@@ -1,16 +1,21 @@
-"""Flask commands: `sessions cleanup`, `token create`, `kb ingest|list|delete|seed`."""
+"""Flask commands: `chat`, `sessions cleanup`, `token create`, `kb ingest|list|delete|seed`."""
 
 from __future__ import annotations
 
+import sys
 from datetime import timedelta
 from pathlib import Path
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from . import auth, db
-from .services import conversations, idempotency, knowledge
+from .agent import current_agent, toolbox
+from .agent.base import AgentError, TextDelta, ToolCallDone
+from .errors import ApiError
+from .services import conversations, idempotency, knowledge, turns
+from .services.conversations import SESSION, USER, Access
 
 sessions_cli = AppGroup("sessions", help="Knowledge sessions.")
 token_cli = AppGroup("token", help="Development tokens.")
@@ -126,7 +131,59 @@ def _shown(path: Path) -> str:
         return path.name
 
 
+@click.command("chat")
+@with_appcontext
+@click.option("--user", help="Talk to the Todo assistant as USER (else: a knowledge session).")
+@click.option("--session", "conversation_id", help="Continue this conversation or session.")
+@click.option("--stream", is_flag=True, help="Print the answer as it is generated.")
+def chat(user: str | None, conversation_id: str | None, stream: bool) -> None:
+    """Chat in the terminal through the same turn service as the API; an empty line or EOF
+    ends it."""
+    if user is not None and not auth.USER_ID.match(user):
+        raise click.ClickException("--user may hold 1-128 of A-Z a-z 0-9 . _ @ : -")
+    access = Access(user) if user else Access(None, kind=SESSION)
+    while True:
+        click.echo("you> ", nl=False)
+        message = sys.stdin.readline().strip()
+        if not message:
+            return
+        if len(message) > current_app.config["MAX_MESSAGE_CHARS"]:
+            click.echo("error: the message is too long", err=True)
+            continue
+        conversation_id = _chat_turn(access, message, conversation_id, stream)
+
+
+def _chat_turn(access: Access, message: str, conversation_id: str | None, stream: bool) -> str:
+    """One turn, printed; the conversation's id to continue with."""
+    kind = USER if access.user_id and access.kind is None else SESSION
+    with db.database().sessions() as session:
+        try:
+            pending = turns.begin(
+                session, current_app.config, access=access, kind=kind,
+                message=message, conversation_id=conversation_id,
+            )  # fmt: skip
+        except ApiError as error:
+            raise click.ClickException(error.detail) from error
+        if conversation_id is None:
+            click.echo(f"(conversation {pending.conversation_id})")
+        tools = toolbox(db.database().sessions, pending.turn.user_id)
+        try:
+            events = turns.stream(session, current_agent(), tools, pending)
+            click.echo("assistant> ", nl=False)
+            for event in events:
+                if isinstance(event, TextDelta) and stream:
+                    click.echo(event.text, nl=False)
+                elif isinstance(event, ToolCallDone):
+                    click.echo(f"[{event.call.tool} {event.call.result}] ", nl=False)
+                elif isinstance(event, turns.TurnResult):
+                    click.echo("" if stream else event.reply.text)
+        except AgentError as error:
+            click.echo(f"\nerror: {error.code}: {error.detail}", err=True)
+    return pending.conversation_id
+
+
 def init_app(app: Flask) -> None:
+    app.cli.add_command(chat)
     app.cli.add_command(sessions_cli)
     app.cli.add_command(token_cli)
     app.cli.add_command(kb_cli)

@@ -62,9 +62,11 @@ class Config:
     AGENT_TIMEOUT_SECONDS = 60.0
     AGENT_MAX_RETRIES = 2
     AGENT_MAX_TOOL_ROUNDS = 5
+    AGENT_SYSTEM_PROMPT = ""  # empty: the built-in prompt for the assistant's tools
     OPENAI_BASE_URL = ""
     OPENAI_MODEL = "gpt-4o-mini"
     OPENAI_API_KEY = ""
+    OPENAI_STREAM = True  # false for servers that cannot stream tool calls
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -278,6 +278,21 @@ class DocumentPageSchema(Schema):
     next_cursor = fields.String(required=True, allow_none=True)
 
 
+class UsageDaySchema(Schema):
+    day = fields.Date(required=True, metadata={"description": "UTC day."})
+    model = fields.String(required=True)
+    prompt_tokens = fields.Integer(required=True)
+    completion_tokens = fields.Integer(required=True)
+    total_tokens = fields.Integer(required=True)
+    turns = fields.Integer(
+        required=True, metadata={"description": "Assistant replies, failed and cancelled included."}
+    )
+
+
+class UsagePageSchema(Schema):
+    items = fields.List(fields.Nested(UsageDaySchema), required=True)
+
+
 class ProblemSchema(Schema):
     """RFC 9457 problem details."""
 

@@ -92,3 +92,33 @@ def client(app: Flask):
 @pytest.fixture
 def runner(app: Flask):
     return app.test_cli_runner()
+
+
+@pytest.fixture
+def fake_llm() -> Iterator[Any]:
+    """A scripted OpenAI-compatible server on 127.0.0.1 (tests/fakellm.py)."""
+    from fakellm import FakeLLM
+
+    server = FakeLLM()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def llm_app(make_app: Callable[..., Flask], fake_llm: Any) -> Callable[..., Flask]:
+    """Apps whose agent is the OpenAI adapter talking to the fake server."""
+
+    def factory(**config: Any) -> Flask:
+        return make_app(
+            {
+                "AGENT_PROVIDER": "openai",
+                "OPENAI_BASE_URL": fake_llm.url,
+                "OPENAI_MODEL": "fake-model",
+                "OPENAI_API_KEY": "sk-test",
+                "AGENT_TIMEOUT_SECONDS": 2.0,
+                "AGENT_MAX_RETRIES": 0,
+                **config,
+            }
+        )
+
+    return factory

@@ -69,7 +69,9 @@ def _turn(
     agent = current_agent()
     tools = toolbox(db.database().sessions, pending.turn.user_id)
     if streaming.wants_stream():
-        return streaming.respond(turns.stream(db.session(), agent, tools, pending), pending)
+        return streaming.respond(
+            lambda session: turns.stream(session, agent, tools, pending), pending
+        )
     result = turns.run(db.session(), agent, tools, pending)
     record_timings(pending.timings)
     return result.body()

@@ -1,37 +1,64 @@
-"""Server-Sent Events for chat turns (contract §5)."""
+"""Server-Sent Events for chat turns (contract §5).
+
+The turn runs in a worker thread (a greenlet under gunicorn's gevent worker) that feeds a
+queue, so the response can send `: ping` while the model is silent and notice a client that
+left; the worker then stops the run, which stores what was said so far as `cancelled`.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from flask import Response, request, stream_with_context
+from flask import Flask, Response, current_app, g, request, stream_with_context
+from sqlalchemy.orm import Session
 
 from ..agent.base import AgentError, SourcesFound, TextDelta, ToolCallDone
+from ..db import database
 from ..errors import ApiError, problem_body
 from ..observability import server_timing
 from ..schemas import TurnSchema
 from ..services.turns import PendingTurn, TurnResult
 
 EVENT_STREAM = "text/event-stream"
+PING = ": ping\n\n"
 log = logging.getLogger(__name__)
+
+Run = Callable[[Session], Iterator[Any]]
+
+
+class _End:
+    """The worker is done (after its last event, or after `error`)."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
 
 
 def wants_stream() -> bool:
     return request.accept_mimetypes.best_match(["application/json", EVENT_STREAM]) == EVENT_STREAM
 
 
-def respond(events: Iterator[Any], pending: PendingTurn) -> Response:
-    """Forward the turn's events as they happen; the generator's close (client gone) reaches
-    the turn service, which stores what was said so far as `cancelled`."""
-    response = Response(
-        stream_with_context(_sse(events, pending)),
+def respond(run: Run, pending: PendingTurn) -> Response:
+    """Stream the turn `run(session)` produces, forwarding each event as it happens."""
+    events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    cancel = threading.Event()
+    worker = threading.Thread(
+        target=_work,
+        args=(current_app._get_current_object(), g.get("request_id"), run, events, cancel),
+        name=f"turn-{pending.assistant_message_id}",
+        daemon=True,
+    )
+    worker.start()
+    ping = current_app.config["SSE_PING_SECONDS"]
+    return Response(
+        stream_with_context(_sse(events, cancel, pending, ping)),
         mimetype=EVENT_STREAM,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
-    return response
 
 
 def replay(body: dict[str, Any], *, headers: dict[str, str]) -> Response:
@@ -47,32 +74,77 @@ def replay(body: dict[str, Any], *, headers: dict[str, str]) -> Response:
     )
 
 
-def _sse(events: Iterator[Any], pending: PendingTurn) -> Iterator[str]:
+def _work(
+    app: Flask,
+    request_id: str | None,
+    run: Run,
+    events: queue.SimpleQueue[Any],
+    cancel: threading.Event,
+) -> None:
+    """Run the turn on its own session; stop between events once the client has gone."""
+    with app.app_context():
+        g.request_id = request_id
+        session = database(app).sessions()
+        stream = None
+        try:
+            stream = run(session)
+            for event in stream:
+                events.put(event)
+                if cancel.is_set():
+                    break
+            stream.close()  # on a break: the turn service stores the partial answer
+            events.put(_End())
+        except BaseException as error:  # handed to the response, which reports it
+            events.put(_End(error))
+        finally:
+            session.close()
+
+
+def _sse(
+    events: queue.SimpleQueue[Any], cancel: threading.Event, pending: PendingTurn, ping: float
+) -> Iterator[str]:
     counter = iter(range(1, 1_000_000))
     meta = {"conversation_id": pending.conversation_id, "message_id": pending.assistant_message_id}
     if pending.kind == "session":
         meta["session_id"] = pending.conversation_id
     yield frame(next(counter), "meta", meta)
     try:
-        for event in events:
-            if isinstance(event, TextDelta):
-                yield frame(next(counter), "delta", {"text": event.text})
-            elif isinstance(event, ToolCallDone):
-                yield frame(next(counter), "tool_call", event.call.as_dict())
-            elif isinstance(event, SourcesFound):
-                yield frame(next(counter), "sources", {"sources": event.sources})
-            elif isinstance(event, TurnResult):
-                body = TurnSchema().dump(event.body())
-                body["timing"] = server_timing(pending.timings)
-                yield frame(next(counter), "done", body)
-    except (AgentError, ApiError) as error:
-        yield frame(next(counter), "error", problem_body(error.status, error.code, error.detail))
-    except Exception:
-        log.exception("stream failed")
-        yield frame(next(counter), "error", problem_body(500, "internal_error", ApiError.detail))
+        while True:
+            try:
+                event = events.get(timeout=ping)
+            except queue.Empty:
+                yield PING
+                continue
+            if isinstance(event, _End):
+                if event.error is not None:
+                    yield _error_frame(next(counter), event.error)
+                return
+            named = _named(event, pending)
+            if named is not None:
+                yield frame(next(counter), *named)
     finally:
-        if hasattr(events, "close"):
-            events.close()
+        cancel.set()  # a no-op when the run is over; otherwise the client has gone
+
+
+def _named(event: Any, pending: PendingTurn) -> tuple[str, dict[str, Any]] | None:
+    if isinstance(event, TextDelta):
+        return "delta", {"text": event.text}
+    if isinstance(event, ToolCallDone):
+        return "tool_call", event.call.as_dict()
+    if isinstance(event, SourcesFound):
+        return "sources", {"sources": event.sources}
+    if isinstance(event, TurnResult):
+        body = TurnSchema().dump(event.body())
+        body["timing"] = server_timing(pending.timings)
+        return "done", body
+    return None
+
+
+def _error_frame(event_id: int, error: BaseException) -> str:
+    if isinstance(error, AgentError | ApiError):
+        return frame(event_id, "error", problem_body(error.status, error.code, error.detail))
+    log.error("stream failed", exc_info=error)
+    return frame(event_id, "error", problem_body(500, "internal_error", ApiError.detail))
 
 
 def frame(event_id: int, name: str, data: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ finish (unit of work 2) store the assistant message's outcome, free the conversa
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from ..agent.base import (
     ToolCall,
     ToolCallDone,
     Turn,
+    estimate_tokens,
 )
 from ..agent.tools import ToolBox
 from ..db import utcnow
@@ -190,9 +192,10 @@ def _context(
     message: str,
     skip: str | None = None,
 ) -> tuple[tuple[HistoryMessage, ...], Context]:
-    """The newest HISTORY_LIMIT messages (oldest first), trimmed from the oldest end to
-    HISTORY_MAX_TOKENS. An assistant message carries its tool calls, so a call and its result
-    are never separated."""
+    """The newest HISTORY_LIMIT messages (oldest first), trimmed from the oldest end so they
+    and the new message fit HISTORY_MAX_TOKENS. An assistant message carries its tool calls
+    and their results, so it is kept or dropped whole: a call never loses its result. The
+    history starts with a user message, as strict chat templates demand."""
     limit = config["HISTORY_LIMIT"]
     newest = list(
         session.scalars(
@@ -215,20 +218,24 @@ def _context(
         item = HistoryMessage(
             row.role, row.content, tuple(ToolCall(**call) for call in row.tool_calls or ())
         )
-        budget -= estimate_tokens(item.content) + sum(
-            estimate_tokens(str(call.parameters) + str(call.result)) for call in item.tool_calls
-        )
+        budget -= message_tokens(item)
         if budget < 0:
             truncated = True
             break
         kept.append(item)
+    while kept and kept[-1].role != "user":
+        kept.pop()
+        truncated = True
     kept.reverse()
     return tuple(kept), Context(len(kept), truncated)
 
 
-def estimate_tokens(text: str) -> int:
-    """About four characters a token, plus a message's framing; needs no tokenizer download."""
-    return len(text) // 4 + 4
+def message_tokens(item: HistoryMessage) -> int:
+    """A history message's estimated size, its tool calls and results included."""
+    return estimate_tokens(item.content) + sum(
+        estimate_tokens(json.dumps(call.parameters) + json.dumps(call.result))
+        for call in item.tool_calls
+    )
 
 
 def finish(
@@ -305,8 +312,9 @@ def stream(
         partial = Reply("".join(text), agent.name, list(calls))
         finish(session, pending, partial, status=status, error_code=code)
 
+    events = agent.stream(pending.turn, tools)
     try:
-        for event in agent.stream(pending.turn, tools):
+        for event in events:
             if isinstance(event, ReplyDone):
                 pending.timings["agent"] = _ms_since(started)
                 settled = True
@@ -336,6 +344,9 @@ def stream(
             session.rollback()
             settle("failed", "internal_error")
         raise
+    finally:
+        if hasattr(events, "close"):
+            events.close()  # stops the provider's stream when the client has gone
 
 
 def _title(message: str) -> str:

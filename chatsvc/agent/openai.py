@@ -1,0 +1,409 @@
+"""Any OpenAI-compatible chat model (OpenAI, Gemini, Ollama, vLLM, llama.cpp's server) behind
+the agent port: a bounded tool loop over chat completions, vendor errors translated here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx2
+import openai
+
+from .base import (
+    Agent,
+    AgentError,
+    AgentEvent,
+    HistoryMessage,
+    Reply,
+    ReplyDone,
+    TextDelta,
+    ToolCall,
+    ToolCallDone,
+    Turn,
+    UpstreamBusy,
+    UpstreamError,
+    UpstreamTimeout,
+    Usage,
+    estimate_tokens,
+)
+from .tools import ToolBox
+
+log = logging.getLogger(__name__)
+
+TODO_PROMPT = (
+    "You are a helpful Todo assistant. Manage the user's tasks only through the tools you are "
+    "given; never invent task numbers — list the tasks first when unsure which one is meant. "
+    "Refer to tasks by number and title. Keep answers short and friendly."
+)
+KNOWLEDGE_PROMPT = (
+    "You are a knowledge assistant. Answer from the knowledge base through search_knowledge "
+    "and cite what you used; when nothing relevant is found, say you do not know."
+)
+GENERAL_PROMPT = "You are a helpful assistant. Keep answers short; say so when you do not know."
+NO_ANSWER = "I could not put an answer into words; please try again."
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+MAX_BACKOFF_SECONDS = 8.0
+
+
+@dataclass
+class _Deadline:
+    seconds: float
+    started: float = field(default_factory=time.monotonic)
+
+    def remaining(self) -> float:
+        return self.seconds - (time.monotonic() - self.started)
+
+    def check(self) -> float:
+        left = self.remaining()
+        if left <= 0:
+            raise UpstreamTimeout()
+        return left
+
+
+@dataclass
+class _PendingCall:
+    """A tool call as the model asked for it (arguments still raw text)."""
+
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass
+class _Step:
+    """One model response: its text, the tool calls it asks for, its usage."""
+
+    text: str = ""
+    calls: list[_PendingCall] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    finished: bool = False
+
+
+class OpenAIAgent(Agent):
+    """Chat completions with tool calling; streams provider chunks as they arrive."""
+
+    def __init__(
+        self,
+        client: openai.OpenAI,
+        model: str,
+        *,
+        timeout: float,
+        max_retries: int,
+        max_tool_rounds: int,
+        stream_provider: bool = True,
+        system_prompt: str = "",
+    ) -> None:
+        self._client = client
+        self.name = model
+        self._timeout = timeout
+        self._max_retries = max_retries
+        self._max_tool_rounds = max_tool_rounds
+        self._stream_provider = stream_provider
+        self._system_prompt = system_prompt
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> OpenAIAgent:
+        # Retries are ours (deadline-aware); the SDK's would sleep up to 60 s on Retry-After.
+        client = openai.OpenAI(
+            base_url=config["OPENAI_BASE_URL"] or None,
+            api_key=config["OPENAI_API_KEY"] or "unused",
+            timeout=config["AGENT_TIMEOUT_SECONDS"],
+            max_retries=0,
+        )
+        client.platform_headers()  # the first call forks `uname -p`: pay for it at start-up
+        return cls(
+            client,
+            config["OPENAI_MODEL"],
+            timeout=config["AGENT_TIMEOUT_SECONDS"],
+            max_retries=config["AGENT_MAX_RETRIES"],
+            max_tool_rounds=config["AGENT_MAX_TOOL_ROUNDS"],
+            stream_provider=config["OPENAI_STREAM"],
+            system_prompt=config["AGENT_SYSTEM_PROMPT"],
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def stream(self, turn: Turn, tools: ToolBox) -> Iterator[AgentEvent]:
+        deadline = _Deadline(self._timeout)
+        messages = self._messages(turn, tools)
+        specs = tools.specs()
+        usage = Usage()
+        said: list[str] = []
+        calls: list[ToolCall] = []
+        for round_number in range(self._max_tool_rounds + 1):
+            offer = specs if specs and round_number < self._max_tool_rounds else None
+            step = _Step()
+            gap = "\n\n" if said and not said[-1][-1:].isspace() else ""
+            for piece in self._complete(messages, offer, deadline, step):
+                for text in (gap, piece) if gap else (piece,):
+                    said.append(text)
+                    yield TextDelta(text)
+                gap = ""  # a later round's words start a new paragraph
+            usage.add(step.usage)
+            if not step.calls or offer is None:
+                break
+            messages.append(_assistant_message(step.text, step.calls))
+            for pending in step.calls:
+                call = tools.call(pending.name, pending.arguments)
+                calls.append(call)
+                yield ToolCallDone(call)
+                messages.append(_tool_message(pending.id, call))
+        if not "".join(said).strip():
+            said.append(NO_ANSWER)
+            yield TextDelta(NO_ANSWER)
+        text = "".join(said)
+        yield ReplyDone(Reply(text=text, model=self.name, tool_calls=calls, usage=usage))
+
+    # One model call ------------------------------------------------------------------------
+
+    def _complete(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        deadline: _Deadline,
+        step: _Step,
+    ) -> Iterator[str]:
+        """Yield the response's text pieces as they arrive; fill `step` with the rest."""
+        request: dict[str, Any] = {"model": self.name, "messages": messages}
+        if tools:
+            # Explicit: OpenAI defaults to "auto" with tools, llama-cpp-python ignores the tools.
+            request.update(tools=tools, tool_choice="auto")
+        try:
+            if self._stream_provider:
+                try:
+                    yield from self._read_stream(request, deadline, step)
+                    return
+                except UpstreamError:
+                    # llama-cpp-python's server cannot stream a tool call it decided on (it
+                    # drops the stream): such a round is asked again without streaming.
+                    if not tools or step.text or step.calls:
+                        raise
+                    log.warning("streaming with tools failed; asking again without streaming")
+            completion = self._with_retries(request, deadline)
+            yield from _read_completion(completion, step)
+        except AgentError:
+            raise
+        except openai.APIError as exc:
+            raise _translate(exc) from exc
+        except httpx2.TimeoutException as exc:
+            raise UpstreamTimeout() from exc
+        except (httpx2.HTTPError, httpx2.StreamError) as exc:
+            raise UpstreamError("The language model's connection broke off.") from exc
+        except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:
+            log.warning("unreadable completion: %s", type(exc).__name__)
+            raise UpstreamError("The language model answered something that is no answer.") from exc
+
+    def _read_stream(
+        self, request: dict[str, Any], deadline: _Deadline, step: _Step
+    ) -> Iterator[str]:
+        request = {**request, "stream": True, "stream_options": {"include_usage": True}}
+        calls: dict[int, _PendingCall] = {}
+        with self._with_retries(request, deadline) as chunks:
+            for chunk in chunks:
+                deadline.check()
+                if getattr(chunk, "usage", None):
+                    step.usage = _usage(chunk.usage)
+                for choice in chunk.choices or ():
+                    delta = choice.delta
+                    if delta is not None and delta.content:
+                        step.text += delta.content
+                        yield delta.content
+                    for position, part in enumerate((delta and delta.tool_calls) or ()):
+                        _merge_call_delta(calls, position, part)
+                    if choice.finish_reason:
+                        step.finished = True
+        if not step.finished:
+            raise UpstreamError("The language model's stream ended before its answer did.")
+        step.calls = _named_calls(calls.values())
+        if not step.usage.total_tokens:  # servers that ignore stream_options send no usage
+            step.usage = _estimated_usage(request["messages"], step)
+
+    def _with_retries(self, request: dict[str, Any], deadline: _Deadline) -> Any:
+        """The SDK call, retried on transient failures while the deadline allows it."""
+        attempt = 0
+        while True:
+            try:
+                return self._client.chat.completions.create(**request, timeout=deadline.check())
+            except openai.APIError as exc:
+                error = _translate(exc)
+                wait = _retry_wait(exc, attempt)
+                if attempt >= self._max_retries or wait is None or wait >= deadline.remaining():
+                    raise error from exc
+                log.info("retrying the language model in %.1fs (%s)", wait, error.code)
+                time.sleep(wait)
+                attempt += 1
+
+    # What the model is sent ----------------------------------------------------------------
+
+    def _messages(self, turn: Turn, tools: ToolBox) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = [{"role": "system", "content": self._prompt(tools)}]
+        for number, item in enumerate(turn.history):
+            messages.extend(_replay(item, number))
+        messages.append({"role": "user", "content": turn.message})
+        return _merge_consecutive_users(messages)
+
+    def _prompt(self, tools: ToolBox) -> str:
+        if self._system_prompt:
+            base = self._system_prompt
+        elif "add_task" in tools.names:
+            base = TODO_PROMPT
+        elif "search_knowledge" in tools.names:
+            base = KNOWLEDGE_PROMPT
+        else:
+            base = GENERAL_PROMPT
+        return f"{base}\nToday is {datetime.now(UTC):%A %Y-%m-%d} (UTC)."
+
+
+def _replay(item: HistoryMessage, number: int) -> list[dict[str, Any]]:
+    """A stored message as the model said it: tool calls, their results, then the text."""
+    if item.role != "assistant" or not item.tool_calls:
+        return [{"role": item.role, "content": item.content}]
+    # Short alphanumeric ids: some servers (Mistral templates in vLLM) accept nothing else.
+    ids = [f"c{number:04d}{index:04d}" for index in range(len(item.tool_calls))]
+    pending = [
+        _PendingCall(call_id, call.tool, json.dumps(call.parameters, ensure_ascii=False))
+        for call_id, call in zip(ids, item.tool_calls, strict=True)
+    ]
+    messages = [_assistant_message("", pending)]
+    messages += [_tool_message(i, call) for i, call in zip(ids, item.tool_calls, strict=True)]
+    if item.content:
+        messages.append({"role": "assistant", "content": item.content})
+    return messages
+
+
+def _assistant_message(text: str, calls: list[_PendingCall]) -> dict[str, Any]:
+    # content "" rather than null: llama.cpp's and Gemini's servers reject a null content.
+    return {
+        "role": "assistant",
+        "content": text,
+        "tool_calls": [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments or "{}"},
+            }
+            for call in calls
+        ],
+    }
+
+
+def _tool_message(call_id: str, call: ToolCall) -> dict[str, Any]:
+    return {
+        "role": "tool",
+        "tool_call_id": call_id,
+        "content": json.dumps(call.result, ensure_ascii=False),
+    }
+
+
+def _merge_consecutive_users(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Strict chat templates demand user/assistant alternation; a failed turn leaves two user
+    messages in a row, so they are sent as one."""
+    merged: list[dict[str, Any]] = []
+    for message in messages:
+        previous = merged[-1] if merged else None
+        if previous and previous["role"] == message["role"] == "user":
+            previous["content"] = f"{previous['content']}\n\n{message['content']}"
+        else:
+            merged.append(dict(message))
+    return merged
+
+
+# What the model answered ------------------------------------------------------------------
+
+
+def _read_completion(completion: Any, step: _Step) -> Iterator[str]:
+    if not isinstance(completion.choices, list) or not completion.choices:
+        raise ValueError("a completion without choices")
+    message = completion.choices[0].message
+    if completion.usage:
+        step.usage = _usage(completion.usage)
+    step.text = message.content or ""
+    step.calls = _named_calls(
+        _PendingCall(call.id or "", call.function.name or "", call.function.arguments or "")
+        for call in message.tool_calls or ()
+    )
+    step.finished = True
+    if step.text:
+        yield step.text
+
+
+def _merge_call_delta(calls: dict[int, _PendingCall], position: int, part: Any) -> None:
+    # Some servers omit `index` (one call per chunk); some repeat id and name in every chunk.
+    index = part.index if isinstance(part.index, int) else position
+    call = calls.setdefault(index, _PendingCall())
+    if part.id and not call.id:
+        call.id = part.id
+    function = part.function
+    if function is not None:
+        if function.name and not call.name:
+            call.name = function.name
+        if function.arguments:
+            call.arguments += function.arguments
+
+
+def _named_calls(calls: Any) -> list[_PendingCall]:
+    """Calls with a name, each with an id unique in the response (some servers send none)."""
+    named = [call for call in calls if call.name]
+    seen: set[str] = set()
+    for index, call in enumerate(named):
+        if not call.id or call.id in seen:
+            call.id = f"call{index:05d}"
+        seen.add(call.id)
+    return named
+
+
+def _estimated_usage(messages: list[dict[str, Any]], step: _Step) -> Usage:
+    prompt = sum(estimate_tokens(json.dumps(message, ensure_ascii=False)) for message in messages)
+    completion = estimate_tokens(step.text + "".join(call.arguments for call in step.calls))
+    return Usage(prompt, completion, prompt + completion)
+
+
+def _usage(raw: Any) -> Usage:
+    prompt = int(getattr(raw, "prompt_tokens", 0) or 0)
+    completion = int(getattr(raw, "completion_tokens", 0) or 0)
+    total = int(getattr(raw, "total_tokens", 0) or 0) or prompt + completion
+    return Usage(prompt, completion, total)
+
+
+# Provider failures ------------------------------------------------------------------------
+
+
+def _translate(exc: openai.APIError) -> AgentError:
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamTimeout()
+    if isinstance(exc, openai.RateLimitError):
+        return UpstreamBusy(retry_after=_retry_after(exc))
+    if isinstance(exc, openai.APIStatusError):
+        log.warning("language model answered HTTP %s", exc.status_code)
+        return UpstreamError(f"The language model failed to answer (HTTP {exc.status_code}).")
+    if isinstance(exc, openai.APIConnectionError):
+        return UpstreamError("The connection to the language model failed.")
+    return UpstreamError("The language model answered something that is no answer.")
+
+
+def _retry_after(exc: openai.APIStatusError) -> int | None:
+    raw = exc.response.headers.get("retry-after", "")
+    try:
+        return max(1, round(float(raw)))
+    except ValueError:
+        return None
+
+
+def _retry_wait(exc: openai.APIError, attempt: int) -> float | None:
+    """Seconds to wait before retrying, or None when retrying cannot help."""
+    if isinstance(exc, openai.APIStatusError):
+        if exc.status_code not in RETRYABLE_STATUSES:
+            return None
+        retry_after = _retry_after(exc)
+        if retry_after is not None:
+            return float(retry_after)
+    elif not isinstance(exc, openai.APIConnectionError):
+        return None
+    return min(0.5 * 2**attempt, MAX_BACKOFF_SECONDS) * random.uniform(0.75, 1.0)

@@ -1,0 +1,169 @@
+"""The OpenAI-compatible agent through HTTP, against a fake server speaking the wire format."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fakellm import call, drop, endless, fail, garbage, say, slow
+
+
+def chat(client, message, conversation_id=None, user="alice", **headers):
+    body = {"message": message}
+    if conversation_id:
+        body["conversation_id"] = conversation_id
+    return client.post(f"/api/{user}/chat", json=body, headers=headers)
+
+
+def history(client, conversation_id, user="alice"):
+    response = client.get(f"/api/{user}/conversations/{conversation_id}")
+    assert response.status_code == 200
+    return response.json["messages"]
+
+
+@pytest.fixture(params=[True, False], ids=["provider-streams", "provider-json"])
+def client(request, llm_app):
+    return llm_app(OPENAI_STREAM=request.param).test_client()
+
+
+def test_answer_usage_and_system_prompt(client, fake_llm):
+    fake_llm.script(say("Hello there, Alice!", usage=(12, 3)))
+    response = chat(client, "Hi")
+    assert response.status_code == 200
+    body = response.json
+    assert body["response"] == "Hello there, Alice!"
+    assert body["model"] == "fake-model"
+    assert body["usage"] == {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
+    sent = fake_llm.requests[0]
+    assert sent["model"] == "fake-model"
+    assert sent["messages"][0]["role"] == "system"
+    assert "task" in sent["messages"][0]["content"].lower()
+    assert sent["messages"][-1] == {"role": "user", "content": "Hi"}
+    assert fake_llm.headers[0]["authorization"] == "Bearer sk-test"
+    stored = history(client, body["conversation_id"])[-1]
+    assert stored["usage"] == body["usage"] and stored["status"] == "completed"
+
+
+def test_tool_call_runs_for_the_turns_user_only(client, fake_llm):
+    fake_llm.script(call(("add_task", {"title": "buy milk"})), say("Added task 1."))
+    body = chat(client, "Add a task to buy milk").json
+    assert body["response"] == "Added task 1."
+    assert body["tool_calls"] == [
+        {
+            "tool": "add_task",
+            "parameters": {"title": "buy milk"},
+            "result": {"task_id": 1, "status": "created", "title": "buy milk"},
+        }
+    ]
+    assert [t["title"] for t in client.get("/api/alice/tasks").json["items"]] == ["buy milk"]
+    assert client.get("/api/bob/tasks").json["items"] == []
+    schemas = json.dumps(fake_llm.requests[0]["tools"])
+    assert "add_task" in schemas and "user" not in schemas.replace("user's", "")
+    follow_up = fake_llm.requests[1]["messages"]
+    assert follow_up[-2]["role"] == "assistant" and follow_up[-2]["tool_calls"]
+    assert follow_up[-1]["role"] == "tool"
+    assert follow_up[-1]["tool_call_id"] == follow_up[-2]["tool_calls"][0]["id"]
+    assert json.loads(follow_up[-1]["content"])["status"] == "created"
+
+
+def test_later_turns_replay_tool_calls_and_results(client, fake_llm):
+    fake_llm.script(call(("add_task", {"title": "call mum"})), say("Done."), say("You have 1."))
+    first = chat(client, "Remind me to call mum").json
+    chat(client, "How many tasks?", first["conversation_id"])
+    roles = [m["role"] for m in fake_llm.requests[2]["messages"]]
+    assert roles == ["system", "user", "assistant", "tool", "assistant", "user"]
+    replayed = fake_llm.requests[2]["messages"]
+    assert replayed[2]["tool_calls"][0]["function"]["name"] == "add_task"
+    assert json.loads(replayed[2]["tool_calls"][0]["function"]["arguments"]) == {
+        "title": "call mum"
+    }
+    assert replayed[3]["tool_call_id"] == replayed[2]["tool_calls"][0]["id"]
+    assert json.loads(replayed[3]["content"])["title"] == "call mum"
+    assert replayed[4] == {"role": "assistant", "content": "Done."}
+
+
+def test_wrong_tool_arguments_go_back_to_the_model(client, fake_llm):
+    fake_llm.script(call(("complete_task", "{not json")), say("Which task did you mean?"))
+    body = chat(client, "finish it").json
+    assert body["status"] == "completed"
+    assert body["response"] == "Which task did you mean?"
+    assert body["tool_calls"][0]["result"]["error"] == "invalid_arguments"
+    tool_message = fake_llm.requests[1]["messages"][-1]
+    assert json.loads(tool_message["content"])["error"] == "invalid_arguments"
+
+
+def test_tool_rounds_are_bounded_then_one_last_answer_without_tools(llm_app, fake_llm):
+    client = llm_app(AGENT_MAX_TOOL_ROUNDS=2).test_client()
+    looping = call(("list_tasks", {"status": "all"}))
+    fake_llm.script(looping, looping, say("You have no tasks."))
+    body = chat(client, "what's pending?").json
+    assert body["response"] == "You have no tasks."
+    assert [c["tool"] for c in body["tool_calls"]] == ["list_tasks", "list_tasks"]
+    assert len(fake_llm.requests) == 3
+    assert "tools" in fake_llm.requests[1] and "tools" not in fake_llm.requests[2]
+
+
+FAULTS = [
+    (garbage(), 502, "upstream_error"),
+    (fail(500), 502, "upstream_error"),
+    (fail(401), 502, "upstream_error"),
+    (drop(), 502, "upstream_error"),
+    (drop(midstream=True), 502, "upstream_error"),
+    (fail(429, retry_after="7"), 503, "upstream_busy"),
+    (slow(5), 504, "upstream_timeout"),
+    (endless(), 504, "upstream_timeout"),
+]
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "code"),
+    FAULTS,
+    ids=["garbage", "500", "401", "drop", "drop-midstream", "429", "slow", "endless"],
+)
+def test_provider_faults_map_to_problems_and_store_a_failed_turn(
+    llm_app, fake_llm, fault, status, code
+):
+    client = llm_app(AGENT_TIMEOUT_SECONDS=1.0).test_client()
+    conversation_id = chat(client, "first").json["conversation_id"]
+    # A stream that fails before saying anything is asked again without streaming (see the
+    # adapter): a fault of that kind must happen twice to fail the turn.
+    silent = status == 502 and fault.fault != "drop_midstream"
+    fake_llm.script(*([fault, fault] if silent else [fault]))
+    response = chat(client, "second", conversation_id)
+    assert response.status_code == status
+    assert response.mimetype == "application/problem+json"
+    assert response.json["code"] == code
+    if code == "upstream_busy":
+        assert response.headers["Retry-After"] == "7"
+    messages = history(client, conversation_id)
+    assert [(m["role"], m["content"]) for m in messages[2:]][0] == ("user", "second")
+    assert messages[3]["status"] == "failed" and messages[3]["error_code"] == code
+    again = chat(client, "third", conversation_id)
+    assert again.status_code == 200, "the conversation is usable at once"
+    assert again.json["response"] == "fake: second\n\nthird"
+
+
+def test_transient_failures_are_retried_within_the_deadline(llm_app, fake_llm):
+    client = llm_app(AGENT_MAX_RETRIES=2).test_client()
+    fake_llm.script(fail(503), fail(500), say("third time lucky"))
+    response = chat(client, "hello")
+    assert response.status_code == 200
+    assert response.json["response"] == "third time lucky"
+
+
+def test_a_retry_after_beyond_the_deadline_answers_at_once(llm_app, fake_llm):
+    client = llm_app(AGENT_MAX_RETRIES=2, AGENT_TIMEOUT_SECONDS=5.0).test_client()
+    fake_llm.script(fail(429, retry_after="30"))
+    response = chat(client, "hello")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "30"
+    assert len(fake_llm.requests) == 1
+
+
+def test_a_server_that_cannot_stream_tool_calls_is_asked_again_without_streaming(llm_app, fake_llm):
+    client = llm_app().test_client()
+    fake_llm.script(drop(), call(("add_task", {"title": "water"})), say("Added water."))
+    body = chat(client, "add water").json
+    assert body["tool_calls"][0]["result"]["status"] == "created"
+    assert body["response"] == "Added water."
+    assert [bool(r.get("stream")) for r in fake_llm.requests] == [True, False, True]
