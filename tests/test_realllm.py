@@ -18,6 +18,10 @@ from pathlib import Path
 
 import pytest
 import sse
+from flask_migrate import upgrade
+
+from chatsvc import create_app
+from chatsvc.db import database
 
 pytestmark = pytest.mark.realllm
 
@@ -75,11 +79,12 @@ def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def client(make_app, database_url, model_server):
-    if not database_url.startswith("sqlite"):
-        pytest.skip("the real model runs once, on SQLite: the storage paths are covered elsewhere")
-    app = make_app(
+def client(tmp_path, model_server):
+    """The real model runs once, on its own SQLite database (not parametrised over backends:
+    the storage paths are covered by the rest of the suite)."""
+    app = create_app(
         {
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'realllm.db'}",
             "AGENT_PROVIDER": "openai",
             "OPENAI_BASE_URL": model_server,
             "OPENAI_MODEL": "local",
@@ -87,7 +92,10 @@ def client(make_app, database_url, model_server):
             "AGENT_MAX_TOOL_ROUNDS": 2,
         }
     )
-    return app.test_client()
+    with app.app_context():
+        upgrade()
+    yield app.test_client()
+    database(app).engine.dispose()
 
 
 def assert_turn_shape(body: dict) -> None:
