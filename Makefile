@@ -37,6 +37,7 @@ format: install
 	$(BIN)/ruff check --fix .
 
 bench: install
+	command -v wrk >/dev/null || apt-get install -y -q wrk
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:

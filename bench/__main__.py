@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -259,6 +260,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter runs, for a smoke check")
     parser.add_argument("--output", default=str(harness.REPO / "bench" / "RESULTS.md"))
     args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("bench needs wrk, the load client: apt-get install -y wrk")
     bench = Bench(args.quick)
     started = time.monotonic()
     backend = "PostgreSQL" if bench.database_url.startswith("postgresql") else "SQLite"

@@ -189,8 +189,9 @@ def wrk(
 ) -> dict:
     """Drive POST chat turns with wrk; returns the script's JSON summary plus throughput."""
     argv = [
-        "wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration_s}s",
-        f"--timeout={timeout_s}s", "-s", str(REPO / "bench" / "turn.lua"), url,
+        "wrk", f"-t{min(threads, connections)}", f"-c{connections}",
+        f"-d{max(1, round(duration_s))}s", f"--timeout={max(1, round(timeout_s))}s",
+        "-s", str(REPO / "bench" / "turn.lua"), url,
     ]  # fmt: skip
     started = time.process_time()
     done = subprocess.run(

@@ -32,6 +32,7 @@ def create_app(config: dict[str, Any] | None = None, *, agent: Agent | None = No
     observability.init_app(app)
     extensions.init_app(app)  # proxies, rate limits, CORS: after request ids, before the views
     db.init_app(app)
+    observability.watch_pool(db.database(app).engine)
     migrate.init_app(app, db.database(app), directory=MIGRATIONS)
     agents.init_app(app, agent)
     rest.init_app(app)

@@ -9,16 +9,20 @@ import re
 import sys
 import time
 import uuid
+from typing import Any
 
 from flask import Flask, Response, g, request
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
 )
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 access_log = logging.getLogger("chatsvc.access")
@@ -44,6 +48,14 @@ TOOL_CALLS = Counter("chatsvc_tool_calls_total", "Tool calls the agent made, by 
 RATE_LIMITED = Counter(
     "chatsvc_rate_limited_total", "Requests refused by the rate limiter (429).", ["scope"]
 )
+DB_POOL_IN_USE = Gauge(
+    "chatsvc_db_pool_checked_out", "Database connections checked out now.",
+    multiprocess_mode="livesum",
+)  # fmt: skip
+DB_POOL_MAX = Gauge(
+    "chatsvc_db_pool_checked_out_max", "Most connections one worker had checked out at once.",
+    multiprocess_mode="max",
+)  # fmt: skip
 
 
 class JsonFormatter(logging.Formatter):
@@ -149,6 +161,28 @@ def record_turn(model: str, status: str, agent_ms: float, usage: dict[str, int],
     TOKENS.labels(model, "completion").inc(usage.get("completion_tokens", 0))
     for tool in tools:
         TOOL_CALLS.labels(tool).inc()
+
+
+def watch_pool(engine: Engine) -> None:
+    """Count the connections checked out of the engine's pool, and their high-water mark."""
+    in_use = 0
+    high_water = 0
+
+    def checkout(*_: Any) -> None:
+        nonlocal in_use, high_water
+        in_use += 1
+        DB_POOL_IN_USE.inc()
+        if in_use > high_water:
+            high_water = in_use
+            DB_POOL_MAX.set(high_water)
+
+    def checkin(*_: Any) -> None:
+        nonlocal in_use
+        in_use -= 1
+        DB_POOL_IN_USE.dec()
+
+    event.listen(engine, "checkout", checkout)
+    event.listen(engine, "checkin", checkin)
 
 
 def metrics_text() -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import sse
 from fakellm import call, drop, endless, fail, garbage, say, slow
 
 
@@ -103,32 +104,30 @@ def test_tool_rounds_are_bounded_then_one_last_answer_without_tools(llm_app, fak
     assert "tools" in fake_llm.requests[1] and "tools" not in fake_llm.requests[2]
 
 
+STREAM = {"Accept": "text/event-stream"}
+
 FAULTS = [
     (garbage(), 502, "upstream_error"),
     (fail(500), 502, "upstream_error"),
     (fail(401), 502, "upstream_error"),
     (drop(), 502, "upstream_error"),
-    (drop(midstream=True), 502, "upstream_error"),
     (fail(429, retry_after="7"), 503, "upstream_busy"),
     (slow(5), 504, "upstream_timeout"),
-    (endless(), 504, "upstream_timeout"),
 ]
 
 
 @pytest.mark.parametrize(
     ("fault", "status", "code"),
     FAULTS,
-    ids=["garbage", "500", "401", "drop", "drop-midstream", "429", "slow", "endless"],
+    ids=["garbage", "500", "401", "drop", "429", "slow"],
 )
 def test_provider_faults_map_to_problems_and_store_a_failed_turn(
     llm_app, fake_llm, fault, status, code
 ):
     client = llm_app(AGENT_TIMEOUT_SECONDS=1.0).test_client()
     conversation_id = chat(client, "first").json["conversation_id"]
-    # A stream that fails before saying anything is asked again without streaming (see the
-    # adapter): a fault of that kind must happen twice to fail the turn.
-    silent = status == 502 and fault.fault != "drop_midstream"
-    fake_llm.script(*([fault, fault] if silent else [fault]))
+    # A JSON turn asks for the whole completion at once: one fault fails it.
+    fake_llm.script(fault)
     response = chat(client, "second", conversation_id)
     assert response.status_code == status
     assert response.mimetype == "application/problem+json"
@@ -160,10 +159,32 @@ def test_a_retry_after_beyond_the_deadline_answers_at_once(llm_app, fake_llm):
     assert len(fake_llm.requests) == 1
 
 
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [(drop(midstream=True), "upstream_error"), (endless(), "upstream_timeout")],
+    ids=["drop-midstream", "endless"],
+)
+def test_stream_faults_end_the_stream_and_store_a_failed_turn(llm_app, fake_llm, fault, code):
+    client = llm_app(AGENT_TIMEOUT_SECONDS=1.0).test_client()
+    fake_llm.script(fault)
+    response = client.post("/api/alice/chat", json={"message": "hi"}, headers=STREAM)
+    events, _ = sse.parse(response.get_data(as_text=True))
+    assert events[-1].name == "error" and events[-1].data["code"] == code
+    conversation_id = events[0].data["conversation_id"]
+    messages = history(client, conversation_id)
+    assert [(m["role"], m["status"]) for m in messages] == [
+        ("user", "completed"),
+        ("assistant", "failed"),
+    ]
+    assert messages[1]["error_code"] == code
+    assert chat(client, "again", conversation_id).status_code == 200
+
+
 def test_a_server_that_cannot_stream_tool_calls_is_asked_again_without_streaming(llm_app, fake_llm):
     client = llm_app().test_client()
     fake_llm.script(drop(), call(("add_task", {"title": "water"})), say("Added water."))
-    body = chat(client, "add water").json
+    response = client.post("/api/alice/chat", json={"message": "add water"}, headers=STREAM)
+    body = sse.parse(response.get_data(as_text=True))[0][-1].data
     assert body["tool_calls"][0]["result"]["status"] == "created"
     assert body["response"] == "Added water."
     assert [bool(r.get("stream")) for r in fake_llm.requests] == [True, False, True]

@@ -104,8 +104,13 @@ class Agent(ABC):
     def stream(self, turn: Turn, tools: ToolBox) -> Iterator[AgentEvent]:
         """Yield text deltas and tool calls as they happen, then exactly one ReplyDone."""
 
+    def events(self, turn: Turn, tools: ToolBox, *, live: bool = True) -> Iterator[AgentEvent]:
+        """The run's events. With `live=False` nobody watches the pieces arrive (a JSON
+        response), so an adapter may fetch its answer in one piece; the events are the same."""
+        return self.stream(turn, tools)
+
     def run(self, turn: Turn, tools: ToolBox) -> Reply:
-        for event in self.stream(turn, tools):
+        for event in self.events(turn, tools, live=False):
             if isinstance(event, ReplyDone):
                 return event.reply
         raise UpstreamError("The agent ended without an answer.")

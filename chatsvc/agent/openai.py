@@ -131,6 +131,13 @@ class OpenAIAgent(Agent):
         self._client.close()
 
     def stream(self, turn: Turn, tools: ToolBox) -> Iterator[AgentEvent]:
+        return self._run(turn, tools, self._stream_provider)
+
+    def events(self, turn: Turn, tools: ToolBox, *, live: bool = True) -> Iterator[AgentEvent]:
+        # Unwatched, one parsed completion costs far less CPU than a stream of chunks.
+        return self._run(turn, tools, self._stream_provider and live)
+
+    def _run(self, turn: Turn, tools: ToolBox, stream_provider: bool) -> Iterator[AgentEvent]:
         deadline = _Deadline(self._timeout)
         messages = self._messages(turn, tools)
         specs = tools.specs()
@@ -141,7 +148,7 @@ class OpenAIAgent(Agent):
             offer = specs if specs and round_number < self._max_tool_rounds else None
             step = _Step()
             gap = "\n\n" if said and not said[-1][-1:].isspace() else ""
-            for piece in self._complete(messages, offer, deadline, step):
+            for piece in self._complete(messages, offer, deadline, step, stream_provider):
                 for text in (gap, piece) if gap else (piece,):
                     said.append(text)
                     yield TextDelta(text)
@@ -169,6 +176,7 @@ class OpenAIAgent(Agent):
         tools: list[dict[str, Any]] | None,
         deadline: _Deadline,
         step: _Step,
+        stream_provider: bool,
     ) -> Iterator[str]:
         """Yield the response's text pieces as they arrive; fill `step` with the rest."""
         request: dict[str, Any] = {"model": self.name, "messages": messages}
@@ -176,7 +184,7 @@ class OpenAIAgent(Agent):
             # Explicit: OpenAI defaults to "auto" with tools, llama-cpp-python ignores the tools.
             request.update(tools=tools, tool_choice="auto")
         try:
-            if self._stream_provider:
+            if stream_provider:
                 try:
                     yield from self._read_stream(request, deadline, step)
                     return

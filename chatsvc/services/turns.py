@@ -289,14 +289,14 @@ def finish(
 
 def run(session: Session, agent: Agent, tools: ToolBox, pending: PendingTurn) -> TurnResult:
     """The whole turn after `begin`, for a JSON response."""
-    for event in stream(session, agent, tools, pending):
+    for event in stream(session, agent, tools, pending, live=False):
         if isinstance(event, TurnResult):
             return event
     raise AssertionError("stream() always ends with a TurnResult or an error")
 
 
 def stream(
-    session: Session, agent: Agent, tools: ToolBox, pending: PendingTurn
+    session: Session, agent: Agent, tools: ToolBox, pending: PendingTurn, *, live: bool = True
 ) -> Iterator[TextDelta | ToolCallDone | Any]:
     """The agent's events as they happen, then the stored TurnResult. An agent failure stores a
     `failed` turn and re-raises; a consumer that stops early (client gone) stores `cancelled`."""
@@ -312,7 +312,7 @@ def stream(
         partial = Reply("".join(text), agent.name, list(calls))
         finish(session, pending, partial, status=status, error_code=code)
 
-    events = agent.stream(pending.turn, tools)
+    events = agent.events(pending.turn, tools, live=live)
     try:
         for event in events:
             if isinstance(event, ReplyDone):
