@@ -11,6 +11,7 @@ COPY chatsvc ./chatsvc
 RUN pip install --no-compile -c constraints.txt . \
     && useradd --system --uid 10001 --home-dir /app chatsvc
 COPY migrations ./migrations
+COPY docs ./docs
 COPY wsgi.py gunicorn.conf.py ./
 
 USER chatsvc

@@ -18,7 +18,10 @@ from .extensions import migrate
 
 __version__ = "0.1.0"
 
-MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
+# Beside the package in a checkout (or an editable install); else the working directory's
+# (the container's /app), since a wheel does not carry them.
+_CHECKOUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
+MIGRATIONS = _CHECKOUT if os.path.isdir(_CHECKOUT) else os.path.join(os.getcwd(), "migrations")
 
 
 def create_app(config: dict[str, Any] | None = None, *, agent: Agent | None = None) -> Flask:

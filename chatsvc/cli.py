@@ -21,7 +21,10 @@ sessions_cli = AppGroup("sessions", help="Knowledge sessions.")
 token_cli = AppGroup("token", help="Development tokens.")
 kb_cli = AppGroup("kb", help="The knowledge base.")
 KB_SUFFIXES = {".md", ".markdown", ".txt"}
+# The project's documentation: beside the package in a checkout, else the working directory's.
 PROJECT = Path(__file__).resolve().parent.parent
+if not (PROJECT / "README.md").is_file():
+    PROJECT = Path.cwd()
 
 
 @sessions_cli.command("cleanup")
