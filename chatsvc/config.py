@@ -67,6 +67,7 @@ class Config:
     OPENAI_MODEL = "gpt-4o-mini"
     OPENAI_API_KEY = ""
     OPENAI_STREAM = True  # false for servers that cannot stream tool calls
+    OPENAI_MAX_TOKENS = 0  # 0: the provider's default; else sent as max_tokens per call
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -142,6 +142,13 @@ def test_provider_faults_map_to_problems_and_store_a_failed_turn(
     assert again.json["response"] == "fake: second\n\nthird"
 
 
+def test_max_tokens_is_sent_only_when_configured(llm_app, fake_llm):
+    chat(llm_app(OPENAI_MAX_TOKENS=64).test_client(), "hello")
+    chat(llm_app().test_client(), "hello")
+    assert fake_llm.requests[0]["max_tokens"] == 64
+    assert "max_tokens" not in fake_llm.requests[1]
+
+
 def test_transient_failures_are_retried_within_the_deadline(llm_app, fake_llm):
     client = llm_app(AGENT_MAX_RETRIES=2).test_client()
     fake_llm.script(fail(503), fail(500), say("third time lucky"))

@@ -57,7 +57,7 @@ def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path()),
          "--model_alias", "local", "--chat_format", "chatml-function-calling",
-         "--n_threads", "2", "--interrupt_requests", "False",
+         "--n_threads", "2", "--n_ctx", "4096", "--interrupt_requests", "False",
          "--host", "127.0.0.1", "--port", str(port)],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
@@ -90,6 +90,10 @@ def client(tmp_path, model_server):
             "OPENAI_MODEL": "local",
             "AGENT_TIMEOUT_SECONDS": 120.0,
             "AGENT_MAX_TOOL_ROUNDS": 2,
+            # A small model's context: the history budget must leave room for the tools'
+            # schemas, the system prompt and the answer (llama.cpp answers 400 past n_ctx).
+            "HISTORY_MAX_TOKENS": 1500,
+            "OPENAI_MAX_TOKENS": 200,  # without it a small model may ramble to n_ctx
         }
     )
     with app.app_context():

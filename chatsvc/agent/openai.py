@@ -97,6 +97,7 @@ class OpenAIAgent(Agent):
         max_retries: int,
         max_tool_rounds: int,
         stream_provider: bool = True,
+        max_tokens: int = 0,
         system_prompt: str = "",
     ) -> None:
         self._client = client
@@ -106,6 +107,7 @@ class OpenAIAgent(Agent):
         self._max_tool_rounds = max_tool_rounds
         self._stream_provider = stream_provider
         self._system_prompt = system_prompt
+        self._max_tokens = max_tokens
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> OpenAIAgent:
@@ -124,6 +126,7 @@ class OpenAIAgent(Agent):
             max_retries=config["AGENT_MAX_RETRIES"],
             max_tool_rounds=config["AGENT_MAX_TOOL_ROUNDS"],
             stream_provider=config["OPENAI_STREAM"],
+            max_tokens=config["OPENAI_MAX_TOKENS"],
             system_prompt=config["AGENT_SYSTEM_PROMPT"],
         )
 
@@ -180,6 +183,8 @@ class OpenAIAgent(Agent):
     ) -> Iterator[str]:
         """Yield the response's text pieces as they arrive; fill `step` with the rest."""
         request: dict[str, Any] = {"model": self.name, "messages": messages}
+        if self._max_tokens:
+            request["max_tokens"] = self._max_tokens
         if tools:
             # Explicit: OpenAI defaults to "auto" with tools, llama-cpp-python ignores the tools.
             request.update(tools=tools, tool_choice="auto")
