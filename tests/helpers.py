@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
+import sse
 from flask import Flask
 from sqlalchemy import select
 from werkzeug.test import TestResponse
@@ -68,17 +69,8 @@ def age(app: Flask, conversation_id: str, seconds: float) -> None:
 
 def sse_events(response: TestResponse) -> list[tuple[str, int, dict[str, Any]]]:
     """(event, id, data) of each Server-Sent Event; comment lines are skipped."""
-    events = []
-    for block in response.get_data(as_text=True).split("\n\n"):
-        fields: dict[str, str] = {}
-        for line in block.splitlines():
-            if line.startswith(":") or not line:
-                continue
-            name, _, value = line.partition(": ")
-            fields[name] = value
-        if fields:
-            events.append((fields["event"], int(fields["id"]), json.loads(fields["data"])))
-    return events
+    events, _ = sse.parse(response.get_data(as_text=True))
+    return [(event.name, event.id, event.data) for event in events]
 
 
 def forged_cursor(*position: Any) -> str:
