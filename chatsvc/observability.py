@@ -44,6 +44,19 @@ TOOL_CALLS = Counter("chatsvc_tool_calls_total", "Tool calls the agent made, by 
 RATE_LIMITED = Counter(
     "chatsvc_rate_limited_total", "Requests refused by the rate limiter (429).", ["scope"]
 )
+RATE_LIMIT_STORAGE_ERRORS = Counter(
+    "chatsvc_rate_limit_storage_errors_total",
+    "Rate-limit storage failures; the limiter then counts in memory (fails open).",
+)
+
+
+class _CountStorageErrors(logging.Filter):
+    """flask-limiter reports a storage failure only in its log: each one is counted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            RATE_LIMIT_STORAGE_ERRORS.inc()
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -81,6 +94,9 @@ def _configure_logging(level: str) -> None:
             handler._chatsvc = True  # type: ignore[attr-defined]
             root.addHandler(handler)
             root.propagate = False
+    limiter_log = logging.getLogger("flask-limiter")
+    if not any(isinstance(f, _CountStorageErrors) for f in limiter_log.filters):
+        limiter_log.addFilter(_CountStorageErrors())
 
 
 def _start() -> None:
