@@ -70,7 +70,7 @@ def _one_turn(responses) -> dict:
     busy = [r for r in responses if r.status_code == 409]
     assert len(done) + len(busy) == len(responses), [r.status_code for r in responses]
     assert all(r.json["code"] == "turn_in_progress" for r in busy)
-    assert done and all(r.json == done[0].json for r in done)
+    assert done and all(r.json == done[0].json for r in done), [r.json["message_id"] for r in done]
     return done[0].json
 
 

@@ -95,6 +95,9 @@ def claim(
             .where(
                 IdempotencyRecord.id == attempt.retry.record_id,
                 IdempotencyRecord.assistant_message_id == attempt.retry.failed_message_id,
+                # look_up read the record, then its message: the run it saw as done may have
+                # completed in between, and must not run again.
+                IdempotencyRecord.status != COMPLETED,
             )
             .values(status=RUNNING, assistant_message_id=assistant_message_id)
         )
