@@ -84,7 +84,9 @@ def init_app(app: Flask) -> None:
 def make_engine(url: str, config: dict[str, Any]) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(
-            url, connect_args={"timeout": config["SQLITE_BUSY_TIMEOUT_MS"] / 1000}
+            url,
+            connect_args={"timeout": config["SQLITE_BUSY_TIMEOUT_MS"] / 1000},
+            hide_parameters=True,  # statement values (message text) never reach an error or log
         )
         event.listen(engine, "connect", _sqlite_pragmas(config["SQLITE_BUSY_TIMEOUT_MS"]))
         return engine
@@ -94,6 +96,7 @@ def make_engine(url: str, config: dict[str, Any]) -> Engine:
         max_overflow=config["DB_MAX_OVERFLOW"],
         pool_timeout=config["DB_POOL_TIMEOUT"],
         pool_pre_ping=True,
+        hide_parameters=True,
         connect_args={"connect_timeout": config["DB_CONNECT_TIMEOUT"]},
     )
 

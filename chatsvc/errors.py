@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from http import HTTPStatus
 from typing import Any
 
@@ -172,8 +173,21 @@ def _database_error(error: DBAPIError) -> Response:
 
 
 def _unexpected(error: Exception) -> Response:
-    log.exception("unhandled error", exc_info=error)
+    log_failure("unhandled error", error)
     return problem(500, "internal_error", ApiError.detail)
+
+
+def log_failure(message: str, error: BaseException) -> None:
+    """Log an unexpected error with its traceback. A database error's text quotes the values of
+    its statement (and PostgreSQL's DETAIL the row): user text, so only where it failed goes."""
+    if not isinstance(error, DBAPIError):
+        log.error(message, exc_info=error)
+        return
+    origin = error.orig
+    log.error(
+        "%s: %s (SQLSTATE %s)\n%s", message, type(origin).__name__,
+        getattr(origin, "sqlstate", None) or "-", "".join(traceback.format_tb(error.__traceback__)),
+    )  # fmt: skip
 
 
 def _summarise(messages: dict[str, Any]) -> str:

@@ -56,6 +56,19 @@ DB_POOL_MAX = Gauge(
     "chatsvc_db_pool_checked_out_max", "Most connections one worker had checked out at once.",
     multiprocess_mode="max",
 )  # fmt: skip
+RATE_LIMIT_STORAGE_ERRORS = Counter(
+    "chatsvc_rate_limit_storage_errors_total",
+    "Rate-limit storage failures; the limiter then counts in memory (fails open).",
+)
+
+
+class _CountStorageErrors(logging.Filter):
+    """flask-limiter reports a storage failure only in its log: each one is counted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            RATE_LIMIT_STORAGE_ERRORS.inc()
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -93,6 +106,9 @@ def _configure_logging(level: str) -> None:
             handler._chatsvc = True  # type: ignore[attr-defined]
             root.addHandler(handler)
             root.propagate = False
+    limiter_log = logging.getLogger("flask-limiter")
+    if not any(isinstance(f, _CountStorageErrors) for f in limiter_log.filters):
+        limiter_log.addFilter(_CountStorageErrors())
 
 
 def _start() -> None:

@@ -6,12 +6,18 @@ import os
 
 os.environ["CHATSVC_ENV"] = "testing"  # before chatsvc reads its settings
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 from flask import Flask  # noqa: E402
 from flask_migrate import upgrade  # noqa: E402
+from helpers import free_port, get  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from chatsvc import create_app  # noqa: E402
@@ -19,6 +25,7 @@ from chatsvc.agent.base import Agent  # noqa: E402
 from chatsvc.db import Base, database  # noqa: E402
 
 BACKENDS = ["sqlite", "postgresql"]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def require_service(variable: str, what: str) -> str:
@@ -122,3 +129,49 @@ def llm_app(make_app: Callable[..., Flask], fake_llm: Any) -> Callable[..., Flas
         )
 
     return factory
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log: Path  # gunicorn's stderr: its own log and the app's JSON lines
+
+
+@pytest.fixture
+def gunicorn(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """`gunicorn -c gunicorn.conf.py wsgi:app` on a free port, as `make run` starts it; stopped
+    (and waited for) after the test."""
+    servers: list[subprocess.Popen] = []
+
+    def start(**environ: str) -> Server:
+        port = free_port()
+        env = {
+            **os.environ, "CHATSVC_ENV": "development", "HOST": "127.0.0.1", "PORT": str(port),
+            "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING",
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / f"metrics-{port}"), **environ,
+        }  # fmt: skip
+        os.makedirs(env["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+        log = tmp_path / f"gunicorn-{port}.log"
+        with open(log, "wb") as sink:  # a file, not a pipe: a full pipe would block the server
+            process = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"],
+                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=sink,
+            )  # fmt: skip
+        servers.append(process)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while get(url + "/health/live") != 200:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("gunicorn did not start: " + log.read_text()[-2000:])
+            time.sleep(0.1)
+        return Server(url, process, log)
+
+    yield start
+    for process in servers:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
+from urllib.error import HTTPError, URLError
+from urllib.request import Request, urlopen
 
 import sse
 from flask import Flask
@@ -106,3 +109,20 @@ def turn_in_flight(
     finally:
         gate.set()
         worker.join(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> int:
+    """The status of a GET to a real server; 0 while nothing listens."""
+    try:
+        with urlopen(Request(url, headers=headers or {}), timeout=10) as response:
+            return response.status
+    except HTTPError as error:
+        return error.code
+    except URLError:
+        return 0

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from fakes import ScriptedAgent
 
-from chatsvc.agent.base import Reply
+from chatsvc.agent.base import AgentError, Reply
 
 
 def test_simultaneous_task_creations_get_unique_gap_free_numbers(app):
@@ -52,3 +54,67 @@ def test_simultaneous_turns_on_one_conversation_never_interleave(make_app):
         assert assistant["content"] == f"re: {user['content']}"
         assert assistant["status"] == "completed"
     assert len({m["id"] for m in messages}) == len(messages)
+
+
+def _race(app, requests: int, path: str, body: dict, key: str) -> list:
+    def send(_: int):
+        return app.test_client().post(path, json=body, headers={"Idempotency-Key": key})
+
+    with ThreadPoolExecutor(max_workers=requests) as pool:
+        return list(pool.map(send, range(requests)))
+
+
+def _one_turn(responses) -> dict:
+    """All 200 with the same body, or 409 turn_in_progress (the first attempt still ran)."""
+    done = [r for r in responses if r.status_code == 200]
+    busy = [r for r in responses if r.status_code == 409]
+    assert len(done) + len(busy) == len(responses), [r.status_code for r in responses]
+    assert all(r.json["code"] == "turn_in_progress" for r in busy)
+    assert done and all(r.json == done[0].json for r in done), [r.json["message_id"] for r in done]
+    return done[0].json
+
+
+def slow_echo(turn, tools):
+    time.sleep(0.05)  # keeps the first attempt running while the others arrive
+    return Reply(f"re: {turn.message}", "scripted")
+
+
+@pytest.mark.parametrize("new_conversation", [True, False], ids=["new", "existing"])
+def test_replays_racing_each_other_run_the_agent_once(make_app, new_conversation):
+    agent = ScriptedAgent(steps=[slow_echo] * 30)
+    app = make_app(agent=agent)
+    body = {"message": "only once"}
+    if not new_conversation:
+        body["conversation_id"] = (
+            app.test_client()
+            .post("/api/alice/chat", json={"message": "start"})
+            .json["conversation_id"]
+        )
+        agent.turns.clear()
+    first = _one_turn(_race(app, 20, "/api/alice/chat", body, "race-1"))
+    assert [turn.message for turn in agent.turns] == ["only once"], "one agent run"
+    listed = app.test_client().get("/api/alice/conversations").json["items"]
+    assert len(listed) == 1, "one conversation"
+    detail = app.test_client().get(f"/api/alice/conversations/{first['conversation_id']}").json
+    users = [m for m in detail["messages"] if m["role"] == "user"]
+    assert [m["content"] for m in users].count("only once") == 1, "one user message"
+    assert detail["message_count"] == len(detail["messages"])
+    assert detail["messages"][-1]["id"] == first["message_id"]
+
+
+def test_retries_of_a_failed_turn_racing_each_other_rerun_it_once(make_app):
+    agent = ScriptedAgent(steps=[AgentError("the provider failed"), *[slow_echo] * 30])
+    app = make_app(agent=agent)
+    body = {"message": "try again"}
+    client = app.test_client()
+    failed = client.post("/api/alice/chat", json=body, headers={"Idempotency-Key": "race-2"})
+    assert failed.status_code == 502
+    first = _one_turn(_race(app, 20, "/api/alice/chat", body, "race-2"))
+    assert [turn.message for turn in agent.turns] == ["try again", "try again"]
+    detail = client.get(f"/api/alice/conversations/{first['conversation_id']}").json
+    assert [(m["role"], m["status"]) for m in detail["messages"]] == [
+        ("user", "completed"),
+        ("assistant", "failed"),
+        ("assistant", "completed"),
+    ]
+    assert detail["message_count"] == 3

@@ -6,22 +6,18 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from urllib.error import HTTPError, URLError
-from urllib.request import Request, urlopen
+from urllib.request import urlopen
 
 import pytest
 import redis
 from conftest import require_service
+from helpers import get
 
 from chatsvc import auth
 
-ROOT = Path(__file__).resolve().parent.parent
 SECRET = "r" * 40
 
 
@@ -185,61 +181,11 @@ def _metric(client, name: str) -> float:
 # Across processes -------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def get(url: str, headers: dict[str, str] | None = None) -> int:
-    try:
-        with urlopen(Request(url, headers=headers or {}), timeout=10) as response:
-            return response.status
-    except HTTPError as error:
-        return error.code
-    except URLError:
-        return 0  # not listening yet
-
-
-@pytest.fixture
-def gunicorn(database_url, tmp_path):
-    """`gunicorn -c gunicorn.conf.py wsgi:app` on a free port, as `make run` starts it."""
-    servers: list[subprocess.Popen] = []
-
-    def start(**environ: str) -> str:
-        port = free_port()
-        env = {
-            **os.environ, "CHATSVC_ENV": "development", "HOST": "127.0.0.1", "PORT": str(port),
-            "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING",
-            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / f"metrics-{port}"), **environ,
-        }  # fmt: skip
-        os.makedirs(env["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
-        server = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        servers.append(server)
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while get(base + "/health/live") != 200:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    "gunicorn did not start: " + server.stderr.read().decode()[-2000:]
-                )
-            time.sleep(0.1)
-        return base
-
-    yield start
-    for server in servers:
-        server.terminate()
-        server.wait(timeout=30)
-
-
 def test_a_limit_holds_in_total_across_two_gunicorn_workers(gunicorn, storage_uri):
     redis_url = require_service("TEST_REDIS_URL", "Redis")
     base = gunicorn(
         WEB_CONCURRENCY="2", RATELIMIT_STORAGE_URI=redis_url, RATELIMIT_DEFAULT="10 per minute"
-    )
+    ).url
     user = someone()
     with ThreadPoolExecutor(max_workers=8) as pool:
         statuses = list(pool.map(lambda _: get(f"{base}/api/{user}/tasks"), range(24)))

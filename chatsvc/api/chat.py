@@ -80,8 +80,11 @@ def _turn(
 def _attempt(key: str | None, body: dict[str, Any]) -> idempotency.Attempt | None:
     if key is None:
         return None
-    ttl = current_app.config["IDEMPOTENCY_TTL_SECONDS"]
-    return idempotency.Attempt.of(auth.caller_key(), request.path, key, body, ttl)
+    config = current_app.config
+    return idempotency.Attempt.of(
+        auth.caller_key(), request.path, key, body,
+        config["IDEMPOTENCY_TTL_SECONDS"], config["TURN_STALE_SECONDS"],
+    )  # fmt: skip
 
 
 def _replay(body: dict[str, Any]) -> Any:

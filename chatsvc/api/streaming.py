@@ -8,7 +8,6 @@ left; the worker then stops the run, which stores what was said so far as `cance
 from __future__ import annotations
 
 import json
-import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -19,14 +18,13 @@ from sqlalchemy.orm import Session
 
 from ..agent.base import AgentError, SourcesFound, TextDelta, ToolCallDone
 from ..db import database
-from ..errors import ApiError, problem_body
+from ..errors import ApiError, log_failure, problem_body
 from ..observability import server_timing
 from ..schemas import TurnSchema
 from ..services.turns import PendingTurn, TurnResult
 
 EVENT_STREAM = "text/event-stream"
 PING = ": ping\n\n"
-log = logging.getLogger(__name__)
 
 Run = Callable[[Session], Iterator[Any]]
 
@@ -143,7 +141,7 @@ def _named(event: Any, pending: PendingTurn) -> tuple[str, dict[str, Any]] | Non
 def _error_frame(event_id: int, error: BaseException) -> str:
     if isinstance(error, AgentError | ApiError):
         return frame(event_id, "error", problem_body(error.status, error.code, error.detail))
-    log.error("stream failed", exc_info=error)
+    log_failure("stream failed", error)
     return frame(event_id, "error", problem_body(500, "internal_error", ApiError.detail))
 
 

@@ -45,12 +45,15 @@ class Attempt:
     key: str
     fingerprint: str
     ttl_seconds: int
+    stale_seconds: int  # TURN_STALE_SECONDS: a first attempt running longer than this crashed
     retry: Retry | None = None
 
     @classmethod
-    def of(cls, caller: str, route: str, key: str, body: dict[str, Any], ttl: int) -> Attempt:
+    def of(
+        cls, caller: str, route: str, key: str, body: dict[str, Any], ttl: int, stale: int
+    ) -> Attempt:
         canonical = json.dumps(body, sort_keys=True, ensure_ascii=False, default=str)
-        return cls(caller, route, key, hashlib.sha256(canonical.encode()).hexdigest(), ttl)
+        return cls(caller, route, key, hashlib.sha256(canonical.encode()).hexdigest(), ttl, stale)
 
 
 def look_up(session: Session, attempt: Attempt) -> dict[str, Any] | None:
@@ -63,7 +66,7 @@ def look_up(session: Session, attempt: Attempt) -> dict[str, Any] | None:
     if record.fingerprint != attempt.fingerprint:
         session.rollback()
         raise IdempotencyMismatch()
-    if record.status == RUNNING and _still_pending(session, record):
+    if record.status == RUNNING and _still_running(session, record, attempt.stale_seconds):
         session.rollback()
         raise TurnInProgress("The first request with this Idempotency-Key is still running.")
     session.rollback()
@@ -92,6 +95,9 @@ def claim(
             .where(
                 IdempotencyRecord.id == attempt.retry.record_id,
                 IdempotencyRecord.assistant_message_id == attempt.retry.failed_message_id,
+                # look_up read the record, then its message: the run it saw as done may have
+                # completed in between, and must not run again.
+                IdempotencyRecord.status != COMPLETED,
             )
             .values(status=RUNNING, assistant_message_id=assistant_message_id)
         )
@@ -151,8 +157,12 @@ def _expired(now: datetime) -> Any:
     return IdempotencyRecord.expires_at <= now
 
 
-def _still_pending(session: Session, record: IdempotencyRecord) -> bool:
-    """A running record whose turn was failed meanwhile (a crashed worker, cleaned up) may be
-    retried."""
-    status = session.scalar(select(Message.status).where(Message.id == record.assistant_message_id))
-    return status == "pending"
+def _still_running(session: Session, record: IdempotencyRecord, stale_seconds: int) -> bool:
+    """A running record whose turn was failed meanwhile (a crashed worker, cleaned up), or is
+    pending past TURN_STALE_SECONDS (the retry's own turn then fails it), may be retried."""
+    found = session.execute(
+        select(Message.status, Message.created_at).where(Message.id == record.assistant_message_id)
+    ).first()
+    if found is None or found.status != "pending":
+        return False
+    return found.created_at >= utcnow() - timedelta(seconds=stale_seconds)
