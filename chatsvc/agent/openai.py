@@ -36,7 +36,7 @@ from .tools import ToolBox
 
 log = logging.getLogger(__name__)
 
-TODO_PROMPT = (
+TASKS_PROMPT = (
     "You are a helpful Todo assistant. Manage the user's tasks only through the tools you are "
     "given; never invent task numbers — list the tasks first when unsure which one is meant. "
     "Refer to tasks by number and title. Keep answers short and friendly."
@@ -266,7 +266,7 @@ class OpenAIAgent(Agent):
         if self._system_prompt:
             base = self._system_prompt
         elif "add_task" in tools.names:
-            base = TODO_PROMPT
+            base = TASKS_PROMPT
         elif "search_knowledge" in tools.names:
             base = KNOWLEDGE_PROMPT
         else:
