@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .answers import extractive_answer
 from .base import (
     Agent,
     AgentEvent,
@@ -260,8 +261,6 @@ class _Run:
                 + (HELP if "add_task" in self.tools.names else "").strip()
             )
         result = self.call("search_knowledge", query=message, k=3)
-        from .answers import extractive_answer  # the knowledge assistant's answer writer
-
         text, cited = extractive_answer(message, result.get("results", []))
         self.tools.choose_sources(cited)
         self.sources = self.tools.sources(text)

@@ -18,7 +18,6 @@ from . import problems, streaming
 bp = Blueprint("chat", __name__, url_prefix="/api", description="Chat turns.")
 
 TURN_ERRORS = (400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 502, 503, 504)
-STREAM_DOC = {"text/event-stream": {"schema": {"type": "string"}}}
 REPLAYED = {"Idempotent-Replayed": "true"}
 
 

@@ -25,6 +25,8 @@ from ..services.turns import PendingTurn, TurnResult
 
 EVENT_STREAM = "text/event-stream"
 PING = ": ping\n\n"
+# Proxies must pass each event on as it is written.
+NO_BUFFERING = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 Run = Callable[[Session], Iterator[Any]]
 
@@ -55,7 +57,7 @@ def respond(run: Run, pending: PendingTurn) -> Response:
     return Response(
         stream_with_context(_sse(events, cancel, pending, ping)),
         mimetype=EVENT_STREAM,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers=NO_BUFFERING,
     )
 
 
@@ -68,7 +70,7 @@ def replay(body: dict[str, Any], *, headers: dict[str, str]) -> Response:
     return Response(
         frames,
         mimetype=EVENT_STREAM,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
+        headers={**NO_BUFFERING, **headers},
     )
 
 
