@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select, true, update
+from sqlalchemy import bindparam, insert, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from ..agent.base import (
@@ -90,6 +90,30 @@ class TurnResult:
         return body
 
 
+# The turn's own statements, built once. Building SQLAlchemy statements (ORM ones above all)
+# cost more CPU than running them; these are plain table statements whose SET clauses come
+# from the parameters they are executed with.
+CONVERSATIONS = Conversation.__table__
+MESSAGES = Message.__table__
+_INSERT_CONVERSATION = insert(CONVERSATIONS)
+_INSERT_MESSAGES = insert(MESSAGES)
+_CLAIM = (
+    update(CONVERSATIONS)
+    .where(CONVERSATIONS.c.id == bindparam("b_id"), CONVERSATIONS.c.active_turn_id.is_(None))
+    .values(
+        last_seq=CONVERSATIONS.c.last_seq + bindparam("b_slots"),
+        message_count=CONVERSATIONS.c.message_count + bindparam("b_slots"),
+    )
+    .returning(CONVERSATIONS.c.last_seq)
+)
+_STORE_REPLY = update(MESSAGES).where(
+    MESSAGES.c.id == bindparam("b_id"), MESSAGES.c.status == "pending"
+)
+_RELEASE = update(CONVERSATIONS).where(
+    CONVERSATIONS.c.id == bindparam("b_id"), CONVERSATIONS.c.active_turn_id == bindparam("b_turn")
+)
+
+
 def begin(
     session: Session,
     config: dict[str, Any],
@@ -109,41 +133,44 @@ def begin(
     if retry is not None:
         conversation_id = retry.conversation_id
     if conversation_id is None:
-        conversation = _create(session, access, kind, message, now)
+        conversation_id, user_id = _create(session, access, kind, message, assistant_id, now)
         history: tuple[HistoryMessage, ...] = ()
         context = Context(0, False)
+        seq = 1
     else:
         conversation = conversations.find(session, conversation_id, access)
         if conversation.active_turn_id is not None:
             conversations.fail_stale_turns(session, config, now, conversation.id)
         skip = retry.user_message_id if retry else None
         history, context = _context(session, conversation, config, message, skip)
-    seq = _claim(session, conversation.id, assistant_id, now, 1 if retry else 2)
+        kind, user_id = conversation.kind, conversation.user_id
+        seq = _claim(session, conversation_id, assistant_id, now, 1 if retry else 2)
+    rows = [
+        {
+            "id": assistant_id, "conversation_id": conversation_id, "role": "assistant",
+            "content": "", "status": "pending", "created_at": now, "completed_at": None,
+        }
+    ]  # fmt: skip
     if retry is None:
         user_message_id = new_id()
-        session.add(
-            Message(
-                id=user_message_id, conversation_id=conversation.id, seq=seq, role="user",
-                content=message, status="completed", created_at=now, completed_at=now,
-            )
-        )  # fmt: skip
-        seq += 1
+        rows.insert(0, {
+            "id": user_message_id, "conversation_id": conversation_id, "role": "user",
+            "content": message, "status": "completed", "created_at": now, "completed_at": now,
+        })  # fmt: skip
     else:
         user_message_id = retry.user_message_id
-    assistant = Message(
-        id=assistant_id, conversation_id=conversation.id, seq=seq,
-        role="assistant", content="", status="pending", created_at=now,
-    )  # fmt: skip
-    session.add(assistant)
+    for offset, row in enumerate(rows):
+        row["seq"] = seq + offset
+    session.execute(_INSERT_MESSAGES, rows)
     if attempt is not None:
         idempotency.claim(
-            session, attempt, conversation_id=conversation.id,
+            session, attempt, conversation_id=conversation_id,
             user_message_id=user_message_id, assistant_message_id=assistant_id, now=now,
         )  # fmt: skip
     session.commit()
-    turn = Turn(conversation.user_id, conversation.id, message, history)
+    turn = Turn(user_id, conversation_id, message, history)
     pending = PendingTurn(
-        conversation.id, conversation.kind, user_message_id, assistant_id, turn, context,
+        conversation_id, kind, user_message_id, assistant_id, turn, context,
         idempotent=attempt is not None,
     )  # fmt: skip
     pending.timings["db"] += _ms_since(started)
@@ -151,15 +178,21 @@ def begin(
 
 
 def _create(
-    session: Session, access: Access, kind: str, message: str, now: datetime
-) -> Conversation:
-    conversation = Conversation(
-        id=new_id(), kind=kind, user_id=access.user_id, title=_title(message),
-        created_at=now, last_activity=now,
+    session: Session, access: Access, kind: str, message: str, assistant_id: str, now: datetime
+) -> tuple[str, str | None]:
+    """A new conversation, created already claimed by this turn with its two messages'
+    sequence numbers (1 and 2) reserved."""
+    conversation_id = new_id()
+    session.execute(
+        _INSERT_CONVERSATION,
+        {
+            "id": conversation_id, "kind": kind, "user_id": access.user_id,
+            "title": _title(message), "created_at": now, "last_activity": now,
+            "message_count": 2, "last_seq": 2, "active_turn_id": assistant_id,
+            "turn_started_at": now,
+        },
     )  # fmt: skip
-    session.add(conversation)
-    session.flush()
-    return conversation
+    return conversation_id, access.user_id
 
 
 def _claim(
@@ -168,17 +201,12 @@ def _claim(
     """Take the conversation's one in-flight slot atomically (across workers) and reserve
     `slots` sequence numbers (the first is returned); 409 when another turn holds it."""
     claimed = session.execute(
-        update(Conversation)
-        .where(Conversation.id == conversation_id, Conversation.active_turn_id.is_(None))
-        .values(
-            active_turn_id=assistant_id,
-            turn_started_at=now,
-            last_activity=now,
-            last_seq=Conversation.last_seq + slots,
-            message_count=Conversation.message_count + slots,
-        )
-        .returning(Conversation.last_seq)
-    ).scalar_one_or_none()
+        _CLAIM,
+        {
+            "b_id": conversation_id, "b_slots": slots, "active_turn_id": assistant_id,
+            "turn_started_at": now, "last_activity": now,
+        },
+    ).scalar_one_or_none()  # fmt: skip
     if claimed is None:
         session.rollback()
         raise TurnInProgress()
@@ -249,31 +277,29 @@ def finish(
     """Unit of work 2: store the assistant message's outcome and free the conversation."""
     started = time.perf_counter()
     now = utcnow()
-    latency_ms = int(pending.timings["agent"])
     session.execute(
-        update(Message)
-        .where(Message.id == pending.assistant_message_id, Message.status == "pending")
-        .values(
-            content=reply.text,
-            status=status,
-            error_code=error_code,
-            tool_calls=[call.as_dict() for call in reply.tool_calls],
-            sources=reply.sources,
-            model=reply.model,
-            latency_ms=latency_ms,
-            created_at=now,  # the reply's time, as the response says: history shows the same
-            completed_at=now,
+        _STORE_REPLY,
+        {
+            "b_id": pending.assistant_message_id,
+            "content": reply.text,
+            "status": status,
+            "error_code": error_code,
+            "tool_calls": [call.as_dict() for call in reply.tool_calls],
+            "sources": reply.sources,
+            "model": reply.model,
+            "latency_ms": int(pending.timings["agent"]),
+            "created_at": now,  # the reply's time, as the response says: history shows the same
+            "completed_at": now,
             **reply.usage.as_dict(),
-        )
+        },
     )
     session.execute(
-        update(Conversation)
-        .where(
-            Conversation.id == pending.conversation_id,
-            Conversation.active_turn_id == pending.assistant_message_id,
-        )
-        .values(active_turn_id=None, turn_started_at=None, last_activity=now)
-    )
+        _RELEASE,
+        {
+            "b_id": pending.conversation_id, "b_turn": pending.assistant_message_id,
+            "active_turn_id": None, "turn_started_at": None, "last_activity": now,
+        },
+    )  # fmt: skip
     result = TurnResult(pending, reply, status, error_code, now)
     if pending.idempotent:
         done = result.body() if status == "completed" else None
