@@ -199,7 +199,7 @@ class OpenAIAgent(Agent):
                     if not tools or step.text or step.calls:
                         raise
                     log.warning("streaming with tools failed; asking again without streaming")
-            completion = self._with_retries(request, deadline)
+            completion = self._with_retries(request, deadline, stream=False)
             yield from _read_completion(completion, step)
         except AgentError:
             raise
@@ -218,19 +218,20 @@ class OpenAIAgent(Agent):
     ) -> Iterator[str]:
         request = {**request, "stream": True, "stream_options": {"include_usage": True}}
         calls: dict[int, _PendingCall] = {}
-        with self._with_retries(request, deadline) as chunks:
+        with self._with_retries(request, deadline, stream=True) as chunks:
             for chunk in chunks:
                 deadline.check()
-                if getattr(chunk, "usage", None):
-                    step.usage = _usage(chunk.usage)
-                for choice in chunk.choices or ():
-                    delta = choice.delta
-                    if delta is not None and delta.content:
-                        step.text += delta.content
-                        yield delta.content
-                    for position, part in enumerate((delta and delta.tool_calls) or ()):
+                if chunk.get("usage"):
+                    step.usage = _usage(chunk["usage"])
+                for choice in chunk.get("choices") or ():
+                    delta = choice.get("delta") or {}
+                    piece = _text(delta.get("content"))
+                    if piece:
+                        step.text += piece
+                        yield piece
+                    for position, part in enumerate(delta.get("tool_calls") or ()):
                         _merge_call_delta(calls, position, part)
-                    if choice.finish_reason:
+                    if choice.get("finish_reason"):
                         step.finished = True
         if not step.finished:
             raise UpstreamError("The language model's stream ended before its answer did.")
@@ -238,12 +239,22 @@ class OpenAIAgent(Agent):
         if not step.usage.total_tokens:  # servers that ignore stream_options send no usage
             step.usage = _estimated_usage(request["messages"], step)
 
-    def _with_retries(self, request: dict[str, Any], deadline: _Deadline) -> Any:
-        """The SDK call, retried on transient failures while the deadline allows it."""
+    def _with_retries(self, request: dict[str, Any], deadline: _Deadline, *, stream: bool) -> Any:
+        """One chat completion through the SDK, retried on transient failures while the
+        deadline allows it. The request is sent as built and the answer read as plain JSON:
+        the SDK's typed layer (transforming every message and tool schema on the way out,
+        building models on the way in) cost more CPU than the rest of the turn."""
         attempt = 0
         while True:
             try:
-                return self._client.chat.completions.create(**request, timeout=deadline.check())
+                return self._client.post(
+                    "/chat/completions",
+                    body=request,
+                    cast_to=object,
+                    options={"timeout": deadline.check(), "security": {"bearer_auth": True}},
+                    stream=stream,
+                    stream_cls=openai.Stream[object],
+                )
             except openai.APIError as exc:
                 error = _translate(exc)
                 wait = _retry_wait(exc, attempt)
@@ -332,33 +343,47 @@ def _merge_consecutive_users(messages: list[dict[str, Any]]) -> list[dict[str, A
 
 
 def _read_completion(completion: Any, step: _Step) -> Iterator[str]:
-    if not isinstance(completion.choices, list) or not completion.choices:
+    """A completion as the provider sent it (JSON); anything malformed raises."""
+    choices = completion["choices"]
+    if not isinstance(choices, list) or not choices:
         raise ValueError("a completion without choices")
-    message = completion.choices[0].message
-    if completion.usage:
-        step.usage = _usage(completion.usage)
-    step.text = message.content or ""
-    step.calls = _named_calls(
-        _PendingCall(call.id or "", call.function.name or "", call.function.arguments or "")
-        for call in message.tool_calls or ()
-    )
+    message = choices[0]["message"]
+    if completion.get("usage"):
+        step.usage = _usage(completion["usage"])
+    step.text = _text(message.get("content"))
+    step.calls = _named_calls(_pending_call(call) for call in message.get("tool_calls") or ())
     step.finished = True
     if step.text:
         yield step.text
 
 
-def _merge_call_delta(calls: dict[int, _PendingCall], position: int, part: Any) -> None:
+def _pending_call(call: dict[str, Any]) -> _PendingCall:
+    function = call.get("function") or {}
+    return _PendingCall(
+        call.get("id") or "", function.get("name") or "", function.get("arguments") or ""
+    )
+
+
+def _text(content: Any) -> str:
+    """A message's content: a string, nothing, or (some servers) a list of text parts."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        return "".join(part["text"] for part in content if part.get("type") == "text")
+    raise TypeError("a message content that is no text")
+
+
+def _merge_call_delta(calls: dict[int, _PendingCall], position: int, part: dict[str, Any]) -> None:
     # Some servers omit `index` (one call per chunk); some repeat id and name in every chunk.
-    index = part.index if isinstance(part.index, int) else position
-    call = calls.setdefault(index, _PendingCall())
-    if part.id and not call.id:
-        call.id = part.id
-    function = part.function
-    if function is not None:
-        if function.name and not call.name:
-            call.name = function.name
-        if function.arguments:
-            call.arguments += function.arguments
+    index = part.get("index")
+    call = calls.setdefault(index if isinstance(index, int) else position, _PendingCall())
+    if part.get("id") and not call.id:
+        call.id = part["id"]
+    function = part.get("function") or {}
+    if function.get("name") and not call.name:
+        call.name = function["name"]
+    if function.get("arguments"):
+        call.arguments += function["arguments"]
 
 
 def _named_calls(calls: Any) -> list[_PendingCall]:
@@ -378,10 +403,10 @@ def _estimated_usage(messages: list[dict[str, Any]], step: _Step) -> Usage:
     return Usage(prompt, completion, prompt + completion)
 
 
-def _usage(raw: Any) -> Usage:
-    prompt = int(getattr(raw, "prompt_tokens", 0) or 0)
-    completion = int(getattr(raw, "completion_tokens", 0) or 0)
-    total = int(getattr(raw, "total_tokens", 0) or 0) or prompt + completion
+def _usage(raw: dict[str, Any]) -> Usage:
+    prompt = int(raw.get("prompt_tokens") or 0)
+    completion = int(raw.get("completion_tokens") or 0)
+    total = int(raw.get("total_tokens") or 0) or prompt + completion
     return Usage(prompt, completion, total)
 
 
