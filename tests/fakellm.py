@@ -69,6 +69,7 @@ class FakeLLM:
         self.latency = latency
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.peers: list[tuple[str, int]] = []  # each request's client address: its connection
         self._script: list[Response] = []
         self._lock = threading.Lock()
         self.stopped = threading.Event()
@@ -85,10 +86,13 @@ class FakeLLM:
         with self._lock:
             self._script.extend(responses)
 
-    def next_response(self, body: dict[str, Any], headers: dict[str, str]) -> Response:
+    def next_response(
+        self, body: dict[str, Any], headers: dict[str, str], peer: tuple[str, int] = ("", 0)
+    ) -> Response:
         with self._lock:
             self.requests.append(body)
             self.headers.append(headers)
+            self.peers.append(peer)
             if self._script:
                 return self._script.pop(0)
         users = [m for m in body.get("messages", []) if m.get("role") == "user"]
@@ -120,7 +124,8 @@ def _handler(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
             if not self.path.endswith("/chat/completions"):
                 self._json(404, {"error": {"message": "not found"}})
                 return
-            response = fake.next_response(body, {k.lower(): v for k, v in self.headers.items()})
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            response = fake.next_response(body, headers, self.client_address)
             if response.delay and fake.stopped.wait(response.delay):
                 return
             if response.fault == "drop":

@@ -195,3 +195,16 @@ def test_a_server_that_cannot_stream_tool_calls_is_asked_again_without_streaming
     assert body["tool_calls"][0]["result"]["status"] == "created"
     assert body["response"] == "Added water."
     assert [bool(r.get("stream")) for r in fake_llm.requests] == [True, False, True]
+
+
+def test_streamed_turns_reuse_one_connection_to_the_provider(llm_app, fake_llm):
+    """The stream is read to the end of its body after `[DONE]`, so its keep-alive connection
+    goes back to the pool (the SDK's own stream drops it: a new connection, a new TLS
+    handshake against a real provider, on every streamed turn)."""
+    client = llm_app().test_client()
+    for word in ("one", "two", "three"):
+        response = client.post("/api/alice/chat", json={"message": word}, headers=STREAM)
+        events, _ = sse.parse(response.get_data(as_text=True))
+        assert events[-1].name == "done" and events[-1].data["response"] == f"fake: {word}"
+    assert [bool(r.get("stream")) for r in fake_llm.requests] == [True, True, True]
+    assert len(set(fake_llm.peers)) == 1

@@ -218,9 +218,18 @@ class OpenAIAgent(Agent):
     ) -> Iterator[str]:
         request = {**request, "stream": True, "stream_options": {"include_usage": True}}
         calls: dict[int, _PendingCall] = {}
-        with self._with_retries(request, deadline, stream=True) as chunks:
-            for chunk in chunks:
+        response = self._with_retries(request, deadline, stream=True)
+        try:
+            events = _event_data(response.iter_lines())
+            for data in events:
                 deadline.check()
+                if data.startswith("[DONE]"):
+                    _drain(events)
+                    break
+                chunk = json.loads(data)
+                if chunk.get("error"):
+                    log.warning("language model reported an error mid-stream")
+                    raise UpstreamError("The language model failed mid-answer.")
                 if chunk.get("usage"):
                     step.usage = _usage(chunk["usage"])
                 for choice in chunk.get("choices") or ():
@@ -233,6 +242,8 @@ class OpenAIAgent(Agent):
                         _merge_call_delta(calls, position, part)
                     if choice.get("finish_reason"):
                         step.finished = True
+        finally:
+            response.close()  # also when the client has gone: the provider stops too
         if not step.finished:
             raise UpstreamError("The language model's stream ended before its answer did.")
         step.calls = _named_calls(calls.values())
@@ -243,17 +254,19 @@ class OpenAIAgent(Agent):
         """One chat completion through the SDK, retried on transient failures while the
         deadline allows it. The request is sent as built and the answer read as plain JSON:
         the SDK's typed layer (transforming every message and tool schema on the way out,
-        building models on the way in) cost more CPU than the rest of the turn."""
+        building models on the way in) cost more CPU than the rest of the turn. A stream comes
+        back as the HTTP response itself, read to its end by `_read_stream`: the SDK's own
+        stream stops at `[DONE]` and drops the connection, so every streamed turn paid for a
+        new one (a TLS handshake, against a real provider)."""
         attempt = 0
         while True:
             try:
                 return self._client.post(
                     "/chat/completions",
                     body=request,
-                    cast_to=object,
+                    cast_to=httpx2.Response if stream else object,
                     options={"timeout": deadline.check(), "security": {"bearer_auth": True}},
                     stream=stream,
-                    stream_cls=openai.Stream[object],
                 )
             except openai.APIError as exc:
                 error = _translate(exc)
@@ -355,6 +368,31 @@ def _read_completion(completion: Any, step: _Step) -> Iterator[str]:
     step.finished = True
     if step.text:
         yield step.text
+
+
+def _event_data(lines: Iterator[str]) -> Iterator[str]:
+    """The data of each server-sent event: its `data:` lines, joined (comments and other
+    fields are skipped)."""
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+        elif line.startswith("data:"):
+            value = line[5:]
+            data.append(value[1:] if value.startswith(" ") else value)
+    if data:
+        yield "\n".join(data)
+
+
+def _drain(rest: Iterator[str]) -> None:
+    """Read what follows `[DONE]` (the end of the body), so the connection can be reused."""
+    try:
+        for _ in rest:
+            pass
+    except httpx2.HTTPError:
+        log.debug("the stream's end could not be read; its connection is dropped")
 
 
 def _pending_call(call: dict[str, Any]) -> _PendingCall:

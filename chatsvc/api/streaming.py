@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -90,6 +91,9 @@ def _work(
             stream = run(session)
             for event in stream:
                 events.put(event)
+                # Let the response send it now: when the provider's chunks arrive together,
+                # the run would otherwise read them all (and store the reply) first.
+                time.sleep(0)
                 if cancel.is_set():
                     break
             stream.close()  # on a break: the turn service stores the partial answer
