@@ -93,24 +93,24 @@ class TurnResult:
 # The turn's own statements, built once. Building SQLAlchemy statements (ORM ones above all)
 # cost more CPU than running them; these are plain table statements whose SET clauses come
 # from the parameters they are executed with.
-CONVERSATIONS = Conversation.__table__
-MESSAGES = Message.__table__
-_INSERT_CONVERSATION = insert(CONVERSATIONS)
-_INSERT_MESSAGES = insert(MESSAGES)
+_CONVERSATIONS = Conversation.__table__
+_MESSAGES = Message.__table__
+_INSERT_CONVERSATION = insert(_CONVERSATIONS)
+_INSERT_MESSAGES = insert(_MESSAGES)
 _CLAIM = (
-    update(CONVERSATIONS)
-    .where(CONVERSATIONS.c.id == bindparam("b_id"), CONVERSATIONS.c.active_turn_id.is_(None))
+    update(_CONVERSATIONS)
+    .where(_CONVERSATIONS.c.id == bindparam("b_id"), _CONVERSATIONS.c.active_turn_id.is_(None))
     .values(
-        last_seq=CONVERSATIONS.c.last_seq + bindparam("b_slots"),
-        message_count=CONVERSATIONS.c.message_count + bindparam("b_slots"),
+        last_seq=_CONVERSATIONS.c.last_seq + bindparam("b_slots"),
+        message_count=_CONVERSATIONS.c.message_count + bindparam("b_slots"),
     )
-    .returning(CONVERSATIONS.c.last_seq)
+    .returning(_CONVERSATIONS.c.last_seq)
 )
-_STORE_REPLY = update(MESSAGES).where(
-    MESSAGES.c.id == bindparam("b_id"), MESSAGES.c.status == "pending"
+_STORE_REPLY = update(_MESSAGES).where(
+    _MESSAGES.c.id == bindparam("b_id"), _MESSAGES.c.status == "pending"
 )
-_RELEASE = update(CONVERSATIONS).where(
-    CONVERSATIONS.c.id == bindparam("b_id"), CONVERSATIONS.c.active_turn_id == bindparam("b_turn")
+_RELEASE = update(_CONVERSATIONS).where(
+    _CONVERSATIONS.c.id == bindparam("b_id"), _CONVERSATIONS.c.active_turn_id == bindparam("b_turn")
 )
 
 
@@ -133,7 +133,8 @@ def begin(
     if retry is not None:
         conversation_id = retry.conversation_id
     if conversation_id is None:
-        conversation_id, user_id = _create(session, access, kind, message, assistant_id, now)
+        conversation_id = _create(session, access, kind, message, assistant_id, now)
+        user_id = access.user_id
         history: tuple[HistoryMessage, ...] = ()
         context = Context(0, False)
         seq = 1
@@ -145,22 +146,14 @@ def begin(
         history, context = _context(session, conversation, config, message, skip)
         kind, user_id = conversation.kind, conversation.user_id
         seq = _claim(session, conversation_id, assistant_id, now, 1 if retry else 2)
-    rows = [
-        {
-            "id": assistant_id, "conversation_id": conversation_id, "role": "assistant",
-            "content": "", "status": "pending", "created_at": now, "completed_at": None,
-        }
-    ]  # fmt: skip
+    rows = []
     if retry is None:
         user_message_id = new_id()
-        rows.insert(0, {
-            "id": user_message_id, "conversation_id": conversation_id, "role": "user",
-            "content": message, "status": "completed", "created_at": now, "completed_at": now,
-        })  # fmt: skip
+        rows.append(_message_row(user_message_id, conversation_id, seq, "user", message, now))
+        seq += 1
     else:
         user_message_id = retry.user_message_id
-    for offset, row in enumerate(rows):
-        row["seq"] = seq + offset
+    rows.append(_message_row(assistant_id, conversation_id, seq, "assistant", "", now))
     session.execute(_INSERT_MESSAGES, rows)
     if attempt is not None:
         idempotency.claim(
@@ -179,7 +172,7 @@ def begin(
 
 def _create(
     session: Session, access: Access, kind: str, message: str, assistant_id: str, now: datetime
-) -> tuple[str, str | None]:
+) -> str:
     """A new conversation, created already claimed by this turn with its two messages'
     sequence numbers (1 and 2) reserved."""
     conversation_id = new_id()
@@ -192,7 +185,19 @@ def _create(
             "turn_started_at": now,
         },
     )  # fmt: skip
-    return conversation_id, access.user_id
+    return conversation_id
+
+
+def _message_row(
+    message_id: str, conversation_id: str, seq: int, role: str, content: str, now: datetime
+) -> dict[str, Any]:
+    """A new message: the user's is complete when stored; the assistant's waits for the agent."""
+    done = role == "user"
+    return {
+        "id": message_id, "conversation_id": conversation_id, "seq": seq, "role": role,
+        "content": content, "status": "completed" if done else "pending",
+        "created_at": now, "completed_at": now if done else None,
+    }  # fmt: skip
 
 
 def _claim(
