@@ -18,7 +18,7 @@ def _probe_sockets_without_the_hub() -> None:
     """httpcore (under the openai SDK) probes every idle keep-alive connection with a
     zero-timeout `select.poll()` each time its pool changes hands. gevent's cooperative poll
     makes each probe a trip through the hub (about 20 µs against 1.4 µs for the system call);
-    with a hundred idle connections per worker that was a third of the CPU at 500 turns in
+    with a hundred idle connections per worker that was a quarter of the CPU at 500 turns in
     flight. A zero-timeout poll never blocks, so the original one is safe here."""
     import select
     import types

@@ -26,7 +26,8 @@ class Response:
     usage: tuple[int, int] = (10, 5)
     delay: float = 0.0  # before the response starts
     chunk_delay: float = 0.0  # between streamed chunks
-    fault: str | None = None  # status | garbage | drop | drop_midstream | endless
+    # status | garbage | drop | drop_midstream | error_midstream | endless
+    fault: str | None = None
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -52,6 +53,11 @@ def garbage() -> Response:
 def drop(midstream: bool = False) -> Response:
     fault = "drop_midstream" if midstream else "drop"
     return Response(text="a partial answer that is cut off", fault=fault)
+
+
+def error_midstream() -> Response:
+    """A stream that reports an error event (as OpenAI does when overloaded) after some text."""
+    return Response(text="a partial answer that breaks off", fault="error_midstream")
 
 
 def endless(chunk_delay: float = 0.02) -> Response:
@@ -214,7 +220,10 @@ def _chunks(body: dict[str, Any], response: Response):
     if response.fault == "endless":
         while True:
             yield chunk({"content": "and on "})
-    for piece in _pieces(response.text):
+    for number, piece in enumerate(_pieces(response.text)):
+        if response.fault == "error_midstream" and number == 2:
+            # and then carries on to a normal end: the error alone must fail the turn
+            yield {"error": {"message": "The server is overloaded.", "type": "server_error"}}
         yield chunk({"content": piece})
     for index, (name, arguments) in enumerate(response.tool_calls):
         raw = _arguments(arguments)

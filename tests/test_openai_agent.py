@@ -6,7 +6,7 @@ import json
 
 import pytest
 import sse
-from fakellm import call, drop, endless, fail, garbage, say, slow
+from fakellm import call, drop, endless, error_midstream, fail, garbage, say, slow
 
 
 def chat(client, message, conversation_id=None, user="alice", **headers):
@@ -168,8 +168,12 @@ def test_a_retry_after_beyond_the_deadline_answers_at_once(llm_app, fake_llm):
 
 @pytest.mark.parametrize(
     ("fault", "code"),
-    [(drop(midstream=True), "upstream_error"), (endless(), "upstream_timeout")],
-    ids=["drop-midstream", "endless"],
+    [
+        (drop(midstream=True), "upstream_error"),
+        (error_midstream(), "upstream_error"),
+        (endless(), "upstream_timeout"),
+    ],
+    ids=["drop-midstream", "error-event-midstream", "endless"],
 )
 def test_stream_faults_end_the_stream_and_store_a_failed_turn(llm_app, fake_llm, fault, code):
     client = llm_app(AGENT_TIMEOUT_SECONDS=1.0).test_client()

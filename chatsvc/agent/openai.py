@@ -7,6 +7,7 @@ import json
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -389,8 +390,7 @@ def _event_data(lines: Iterator[str]) -> Iterator[str]:
 def _drain(rest: Iterator[str]) -> None:
     """Read what follows `[DONE]` (the end of the body), so the connection can be reused."""
     try:
-        for _ in rest:
-            pass
+        deque(rest, maxlen=0)
     except httpx2.HTTPError:
         log.debug("the stream's end could not be read; its connection is dropped")
 
@@ -403,11 +403,9 @@ def _pending_call(call: dict[str, Any]) -> _PendingCall:
 
 
 def _text(content: Any) -> str:
-    """A message's content: a string, nothing, or (some servers) a list of text parts."""
+    """A message's content: text or nothing; anything else is no answer."""
     if content is None or isinstance(content, str):
         return content or ""
-    if isinstance(content, list):
-        return "".join(part["text"] for part in content if part.get("type") == "text")
     raise TypeError("a message content that is no text")
 
 
