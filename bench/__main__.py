@@ -74,6 +74,8 @@ def table(rows: list[Row]) -> str:
 def wrk_row(scenario: str, what: str, result: dict, service: Service | None, note: str = "") -> Row:
     rss = max((peak for _, peak in service.rss_mb().values()), default=0.0) if service else 0.0
     pool = pool_high_water(service) if service and service.name != "floor" else "-"
+    cpu = ", ".join(f"{name} {ms:.2f}" for name, ms in result["cpu_ms"].items())
+    note = "; ".join(part for part in (note, f"CPU ms/request: {cpu}") if part)
     return Row(
         scenario, what, result["requests"], result["rps"], result["p50_ms"], result["p95_ms"],
         result["p99_ms"], result["errors"], rss, pool, note,
@@ -128,11 +130,12 @@ class Bench:
     def p1_overhead(self) -> None:
         floor = harness.start_floor(self.workers)
         self.started.append(floor)
-        base = harness.wrk(floor.url, connections=16, duration_s=self.seconds(10))
+        base = harness.wrk(floor.url, connections=16, duration_s=self.seconds(10), watch=(floor,))
         self.report.add(wrk_row("P1", "floor: bare Flask, c=16", base, floor))
-        svc = self.chatsvc(self.llm(0))
+        llm = self.llm(0)
+        svc = self.chatsvc(llm)
         harness.wrk(svc.url, connections=16, duration_s=2)  # warm-up
-        result = harness.wrk(svc.url, connections=16, duration_s=self.seconds(10))
+        result = harness.wrk(svc.url, connections=16, duration_s=self.seconds(10), watch=(svc, llm))
         ratio = result["rps"] / base["rps"]
         note = (
             f"overhead p50 {result['overhead_p50_ms']:.1f} ms, "
@@ -147,11 +150,13 @@ class Bench:
 
     def p2_slow_turns(self) -> None:
         latency_ms, inflight = 2000, 500
-        svc = self.chatsvc(self.llm(latency_ms))
+        llm = self.llm(latency_ms)
+        svc = self.chatsvc(llm)
         harness.wrk(svc.url, connections=inflight, duration_s=3, timeout_s=15)  # warm-up
         result = harness.wrk(
-            svc.url, connections=inflight, duration_s=self.seconds(20), timeout_s=15
-        )
+            svc.url, connections=inflight, duration_s=self.seconds(20), timeout_s=15,
+            watch=(svc, llm),
+        )  # fmt: skip
         ideal = inflight / (latency_ms / 1000)
         note = f"{result['rps'] / ideal:.0%} of ideal {ideal:.0f}/s"
         self.report.add(
@@ -164,7 +169,8 @@ class Bench:
         self.stop_all()
 
     def p3_long_history(self) -> None:
-        svc = self.chatsvc(self.llm(0))
+        llm = self.llm(0)
+        svc = self.chatsvc(llm)
         short = seed.conversation(self.database_url, "bench-short", 10)
         long = seed.conversation(self.database_url, "bench-long", 10_000)
         results = {}
@@ -172,8 +178,9 @@ class Bench:
             env = {"BENCH_USER": user, "CONVERSATION": conversation}
             harness.wrk(svc.url, connections=1, duration_s=1, threads=1, env=env)
             results[label] = harness.wrk(
-                svc.url, connections=1, threads=1, duration_s=self.seconds(8), env=env
-            )
+                svc.url, connections=1, threads=1, duration_s=self.seconds(8), env=env,
+                watch=(svc, llm),
+            )  # fmt: skip
             self.report.add(wrk_row("P3", f"turns on {label}, c=1", results[label], svc))
         ratio = results["10 000 messages"]["p50_ms"] / results["10 messages"]["p50_ms"]
         self.report.verdict(f"P3 long/short p50 latency = {ratio:.2f} (target ≤ 1.2)")
@@ -276,8 +283,10 @@ def main() -> None:
     text = "\n".join([
         "# Benchmark results", "",
         f"Machine: {machine()}. Database: {backend}. gunicorn: {bench.workers} gevent workers.",
-        f"Run: `make bench` ({'quick' if args.quick else 'full'}), {elapsed:.0f} s; load client "
-        f"wrk (child CPU {client.ru_utime + client.ru_stime:.0f} s in all).", "",
+        f"Run: `make bench` ({'quick' if args.quick else 'full'}), {elapsed:.0f} s; CPU of "
+        f"every process it started (servers, fake LLM, wrk): "
+        f"{client.ru_utime + client.ru_stime:.0f} s. The note column gives each one's CPU "
+        "milliseconds per request (`chatsvc` counts gunicorn's master and workers).", "",
         table(bench.report.rows), "", "## Against the targets", "",
         *[f"- {v}" for v in bench.report.verdicts], "",
     ])  # fmt: skip

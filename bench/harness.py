@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -73,6 +74,17 @@ class Service:
             if int(fields.get("PPid", "0").strip()) == self.process.pid:
                 children.append(int(status.parent.name))
         return sorted(children)
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the process and its workers."""
+        total = 0
+        for pid in [self.process.pid, *self.worker_pids()]:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+        return total / os.sysconf("SC_CLK_TCK")
 
     def rss_mb(self) -> dict[int, tuple[float, float]]:
         """Per worker: (current RSS, peak RSS) in MB."""
@@ -186,21 +198,31 @@ def wrk(
     threads: int = 2,
     env: dict[str, str] | None = None,
     timeout_s: float = 10.0,
+    watch: tuple[Service, ...] = (),
 ) -> dict:
-    """Drive POST chat turns with wrk; returns the script's JSON summary plus throughput."""
+    """Drive POST chat turns with wrk; returns the script's JSON summary plus throughput and
+    the CPU milliseconds per request of wrk itself and of each `watch`ed service."""
     argv = [
         "wrk", f"-t{min(threads, connections)}", f"-c{connections}",
         f"-d{max(1, round(duration_s))}s", f"--timeout={max(1, round(timeout_s))}s",
         "-s", str(REPO / "bench" / "turn.lua"), url,
     ]  # fmt: skip
-    started = time.process_time()
+    before = {service.name: service.cpu_seconds() for service in watch}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is the only child waited for
     done = subprocess.run(
         argv, env={**os.environ, **(env or {})}, capture_output=True, text=True, check=True
     )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     line = next(x for x in done.stdout.splitlines() if x.startswith("WRK_JSON "))
     result = json.loads(line.removeprefix("WRK_JSON "))
     result["rps"] = result["requests"] / result["duration_s"]
-    result["client_cpu_s"] = time.process_time() - started
+    per_request = 1000 / max(1, result["requests"])
+    client_s = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+    result["cpu_ms"] = {"wrk": client_s * per_request}
+    for service in watch:
+        result["cpu_ms"][service.name] = (
+            service.cpu_seconds() - before[service.name]
+        ) * per_request
     return result
 
 
