@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, or_, select, true, update
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..agent.base import (
@@ -105,6 +105,18 @@ _CLAIM = (
         message_count=_CONVERSATIONS.c.message_count + bindparam("b_slots"),
     )
     .returning(_CONVERSATIONS.c.last_seq)
+)
+# The context: the newest messages a model may see (a pending or failed reply is not one);
+# b_skip is a retried turn's own user message ("" matches no id).
+_NEWEST_MESSAGES = (
+    select(_MESSAGES.c.role, _MESSAGES.c.content, _MESSAGES.c.tool_calls)
+    .where(
+        _MESSAGES.c.conversation_id == bindparam("b_conversation"),
+        or_(_MESSAGES.c.role == "user", _MESSAGES.c.status.in_(("completed", "cancelled"))),
+        _MESSAGES.c.id != bindparam("b_skip"),
+    )
+    .order_by(_MESSAGES.c.seq.desc())
+    .limit(bindparam("b_limit"))
 )
 _STORE_REPLY = update(_MESSAGES).where(
     _MESSAGES.c.id == bindparam("b_id"), _MESSAGES.c.status == "pending"
@@ -230,18 +242,10 @@ def _context(
     and their results, so it is kept or dropped whole: a call never loses its result. The
     history starts with a user message, as strict chat templates demand."""
     limit = config["HISTORY_LIMIT"]
-    newest = list(
-        session.scalars(
-            select(Message)
-            .where(
-                Message.conversation_id == conversation.id,
-                or_(Message.role == "user", Message.status.in_(("completed", "cancelled"))),
-                Message.id != skip if skip else true(),  # a retried turn's own message
-            )
-            .order_by(Message.seq.desc())
-            .limit(limit + 1)
-        )
-    )
+    newest = session.execute(
+        _NEWEST_MESSAGES,
+        {"b_conversation": conversation.id, "b_skip": skip or "", "b_limit": limit + 1},
+    ).all()
     truncated = len(newest) > limit
     budget = config["HISTORY_MAX_TOKENS"] - estimate_tokens(message)
     kept: list[HistoryMessage] = []
