@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 import sse
 from fakellm import call, drop, endless, error_midstream, fail, garbage, say, slow
+from helpers import ok
 
 
 def chat(client, message, conversation_id=None, user="alice", **headers):
@@ -212,3 +215,43 @@ def test_streamed_turns_reuse_one_connection_to_the_provider(llm_app, fake_llm):
         assert events[-1].name == "done" and events[-1].data["response"] == f"fake: {word}"
     assert [bool(r.get("stream")) for r in fake_llm.requests] == [True, True, True]
     assert len(set(fake_llm.peers)) == 1
+
+
+def test_concurrent_turns_spread_over_the_connection_pools_and_give_them_back(llm_app, fake_llm):
+    """Each provider request takes the least busy of the worker's connection pools (httpcore
+    walks a whole pool on every request, so one pool shared by 250 turns in flight costs CPU),
+    and gives it back however the turn ends. A turn on its own finds the first
+    pool idle and reuses its warm connection."""
+    app = llm_app(AGENT_TIMEOUT_SECONDS=5.0)
+    agent = app.extensions["chatsvc.agent"]
+    fake_llm.script(slow(0.5, "one"), slow(0.5, "two"), slow(0.5, "three"))
+    threads = [
+        threading.Thread(target=chat, args=(app.test_client(), "hi"), kwargs={"user": user})
+        for user in ("ann", "bob", "cy")
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 5
+    while sum(agent.in_flight()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert agent.in_flight()[:4] == [1, 1, 1, 0]
+    for thread in threads:
+        thread.join(timeout=10)
+    idle = [0] * len(agent.in_flight())
+    assert agent.in_flight() == idle
+    concurrent = set(fake_llm.peers)
+    assert len(concurrent) == 3
+
+    client = app.test_client()
+    assert ok(chat(client, "alone"))["response"] == "fake: alone"
+    assert fake_llm.peers[-1] in concurrent  # no new connection
+    fake_llm.script(fail(500))
+    assert chat(client, "fails").status_code == 502
+    fake_llm.script(drop(midstream=True))
+    events, _ = sse.parse(
+        client.post("/api/alice/chat", json={"message": "drops"}, headers=STREAM).get_data(
+            as_text=True
+        )
+    )
+    assert events[-1].name == "error"
+    assert agent.in_flight() == idle

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -50,6 +52,8 @@ GENERAL_PROMPT = "You are a helpful assistant. Keep answers short; say so when y
 NO_ANSWER = "I could not put an answer into words; please try again."
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_BACKOFF_SECONDS = 8.0
+# Connection pools per worker, each behind its own SDK client (see _Clients).
+CONNECTION_POOLS = 8
 
 
 @dataclass
@@ -86,12 +90,46 @@ class _Step:
     finished: bool = False
 
 
+class _Clients:
+    """SDK clients with a connection pool each, lent out least busy first.
+
+    httpcore walks every connection of its pool whenever a request starts or ends, so one pool
+    shared by all the turns of a worker costs CPU in proportion to the turns in flight. At 250
+    per worker (500 turns waiting on a slow model, two workers) eight pools saved 1.1–2.4 ms of
+    CPU a turn (13–25 %) in paired runs. When traffic is light every turn finds the first client
+    idle, so its connections stay warm and no other is opened."""
+
+    def __init__(self, clients: list[openai.OpenAI]) -> None:
+        self._clients = clients
+        self._busy = [0] * len(clients)
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def lease(self) -> Iterator[openai.OpenAI]:
+        with self._lock:
+            index = self._busy.index(min(self._busy))
+            self._busy[index] += 1
+        try:
+            yield self._clients[index]
+        finally:
+            with self._lock:
+                self._busy[index] -= 1
+
+    def busy(self) -> list[int]:
+        """Requests in flight per client."""
+        return list(self._busy)
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+
+
 class OpenAIAgent(Agent):
     """Chat completions with tool calling; streams provider chunks as they arrive."""
 
     def __init__(
         self,
-        client: openai.OpenAI,
+        clients: _Clients,
         model: str,
         *,
         timeout: float,
@@ -101,7 +139,7 @@ class OpenAIAgent(Agent):
         max_tokens: int = 0,
         system_prompt: str = "",
     ) -> None:
-        self._client = client
+        self._clients = clients
         self.name = model
         self._timeout = timeout
         self._max_retries = max_retries
@@ -112,16 +150,21 @@ class OpenAIAgent(Agent):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> OpenAIAgent:
-        # Retries are ours (deadline-aware); the SDK's would sleep up to 60 s on Retry-After.
-        client = openai.OpenAI(
-            base_url=config["OPENAI_BASE_URL"] or None,
-            api_key=config["OPENAI_API_KEY"] or "unused",
-            timeout=config["AGENT_TIMEOUT_SECONDS"],
-            max_retries=0,
-        )
-        client.platform_headers()  # the first call forks `uname -p`: pay for it at start-up
+        trust = httpx2.create_ssl_context()  # loaded once, shared by the pools
+        clients = []
+        for _ in range(CONNECTION_POOLS):
+            # Retries are ours (deadline-aware); the SDK's would sleep up to 60 s on Retry-After.
+            client = openai.OpenAI(
+                base_url=config["OPENAI_BASE_URL"] or None,
+                api_key=config["OPENAI_API_KEY"] or "unused",
+                timeout=config["AGENT_TIMEOUT_SECONDS"],
+                max_retries=0,
+                http_client=openai.DefaultHttpxClient(verify=trust),
+            )
+            client.platform_headers()  # the first call forks `uname -p`: pay for it at start-up
+            clients.append(client)
         return cls(
-            client,
+            _Clients(clients),
             config["OPENAI_MODEL"],
             timeout=config["AGENT_TIMEOUT_SECONDS"],
             max_retries=config["AGENT_MAX_RETRIES"],
@@ -132,7 +175,11 @@ class OpenAIAgent(Agent):
         )
 
     def close(self) -> None:
-        self._client.close()
+        self._clients.close()
+
+    def in_flight(self) -> list[int]:
+        """Requests to the provider in flight, per connection pool."""
+        return self._clients.busy()
 
     def stream(self, turn: Turn, tools: ToolBox) -> Iterator[AgentEvent]:
         return self._run(turn, tools, self._stream_provider)
@@ -190,17 +237,18 @@ class OpenAIAgent(Agent):
             # Explicit: OpenAI defaults to "auto" with tools, llama-cpp-python ignores the tools.
             request.update(tools=tools, tool_choice="auto")
         try:
-            if stream_provider:
-                try:
-                    yield from self._read_stream(request, deadline, step)
-                    return
-                except UpstreamError:
-                    # llama-cpp-python's server cannot stream a tool call it decided on (it
-                    # drops the stream): such a round is asked again without streaming.
-                    if not tools or step.text or step.calls:
-                        raise
-                    log.warning("streaming with tools failed; asking again without streaming")
-            completion = self._with_retries(request, deadline, stream=False)
+            with self._clients.lease() as client:
+                if stream_provider:
+                    try:
+                        yield from self._read_stream(client, request, deadline, step)
+                        return
+                    except UpstreamError:
+                        # llama-cpp-python's server cannot stream a tool call it decided on (it
+                        # drops the stream): such a round is asked again without streaming.
+                        if not tools or step.text or step.calls:
+                            raise
+                        log.warning("streaming with tools failed; asking again without streaming")
+                completion = self._with_retries(client, request, deadline, stream=False)
             yield from _read_completion(completion, step)
         except AgentError:
             raise
@@ -215,11 +263,11 @@ class OpenAIAgent(Agent):
             raise UpstreamError("The language model answered something that is no answer.") from exc
 
     def _read_stream(
-        self, request: dict[str, Any], deadline: _Deadline, step: _Step
+        self, client: openai.OpenAI, request: dict[str, Any], deadline: _Deadline, step: _Step
     ) -> Iterator[str]:
         request = {**request, "stream": True, "stream_options": {"include_usage": True}}
         calls: dict[int, _PendingCall] = {}
-        response = self._with_retries(request, deadline, stream=True)
+        response = self._with_retries(client, request, deadline, stream=True)
         try:
             events = _event_data(response.iter_lines())
             for data in events:
@@ -251,7 +299,9 @@ class OpenAIAgent(Agent):
         if not step.usage.total_tokens:  # servers that ignore stream_options send no usage
             step.usage = _estimated_usage(request["messages"], step)
 
-    def _with_retries(self, request: dict[str, Any], deadline: _Deadline, *, stream: bool) -> Any:
+    def _with_retries(
+        self, client: openai.OpenAI, request: dict[str, Any], deadline: _Deadline, *, stream: bool
+    ) -> Any:
         """One chat completion through the SDK, retried on transient failures while the
         deadline allows it. The request is sent as built and the answer read as plain JSON:
         the SDK's typed layer (transforming every message and tool schema on the way out,
@@ -262,7 +312,7 @@ class OpenAIAgent(Agent):
         attempt = 0
         while True:
             try:
-                return self._client.post(
+                return client.post(
                     "/chat/completions",
                     body=request,
                     cast_to=httpx2.Response if stream else object,
