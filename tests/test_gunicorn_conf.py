@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,3 +45,105 @@ def test_httpcore_probes_idle_connections_with_the_system_poll(tmp_path: Path) -
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+WORKER = textwrap.dedent(
+    """
+    import gc, os, runpy, sys, weakref
+    config = runpy.run_path("gunicorn.conf.py")
+    sys.path.insert(0, ".")
+    from chatsvc import create_app
+    app = create_app()                                   # what the worker loads
+    config["post_worker_init"](None)
+    assert gc.get_freeze_count() > 50_000                # the app's objects: not walked again
+    assert gc.get_threshold()[0] == config["GC_YOUNG_THRESHOLD"]
+
+    class Node:
+        pass
+
+    node = Node()
+    node.self = node                                     # garbage only the collector frees
+    alive = weakref.ref(node)
+    del node
+    gc.collect()
+    assert alive() is None                               # new garbage is still collected
+    print("ok")
+    """
+)
+
+
+def test_a_worker_freezes_what_it_loaded_and_still_collects_new_garbage(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER],
+        cwd=REPO,
+        env={
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+            "PATH": "/usr/bin:/bin",
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'worker.db'}",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def _listeners(port: int) -> int:
+    """Sockets listening on 127.0.0.1:`port` (/proc/net/tcp state 0A)."""
+    local = f"0100007F:{port:04X}"
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for row in rows if row.split()[1] == local and row.split()[3] == "0A")
+
+
+def _workers(master: int) -> list[int]:
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        if f"\nPPid:\t{master}\n" in text:
+            found.append(int(status.parent.name))
+    return found
+
+
+def _sockets(pid: int) -> int:
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += os.readlink(fd).startswith("socket:")
+        except OSError:
+            continue
+    return count
+
+
+def test_two_workers_each_take_an_even_share_of_a_burst_of_connections(gunicorn) -> None:
+    """Each worker listens on its own SO_REUSEPORT socket and the kernel spreads connections
+    over them. On one shared socket a burst went to whichever worker woke first (up to 75 of
+    100), and a kept-alive connection stays with the worker that took it."""
+    server = gunicorn(WEB_CONCURRENCY="2")
+    port = int(server.url.rsplit(":", 1)[1])
+    deadline = time.monotonic() + 30
+    while _listeners(port) < 2 or len(_workers(server.process.pid)) < 2:
+        assert time.monotonic() < deadline, "both workers should listen"
+        time.sleep(0.1)
+    assert _listeners(port) == 2  # a socket each, none in the master
+    workers = _workers(server.process.pid)
+    before = {pid: _sockets(pid) for pid in workers}
+    burst = []
+    try:
+        for _ in range(200):
+            connection = socket.socket()
+            connection.setblocking(False)
+            connection.connect_ex(("127.0.0.1", port))
+            burst.append(connection)
+        deadline = time.monotonic() + 10
+        while sum(_sockets(pid) - before[pid] for pid in workers) < 200:
+            assert time.monotonic() < deadline, "the workers should accept the burst"
+            time.sleep(0.05)
+        taken = sorted(_sockets(pid) - before[pid] for pid in workers)
+    finally:
+        for connection in burst:
+            connection.close()
+    assert taken[0] >= 70, taken  # of 200; binomial odds of fewer than 70: about 1 in 100 000
