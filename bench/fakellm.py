@@ -62,6 +62,8 @@ class FakeLLM:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                # Latencies count from the request's arrival, not from after its parsing.
+                arrived = asyncio.get_running_loop().time()
                 length = 0
                 for line in head.split(b"\r\n"):
                     if line.lower().startswith(b"content-length:"):
@@ -69,9 +71,9 @@ class FakeLLM:
                 request = json.loads(await reader.readexactly(length)) if length else {}
                 model = request.get("model", "bench")
                 if request.get("stream"):
-                    await self.stream(writer, model)
+                    await self.stream(writer, model, arrived)
                 else:
-                    await asyncio.sleep(self.latency)
+                    await _sleep_until(arrived + self.latency)
                     body = completion(model)
                     writer.write(
                         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -83,21 +85,25 @@ class FakeLLM:
         finally:
             writer.close()
 
-    async def stream(self, writer: asyncio.StreamWriter, model: str) -> None:
+    async def stream(self, writer: asyncio.StreamWriter, model: str, arrived: float) -> None:
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n"
         )
-        await asyncio.sleep(self.first_token)
         pieces = [chunk(model, {"role": "assistant", "content": WORDS[0]})]
         pieces += [chunk(model, {"content": word}) for word in WORDS[1:]]
         pieces.append(chunk(model, {}, "stop"))
         usage = {"prompt_tokens": 20, "completion_tokens": 8, "total_tokens": 28}
         pieces += [chunk(model, {}, usage=usage), b"data: [DONE]\n\n"]
+        await _sleep_until(arrived + self.first_token)  # the pieces are ready: the first goes now
         for piece in pieces:
             writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
             await writer.drain()
         writer.write(b"0\r\n\r\n")
+
+
+async def _sleep_until(deadline: float) -> None:
+    await asyncio.sleep(max(0.0, deadline - asyncio.get_running_loop().time()))
 
 
 async def serve(port: int, latency_ms: float, first_token_ms: float | None) -> None:
