@@ -149,22 +149,50 @@ class Bench:
         self.stop_all()
 
     def p2_slow_turns(self) -> None:
+        """500 turns in flight in steady state: each connection's first turn starts at its own
+        moment within one LLM latency, as independent users' would, and the rate counts the
+        whole seconds after the ramp. (Counting every response inside a fixed window instead
+        caps any server at 9 of 10 two-second turns per connection, 90 % of ideal: the fake
+        alone scores 224/s that way.) The same load on the fake alone is the floor; 500 turns
+        arriving in the same instant are their own row."""
         latency_ms, inflight = 2000, 500
-        llm = self.llm(latency_ms)
-        svc = self.chatsvc(llm)
-        harness.wrk(svc.url, connections=inflight, duration_s=3, timeout_s=15)  # warm-up
-        result = harness.wrk(
-            svc.url, connections=inflight, duration_s=self.seconds(20), timeout_s=15,
-            watch=(svc, llm),
-        )  # fmt: skip
         ideal = inflight / (latency_ms / 1000)
-        note = f"{result['rps'] / ideal:.0%} of ideal {ideal:.0f}/s"
+        ramp_s = 2 * latency_ms / 1000 + 1  # the staggered starts, a first turn, a margin
+        duration_s = max(ramp_s + 6, self.seconds(25))
+        load = {"connections": inflight, "timeout_s": 15, "stagger_ms": latency_ms}
+        llm = self.llm(latency_ms)
+        alone = harness.wrk(llm.url, duration_s=duration_s, watch=(llm,), **load)
+        alone["rps"], seconds = harness.steady_rps(alone, ramp_s)
+        note = f"steady rate over {seconds} s; {alone['rps'] / ideal:.0%} of ideal; the floor"
+        self.report.add(wrk_row("P2", f"fake LLM alone, {inflight} in flight", alone, None, note))
+
+        svc = self.chatsvc(llm)
+        harness.wrk(svc.url, duration_s=3, **load)  # warm-up
+        time.sleep(latency_ms / 1000 + 1)  # the warm-up's cut-off turns finish
+        result = harness.wrk(svc.url, duration_s=duration_s, watch=(svc, llm), **load)
+        window_rps = result["rps"]
+        result["rps"], seconds = harness.steady_rps(result, ramp_s)
+        note = (
+            f"steady rate over {seconds} s; {result['rps'] / ideal:.0%} of ideal "
+            f"{ideal:.0f}/s, {result['rps'] / alone['rps']:.0%} of the fake alone "
+            f"(whole run {window_rps:.0f}/s)"
+        )
         self.report.add(
             wrk_row("P2", f"{inflight} in flight, LLM {latency_ms} ms", result, svc, note)
         )
+
+        time.sleep(latency_ms / 1000 + 1)
+        burst = harness.wrk(
+            svc.url, connections=inflight, duration_s=self.seconds(20), timeout_s=15,
+            watch=(svc, llm),
+        )  # fmt: skip
+        note = "all first turns in the same instant; every response in the run counted"
+        self.report.add(wrk_row("P2", f"burst: {inflight} arriving at once", burst, svc, note))
         self.report.verdict(
             f"P2 {result['rps']:.0f} turns/s = {result['rps'] / ideal:.0%} of ideal (≥ 90%), "
-            f"errors {result['errors']} (0), p99 {result['p99_ms']:.0f} ms (≤ 2300)"
+            f"errors {result['errors']} (0), p99 {result['p99_ms']:.0f} ms (≤ 2300); the fake "
+            f"alone {alone['rps']:.0f}/s, p99 {alone['p99_ms']:.0f} ms; a burst of {inflight} "
+            f"at once: p99 {burst['p99_ms']:.0f} ms, errors {burst['errors']}"
         )
         self.stop_all()
 

@@ -199,23 +199,35 @@ def wrk(
     env: dict[str, str] | None = None,
     timeout_s: float = 10.0,
     watch: tuple[Service, ...] = (),
+    stagger_ms: float | None = None,
 ) -> dict:
     """Drive POST chat turns with wrk; returns the script's JSON summary plus throughput and
-    the CPU milliseconds per request of wrk itself and of each `watch`ed service."""
+    the CPU milliseconds per request of wrk itself and of each `watch`ed service.
+
+    With `stagger_ms` each connection's first request waits its turn within that span, so
+    that the connections start evenly spread rather than all in the same instant."""
+    threads = min(threads, connections)
+    env = dict(env or {})
+    if stagger_ms is not None:
+        env["STAGGER_MS"] = str(stagger_ms)
+        env["CONNECTIONS_PER_THREAD"] = str(-(-connections // threads))
     argv = [
-        "wrk", f"-t{min(threads, connections)}", f"-c{connections}",
+        "wrk", f"-t{threads}", f"-c{connections}",
         f"-d{max(1, round(duration_s))}s", f"--timeout={max(1, round(timeout_s))}s",
         "-s", str(REPO / "bench" / "turn.lua"), url,
     ]  # fmt: skip
     before = {service.name: service.cpu_seconds() for service in watch}
     children = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is the only child waited for
+    started_at = time.time()
     done = subprocess.run(
-        argv, env={**os.environ, **(env or {})}, capture_output=True, text=True, check=True
+        argv, env={**os.environ, **env}, capture_output=True, text=True, check=True
     )
+    ended_at = time.time()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     line = next(x for x in done.stdout.splitlines() if x.startswith("WRK_JSON "))
     result = json.loads(line.removeprefix("WRK_JSON "))
     result["rps"] = result["requests"] / result["duration_s"]
+    result["window"] = (started_at, ended_at)
     per_request = 1000 / max(1, result["requests"])
     client_s = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
     result["cpu_ms"] = {"wrk": client_s * per_request}
@@ -224,6 +236,18 @@ def wrk(
             service.cpu_seconds() - before[service.name]
         ) * per_request
     return result
+
+
+def steady_rps(result: dict, ramp_s: float) -> tuple[float, int]:
+    """Responses per second over the whole wall-clock seconds after `ramp_s` and before the
+    run's last second (cut off mid-turn); returns the rate and how many seconds it spans."""
+    started_at, ended_at = result["window"]
+    first, last = int(started_at + ramp_s) + 1, int(ended_at) - 1
+    per_second = {int(second): count for second, count in result["completed_per_second"].items()}
+    seconds = range(first, last)
+    if not seconds:
+        raise ValueError(f"a {ended_at - started_at:.0f} s run has no steady part after {ramp_s} s")
+    return sum(per_second.get(second, 0) for second in seconds) / len(seconds), len(seconds)
 
 
 def temporary_sqlite() -> tuple[str, Path]:

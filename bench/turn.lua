@@ -1,8 +1,13 @@
 -- wrk script: one chat turn per request. Each request starts a new conversation for a user of
 -- its own, unless CONVERSATION is set (then every request continues that conversation).
--- At the end it prints one JSON line: latency percentiles, errors, and the API overhead
--- (Server-Timing total minus agent) percentiles.
+-- At the end it prints one JSON line: latency percentiles, errors, the API overhead
+-- (Server-Timing total minus agent) percentiles, and how many responses completed in each
+-- wall-clock second (for a steady-state rate that leaves out the ramp and the cut-off end).
+--
+-- STAGGER_MS with CONNECTIONS_PER_THREAD spreads each connection's first request evenly over
+-- that many milliseconds instead of sending them all in the same instant.
 local threads = {}
+local stagger_ms = tonumber(os.getenv("STAGGER_MS") or "")
 
 function setup(thread)
   thread:set("tid", #threads + 1)
@@ -16,6 +21,18 @@ function init(args)
   conversation = os.getenv("CONVERSATION")
   user = os.getenv("BENCH_USER")
   message = os.getenv("MESSAGE") or "hello there"
+  per_thread = tonumber(os.getenv("CONNECTIONS_PER_THREAD") or "1")
+  started = 0
+  completed = {}
+end
+
+if stagger_ms then
+  -- wrk asks before every request; only each connection's first one waits.
+  function delay()
+    if started >= per_thread then return 0 end
+    started = started + 1
+    return math.floor(stagger_ms * (started - 1) / per_thread)
+  end
 end
 
 function request()
@@ -33,6 +50,8 @@ end
 
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
+  local second = os.time()
+  completed[second] = (completed[second] or 0) + 1
   local timing = headers["Server-Timing"] or headers["server-timing"]
   if timing then
     local agent = tonumber(timing:match("agent;dur=([%d%.]+)"))
@@ -50,7 +69,11 @@ end
 function done(summary, latency, requests)
   local all = {}
   local codes = {}
+  local seconds = {}
   for _, thread in ipairs(threads) do
+    for second, count in pairs(thread:get("completed")) do
+      seconds[second] = (seconds[second] or 0) + count
+    end
     for _, value in ipairs(thread:get("overheads")) do all[#all + 1] = value end
     for code, count in pairs(thread:get("statuses")) do
       codes[tostring(code)] = (codes[tostring(code)] or 0) + count
@@ -66,6 +89,7 @@ function done(summary, latency, requests)
     string.format('"p50_ms":%.2f', latency:percentile(50) / 1000),
     string.format('"p95_ms":%.2f', latency:percentile(95) / 1000),
     string.format('"p99_ms":%.2f', latency:percentile(99) / 1000),
+    string.format('"mean_ms":%.2f', latency.mean / 1000),
     string.format('"overhead_p50_ms":%s', tostring(percentile(all, 50) or "null")),
     string.format('"overhead_p99_ms":%s', tostring(percentile(all, 99) or "null")),
   }
@@ -74,5 +98,10 @@ function done(summary, latency, requests)
     code_parts[#code_parts + 1] = string.format('"%s":%d', code, count)
   end
   parts[#parts + 1] = '"statuses":{' .. table.concat(code_parts, ",") .. '}'
+  local second_parts = {}
+  for second, count in pairs(seconds) do
+    second_parts[#second_parts + 1] = string.format('"%d":%d', second, count)
+  end
+  parts[#parts + 1] = '"completed_per_second":{' .. table.concat(second_parts, ",") .. '}'
   io.write("WRK_JSON " .. "{" .. table.concat(parts, ",") .. "}\n")
 end
