@@ -160,6 +160,7 @@ class Bench:
         ramp_s = 2 * latency_ms / 1000 + 1  # the staggered starts, a first turn, a margin
         duration_s = max(ramp_s + 6, self.seconds(25))
         load = {"connections": inflight, "timeout_s": 15, "stagger_ms": latency_ms}
+        drain_s = latency_ms / 1000 + 1  # turns a finished wrk cut off are done by then
         llm = self.llm(latency_ms)
         alone = harness.wrk(llm.url, duration_s=duration_s, watch=(llm,), **load)
         alone["rps"], seconds = harness.steady_rps(alone, ramp_s)
@@ -168,7 +169,7 @@ class Bench:
 
         svc = self.chatsvc(llm)
         harness.wrk(svc.url, duration_s=3, **load)  # warm-up
-        time.sleep(latency_ms / 1000 + 1)  # the warm-up's cut-off turns finish
+        time.sleep(drain_s)
         result = harness.wrk(svc.url, duration_s=duration_s, watch=(svc, llm), **load)
         window_rps = result["rps"]
         result["rps"], seconds = harness.steady_rps(result, ramp_s)
@@ -181,7 +182,7 @@ class Bench:
             wrk_row("P2", f"{inflight} in flight, LLM {latency_ms} ms", result, svc, note)
         )
 
-        time.sleep(latency_ms / 1000 + 1)
+        time.sleep(drain_s)
         burst = harness.wrk(
             svc.url, connections=inflight, duration_s=self.seconds(20), timeout_s=15,
             watch=(svc, llm),
@@ -384,7 +385,7 @@ def main() -> None:
         f"{client.ru_utime + client.ru_stime:.0f} s. The note column gives each one's CPU "
         "milliseconds per request (`chatsvc` counts gunicorn's master and workers).", "",
         table(bench.report.rows), "", "## Against the targets", "",
-        *[f"- {v}" for v in bench.report.verdicts], "",
+        *[f"- {v}" for v in bench.report.verdicts], "", "",
     ])  # fmt: skip
     Path(args.output).write_text(text)
     print(f"\nwrote {args.output} in {elapsed:.0f} s")

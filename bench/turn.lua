@@ -89,7 +89,6 @@ function done(summary, latency, requests)
     string.format('"p50_ms":%.2f', latency:percentile(50) / 1000),
     string.format('"p95_ms":%.2f', latency:percentile(95) / 1000),
     string.format('"p99_ms":%.2f', latency:percentile(99) / 1000),
-    string.format('"mean_ms":%.2f', latency.mean / 1000),
     string.format('"overhead_p50_ms":%s', tostring(percentile(all, 50) or "null")),
     string.format('"overhead_p99_ms":%s', tostring(percentile(all, 99) or "null")),
   }
