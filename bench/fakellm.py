@@ -4,6 +4,10 @@
 
 It answers `POST /v1/chat/completions` with a short text completion (streamed when asked) and
 never calls a tool, so a turn costs exactly one model round trip of the configured latency.
+`GET /trace` returns (and forgets) when each streamed request arrived and when its first chunk
+left, by the request's last message, on the clock of `time.monotonic()` (CLOCK_MONOTONIC,
+shared by every process on the machine): a client that sent the message can tell its own
+latency apart from the fake's.
 The test suite's fake (tests/fakellm.py) scripts answers and faults; this one only needs to be
 cheap enough that it is never the bottleneck of a benchmark.
 """
@@ -15,8 +19,10 @@ import asyncio
 import json
 import socket
 import time
+from collections import OrderedDict
 
 WORDS = ["Sure", ",", " here", " is", " a", " short", " answer", "."]
+TRACE_LIMIT = 100_000  # streamed requests remembered until /trace is read
 
 
 def completion(model: str) -> bytes:
@@ -54,6 +60,8 @@ class FakeLLM:
     def __init__(self, latency_ms: float, first_token_ms: float | None) -> None:
         self.latency = latency_ms / 1000
         self.first_token = (first_token_ms if first_token_ms is not None else latency_ms) / 1000
+        # last message -> (arrived, first chunk sent), for GET /trace
+        self.trace: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
@@ -70,8 +78,16 @@ class FakeLLM:
                         length = int(line.split(b":", 1)[1])
                 request = json.loads(await reader.readexactly(length)) if length else {}
                 model = request.get("model", "bench")
-                if request.get("stream"):
-                    await self.stream(writer, model, arrived)
+                if head.startswith(b"GET /trace "):
+                    body = json.dumps(self.trace).encode()
+                    self.trace.clear()
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+                    )
+                elif request.get("stream"):
+                    sent = await self.stream(writer, model, arrived)
+                    self.remember(request, arrived, sent)
                 else:
                     await _sleep_until(arrived + self.latency)
                     body = completion(model)
@@ -85,7 +101,14 @@ class FakeLLM:
         finally:
             writer.close()
 
-    async def stream(self, writer: asyncio.StreamWriter, model: str, arrived: float) -> None:
+    def remember(self, request: dict, arrived: float, sent: float) -> None:
+        messages = request.get("messages") or [{}]
+        self.trace[str(messages[-1].get("content"))] = (arrived, sent)
+        if len(self.trace) > TRACE_LIMIT:
+            self.trace.popitem(last=False)
+
+    async def stream(self, writer: asyncio.StreamWriter, model: str, arrived: float) -> float:
+        """Send the stream; returns when its first chunk was written."""
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n"
@@ -96,10 +119,13 @@ class FakeLLM:
         usage = {"prompt_tokens": 20, "completion_tokens": 8, "total_tokens": 28}
         pieces += [chunk(model, {}, usage=usage), b"data: [DONE]\n\n"]
         await _sleep_until(arrived + self.first_token)  # the pieces are ready: the first goes now
+        sent = None
         for piece in pieces:
             writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            sent = sent or asyncio.get_running_loop().time()
             await writer.drain()
         writer.write(b"0\r\n\r\n")
+        return sent
 
 
 async def _sleep_until(deadline: float) -> None:

@@ -183,11 +183,14 @@ def start_chatsvc(env: dict[str, str], name: str = "chatsvc") -> Service:
     return spawn(name, argv, {**env, "PORT": str(port)}, port, "/health/live")
 
 
-def start_floor(workers: int) -> Service:
+def start_floor(workers: int, llm: Service | None = None) -> Service:
+    """The bare endpoint; with `llm`, the endpoint that makes one SDK call to it."""
     port = free_port()
     argv = [str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", "bench.floor:app"]
     env = {"PORT": str(port), "WEB_CONCURRENCY": str(workers), "LOG_LEVEL": "WARNING"}
-    return spawn("floor", argv, env, port, "/health/live")
+    if llm is not None:
+        env["FLOOR_LLM_URL"] = f"{llm.url}/v1"
+    return spawn("floor" if llm is None else "sdk-floor", argv, env, port, "/health/live")
 
 
 def wrk(
