@@ -271,7 +271,7 @@ class Bench:
         """The first delta through chatsvc, next to the fake's own first chunk asked for
         directly (same concurrency), and split per turn by the fake's trace: what chatsvc spent
         before its provider request left, the fake's own time to its first chunk (its timer
-        and HTTP add 1-3 ms to the nominal first token; chatsvc cannot remove that), and what
+        and HTTP add 1-2 ms to the nominal first token; chatsvc cannot remove that), and what
         chatsvc spent from that chunk to the client's `delta`."""
         first_token_ms, count = 50, 40 if self.quick else 200
         llm = self.llm(200, first_token_ms)
@@ -383,6 +383,7 @@ def first_delta_split(
 def _first_line_ms(
     port: int, path: str, body: str, headers: dict[str, str], prefix: bytes
 ) -> float:
+    """Milliseconds from sending a POST to the first line of its stream starting `prefix`."""
     sent, first = _first_line_at(port, path, body, headers, prefix)
     return (first - sent) * 1000
 
