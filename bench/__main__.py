@@ -288,7 +288,7 @@ class Bench:
             Row("P5", f"chatsvc: first delta, first token {first_token_ms} ms", count, 0.0,
                 p50, p95, worst, 0, 0.0, note=note)
         )  # fmt: skip
-        own = _spread([turn.total - turn.fake for turn in turns])
+        own = _spread([turn.own for turn in turns])
         before, fake, after = (
             _spread([getattr(turn, part) for turn in turns]) for part in ("before", "fake", "after")
         )
@@ -328,11 +328,8 @@ def _spread(samples: list[float]) -> tuple[float, float, float]:
 
 def first_chunk_ms(llm: Service, count: int, concurrency: int) -> list[float]:
     """The fake's own time to its first chunk, asked directly (a request of the size chatsvc
-    sends: a system prompt, tools and a message)."""
-    body = json.dumps({
-        "model": "bench", "stream": True,
-        "messages": [{"role": "system", "content": "x" * 2000}, {"role": "user", "content": "hi"}],
-    })  # fmt: skip
+    sends)."""
+    body = json.dumps({**harness.PROVIDER_REQUEST, "stream": True})
     headers = {"Content-Type": "application/json"}
     return _timed(
         lambda _: _first_line_ms(llm.port, "/v1/chat/completions", body, headers, b"data:"),
@@ -351,6 +348,11 @@ class FirstDelta:
     before: float
     fake: float
     after: float
+
+    @property
+    def own(self) -> float:
+        """chatsvc's part: the first delta minus the fake's first token for this turn."""
+        return self.before + self.after
 
 
 def first_delta_split(
@@ -374,9 +376,13 @@ def first_delta_split(
     for message, sent, first in turns:
         arrived, chunk = trace[message]
         split.append(
-            FirstDelta(*(1000 * span for span in (first - sent, arrived - sent,
-                                                  chunk - arrived, first - chunk)))
-        )  # fmt: skip
+            FirstDelta(
+                total=1000 * (first - sent),
+                before=1000 * (arrived - sent),
+                fake=1000 * (chunk - arrived),
+                after=1000 * (first - chunk),
+            )
+        )
     return split
 
 

@@ -79,22 +79,14 @@ class FakeLLM:
                 request = json.loads(await reader.readexactly(length)) if length else {}
                 model = request.get("model", "bench")
                 if head.startswith(b"GET /trace "):
-                    body = json.dumps(self.trace).encode()
+                    _write_json(writer, json.dumps(self.trace).encode())
                     self.trace.clear()
-                    writer.write(
-                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-                    )
                 elif request.get("stream"):
                     sent = await self.stream(writer, model, arrived)
                     self.remember(request, arrived, sent)
                 else:
                     await _sleep_until(arrived + self.latency)
-                    body = completion(model)
-                    writer.write(
-                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-                    )
+                    _write_json(writer, completion(model))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -108,7 +100,7 @@ class FakeLLM:
             self.trace.popitem(last=False)
 
     async def stream(self, writer: asyncio.StreamWriter, model: str, arrived: float) -> float:
-        """Send the stream; returns when its first chunk was written."""
+        """Send the stream; returns when its first chunk went out."""
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n"
@@ -119,13 +111,19 @@ class FakeLLM:
         usage = {"prompt_tokens": 20, "completion_tokens": 8, "total_tokens": 28}
         pieces += [chunk(model, {}, usage=usage), b"data: [DONE]\n\n"]
         await _sleep_until(arrived + self.first_token)  # the pieces are ready: the first goes now
-        sent = None
+        sent = asyncio.get_running_loop().time()
         for piece in pieces:
             writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
-            sent = sent or asyncio.get_running_loop().time()
             await writer.drain()
         writer.write(b"0\r\n\r\n")
         return sent
+
+
+def _write_json(writer: asyncio.StreamWriter, body: bytes) -> None:
+    writer.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
 
 
 async def _sleep_until(deadline: float) -> None:

@@ -11,14 +11,11 @@ import os
 import openai
 from flask import Flask
 
+from bench.harness import PROVIDER_REQUEST
+
 app = Flask(__name__)
 LLM_URL = os.environ.get("FLOOR_LLM_URL")
 client = openai.OpenAI(base_url=LLM_URL, api_key="bench", max_retries=0) if LLM_URL else None
-# chatsvc sends a system prompt and its tools' schemas: about 2.9 kB.
-REQUEST = {
-    "model": "bench",
-    "messages": [{"role": "system", "content": "x" * 2800}, {"role": "user", "content": "hi"}],
-}
 
 
 @app.post("/api/<user_id>/chat")
@@ -27,7 +24,7 @@ def chat(user_id: str) -> dict[str, str]:
         return {"response": "ok", "user_id": user_id}
     completion = client.post(
         "/chat/completions",
-        body=REQUEST,
+        body=PROVIDER_REQUEST,
         cast_to=object,
         options={"timeout": 30, "security": {"bearer_auth": True}},
     )

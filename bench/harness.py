@@ -18,6 +18,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 LOGS = REPO / "bench" / "out"
+# A provider request as large as chatsvc's (its system prompt and tools' schemas: about 2.9 kB).
+PROVIDER_REQUEST = {
+    "model": "bench",
+    "messages": [{"role": "system", "content": "x" * 2800}, {"role": "user", "content": "hi"}],
+}
 
 
 def free_port() -> int:
