@@ -91,3 +91,12 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def worker_exit(server, worker):
+    """The worker is leaving: close the agent's clients (their sockets) and the database pool."""
+    from chatsvc import close_app
+
+    app = getattr(worker, "wsgi", None)
+    if app is not None and hasattr(app, "extensions"):
+        close_app(app)

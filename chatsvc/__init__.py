@@ -8,13 +8,14 @@ from typing import Any
 from flask import Flask
 from flask_smorest import Api
 
-from . import agent as agents
 from . import api as rest
 from . import cli, db, errors, extensions, observability
 from . import config as settings
+from .agent import build_agent
 from .agent.base import Agent
 from .api import docs
 from .extensions import migrate
+from .services.turns import TurnEngine
 
 __version__ = "0.1.0"
 
@@ -37,13 +38,24 @@ def create_app(config: dict[str, Any] | None = None, *, agent: Agent | None = No
     db.init_app(app)
     observability.watch_pool(db.database(app).engine)
     migrate.init_app(app, db.database(app), directory=MIGRATIONS)
-    agents.init_app(app, agent)
+    app.extensions["chatsvc.turns"] = TurnEngine(
+        db.database(app),
+        agent or build_agent(app.config),
+        settings.TurnSettings.of(app.config),
+        observe=observability.record_turn,
+    )
     rest.init_app(app)
     _register_blueprints(Api(app))  # flask-smorest keeps one spec per Api: one Api per app
     app.register_blueprint(docs.bp)
     errors.register(app)
     cli.init_app(app)
     return app
+
+
+def close_app(app: Flask) -> None:
+    """Release what the app holds (the agent's clients and sockets): a worker exits."""
+    app.extensions["chatsvc.turns"].agent.close()
+    db.database(app).engine.dispose()
 
 
 def _register_blueprints(api: Api) -> None:

@@ -11,11 +11,11 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
 from . import auth, db
-from .agent import current_agent, toolbox
-from .agent.base import AgentError, TextDelta, ToolCallDone
+from .agent.base import TextDelta, ToolCallDone
 from .errors import ApiError
-from .services import conversations, idempotency, knowledge, turns
+from .services import conversations, idempotency, knowledge
 from .services.conversations import SESSION, USER, Access
+from .services.turns import TurnEngine, TurnFailed, TurnRequest, TurnResult
 
 sessions_cli = AppGroup("sessions", help="Knowledge sessions.")
 token_cli = AppGroup("token", help="Development tokens.")
@@ -31,7 +31,7 @@ if not (PROJECT / "README.md").is_file():
 def cleanup_sessions() -> None:
     """Delete sessions expired longer than SESSION_RETENTION_SECONDS; fail stuck turns; purge
     expired idempotency keys."""
-    with db.database().sessions() as session:
+    with db.database().transaction() as session:
         report = conversations.cleanup(session, current_app.config)
         keys = idempotency.purge_expired(session)
     click.echo(
@@ -157,32 +157,26 @@ def chat(user: str | None, conversation_id: str | None, stream: bool) -> None:
 
 
 def _chat_turn(access: Access, message: str, conversation_id: str | None, stream: bool) -> str:
-    """One turn, printed; the conversation's id to continue with."""
+    """One turn through the turn engine, printed; the conversation's id to continue with."""
+    engine: TurnEngine = current_app.extensions["chatsvc.turns"]
     kind = USER if access.user_id and access.kind is None else SESSION
-    with db.database().sessions() as session:
-        try:
-            pending = turns.begin(
-                session, current_app.config, access=access, kind=kind,
-                message=message, conversation_id=conversation_id,
-            )  # fmt: skip
-        except ApiError as error:
-            raise click.ClickException(error.detail) from error
-        if conversation_id is None:
-            click.echo(f"(conversation {pending.conversation_id})")
-        tools = toolbox(db.database().sessions, pending.turn.user_id)
-        try:
-            events = turns.stream(session, current_agent(), tools, pending)
-            click.echo("assistant> ", nl=False)
-            for event in events:
-                if isinstance(event, TextDelta) and stream:
-                    click.echo(event.text, nl=False)
-                elif isinstance(event, ToolCallDone):
-                    click.echo(f"[{event.call.tool} {event.call.result}] ", nl=False)
-                elif isinstance(event, turns.TurnResult):
-                    click.echo("" if stream else event.reply.text)
-        except AgentError as error:
-            click.echo(f"\nerror: {error.code}: {error.detail}", err=True)
-    return pending.conversation_id
+    try:
+        handle = engine.take(TurnRequest(access, kind, message, conversation_id))
+    except ApiError as error:
+        raise click.ClickException(error.detail) from error
+    if conversation_id is None:
+        click.echo(f"(conversation {handle.started.conversation_id})")
+    click.echo("assistant> ", nl=False)
+    for event in handle.events(wait=3600):
+        if isinstance(event, TextDelta) and stream:
+            click.echo(event.text, nl=False)
+        elif isinstance(event, ToolCallDone):
+            click.echo(f"[{event.call.tool} {event.call.result}] ", nl=False)
+        elif isinstance(event, TurnResult):
+            click.echo("" if stream else event.text)
+        elif isinstance(event, TurnFailed):
+            click.echo(f"\nerror: {event.error.code}: {event.error.detail}", err=True)
+    return handle.started.conversation_id
 
 
 def init_app(app: Flask) -> None:

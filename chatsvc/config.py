@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from limits import parse_many
@@ -162,3 +163,34 @@ def _parse(name: str, raw: str, default: Any) -> Any:
     except ValueError as exc:
         raise ConfigError(f"{name}: cannot read {raw!r} as {type(default).__name__}") from exc
     return raw
+
+
+@dataclass(frozen=True)
+class TurnSettings:
+    """What the turn engine reads of the configuration, typed; services never see Flask."""
+
+    history_limit: int
+    history_max_tokens: int
+    turn_stale_seconds: int
+    idempotency_ttl_seconds: int
+    session_ttl_seconds: int
+    conversation_ttl_seconds: int
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> TurnSettings:
+        return cls(
+            history_limit=int(config["HISTORY_LIMIT"]),
+            history_max_tokens=int(config["HISTORY_MAX_TOKENS"]),
+            turn_stale_seconds=int(config["TURN_STALE_SECONDS"]),
+            idempotency_ttl_seconds=int(config["IDEMPOTENCY_TTL_SECONDS"]),
+            session_ttl_seconds=int(config["SESSION_TTL_SECONDS"]),
+            conversation_ttl_seconds=int(config["CONVERSATION_TTL_SECONDS"]),
+        )
+
+    def lifetimes(self) -> dict[str, int]:
+        """The settings the conversation rules read (expiry, stuck turns), by their names."""
+        return {
+            "SESSION_TTL_SECONDS": self.session_ttl_seconds,
+            "CONVERSATION_TTL_SECONDS": self.conversation_ttl_seconds,
+            "TURN_STALE_SECONDS": self.turn_stale_seconds,
+        }

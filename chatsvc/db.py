@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,6 +70,29 @@ class Database:
         self.engine = engine
         self.sessions = sessionmaker(engine, expire_on_commit=False)
         self.metadata = Base.metadata  # Flask-Migrate reads this
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A unit of work: commits when the block ends, rolls back when it raises."""
+        session = self.sessions()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """Read-only queries: the transaction ends with a rollback, never a commit."""
+        session = self.sessions()
+        try:
+            yield session
+        finally:
+            session.rollback()
+            session.close()
 
     def ping(self) -> None:
         with self.engine.connect() as connection:

@@ -12,8 +12,6 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
-from .agent.base import AgentError
-
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
@@ -92,6 +90,19 @@ class Unavailable(ApiError):
     status, code, detail = 503, "unavailable", "A dependency is unavailable; retry later."
 
 
+class UpstreamFailure(ApiError):
+    """The language model failed to answer: 502 `upstream_error`, 503 `upstream_busy` (with the
+    provider's Retry-After, when it sent one) or 504 `upstream_timeout`."""
+
+    STATUSES = {"upstream_error": 502, "upstream_busy": 503, "upstream_timeout": 504}
+
+    def __init__(self, code: str, detail: str, *, retry_after: int | None = None) -> None:
+        headers = {"Retry-After": str(retry_after)} if retry_after else None
+        super().__init__(detail, headers=headers)
+        self.code = code if code in self.STATUSES else "upstream_error"
+        self.status = self.STATUSES[self.code]
+
+
 def problem(
     status: int,
     code: str,
@@ -123,7 +134,6 @@ def problem_body(status: int, code: str, detail: str, **extra: Any) -> dict[str,
 def register(app: Flask) -> None:
     """Register after flask-smorest so these handlers replace its own."""
     app.register_error_handler(ApiError, _api_error)
-    app.register_error_handler(AgentError, _agent_error)
     app.register_error_handler(HTTPException, _http_exception)
     app.register_error_handler(OperationalError, _database_unavailable)
     app.register_error_handler(PoolTimeout, _database_unavailable)
@@ -133,11 +143,6 @@ def register(app: Flask) -> None:
 
 def _api_error(error: ApiError) -> Response:
     return problem(error.status, error.code, error.detail, headers=error.headers, **error.extra)
-
-
-def _agent_error(error: AgentError) -> Response:
-    headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
-    return problem(error.status, error.code, error.detail, headers=headers)
 
 
 def _http_exception(error: HTTPException) -> Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
@@ -14,6 +15,20 @@ from .db import Base, UTCDateTime, utcnow
 
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+class MessageStatus(StrEnum):
+    """A message's life: a reply is `pending` while its turn runs, then one of the others."""
+
+    PENDING = "pending"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Role(StrEnum):
+    USER = "user"
+    ASSISTANT = "assistant"
 
 
 class Conversation(Base):
@@ -61,6 +76,9 @@ class Message(Base):
     total_tokens: Mapped[int] = mapped_column(Integer, default=0)
     model: Mapped[str | None] = mapped_column(String(100))
     latency_ms: Mapped[int | None] = mapped_column(Integer)
+    # A reply's context: how many history messages its turn sent, and whether some were left out.
+    context_messages: Mapped[int | None] = mapped_column(Integer)
+    context_truncated: Mapped[bool | None] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
@@ -141,7 +159,7 @@ class Chunk(Base):
 
 class IdempotencyRecord(Base):
     """A chat POST sent with an Idempotency-Key: claimed with the turn's first unit of work,
-    settled with its second; a completed one keeps the response to replay."""
+    settled with its second; a completed one is replayed from its stored reply."""
 
     __tablename__ = "idempotency_records"
     __table_args__ = (
@@ -158,6 +176,5 @@ class IdempotencyRecord(Base):
     conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
     user_message_id: Mapped[str] = mapped_column(String(36))
     assistant_message_id: Mapped[str] = mapped_column(String(36), index=True)
-    response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -170,9 +170,10 @@ def _log_access(response: Response) -> None:
     )
 
 
-def record_turn(model: str, status: str, agent_ms: float, usage: dict[str, int], tools: list[str]):
-    """A settled turn's agent time, tokens and tool calls, for /metrics."""
-    AGENT_SECONDS.labels(model, status).observe(agent_ms / 1000)
+def record_turn(result: Any, tools: list[str]) -> None:
+    """A settled turn (services.turns.TurnResult): its agent time, tokens and tool calls."""
+    model, usage = result.model or "unknown", result.usage
+    AGENT_SECONDS.labels(model, result.status).observe(result.timings.get("agent", 0.0) / 1000)
     TOKENS.labels(model, "prompt").inc(usage.get("prompt_tokens", 0))
     TOKENS.labels(model, "completion").inc(usage.get("completion_tokens", 0))
     for tool in tools:

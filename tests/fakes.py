@@ -14,11 +14,11 @@ from chatsvc.agent.base import (
     ReplyDone,
     TextDelta,
     ToolCallDone,
+    Tools,
     Turn,
 )
-from chatsvc.agent.tools import ToolBox
 
-Step = Reply | Exception | Callable[[Turn, ToolBox], Reply]
+Step = Reply | Exception | Callable[[Turn, Tools], Reply]
 
 
 @dataclass
@@ -30,7 +30,7 @@ class ScriptedAgent(Agent):
     turns: list[Turn] = field(default_factory=list)
     name: str = "scripted"
 
-    def stream(self, turn: Turn, tools: ToolBox) -> Iterator[AgentEvent]:
+    def stream(self, turn: Turn, tools: Tools, *, watched: bool = True) -> Iterator[AgentEvent]:
         self.turns.append(turn)
         step = self.steps.pop(0) if self.steps else Reply(f"echo: {turn.message}", self.name)
         if isinstance(step, Exception):
@@ -55,7 +55,7 @@ class GatedAgent(Agent):
     def release(self) -> None:
         self.gate.set()
 
-    def stream(self, turn: Turn, tools: ToolBox) -> Iterator[AgentEvent]:
+    def stream(self, turn: Turn, tools: Tools, *, watched: bool = True) -> Iterator[AgentEvent]:
         self.entered.set()
         if not self.gate.wait(timeout=10):
             raise TimeoutError("GatedAgent was never released")

@@ -118,11 +118,12 @@ def free_port() -> int:
 
 
 def get(url: str, headers: dict[str, str] | None = None) -> int:
-    """The status of a GET to a real server; 0 while nothing listens."""
+    """The status of a GET to a real server; 0 while nothing listens (or a booting worker has
+    not answered within 10 s, as on a loaded machine)."""
     try:
         with urlopen(Request(url, headers=headers or {}), timeout=10) as response:
             return response.status
     except HTTPError as error:
         return error.code
-    except URLError:
+    except (URLError, OSError):
         return 0

@@ -166,7 +166,7 @@ class HalfwayAgent(Agent):
     def __init__(self) -> None:
         self.gate = threading.Event()
 
-    def stream(self, turn: Any, tools: Any) -> Iterator[Any]:
+    def stream(self, turn: Any, tools: Any, *, watched: bool = True) -> Iterator[Any]:
         yield TextDelta("Let me think… ")
         if not self.gate.wait(timeout=10):
             raise TimeoutError("the test never released the agent")

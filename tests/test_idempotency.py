@@ -83,9 +83,10 @@ def test_keys_are_scoped_to_the_caller_and_the_route(make_app):
     bob = client.post("/api/bob/chat", json={"message": "hello"}, headers=key())
     assert "Idempotent-Replayed" not in bob.headers
     assert bob.json["conversation_id"] != alice.json["conversation_id"]
-    session = client.post("/api/chat", json={"message": "hello"}, headers=key())
+    session_id = client.post("/api/chat", json={"message": "start"}).json["session_id"]
+    session = client.post(f"/api/chat/{session_id}", json={"message": "hello"}, headers=key())
     assert "Idempotent-Replayed" not in session.headers
-    assert session.json["session_id"] not in (alice.json["conversation_id"],)
+    assert session.json["session_id"] == session_id != alice.json["conversation_id"]
 
 
 @pytest.mark.parametrize("length", [0, 256])

@@ -223,7 +223,7 @@ def test_concurrent_turns_spread_over_the_connection_pools_and_give_them_back(ll
     and gives it back however the turn ends. A turn on its own finds the first
     pool idle and reuses its warm connection."""
     app = llm_app(AGENT_TIMEOUT_SECONDS=5.0)
-    agent = app.extensions["chatsvc.agent"]
+    agent = app.extensions["chatsvc.turns"].agent
     fake_llm.script(slow(0.5, "one"), slow(0.5, "two"), slow(0.5, "three"))
     threads = [
         threading.Thread(target=chat, args=(app.test_client(), "hi"), kwargs={"user": user})

@@ -137,7 +137,7 @@ def test_a_client_that_hangs_up_leaves_the_partial_answer_cancelled(live_server,
     assert user["content"] == "tell me a long story" and user["status"] == "completed"
     assert assistant["id"] == reply["id"]
     assert assistant["content"].startswith("and on and on")
-    agent = app.extensions["chatsvc.agent"]
+    agent = app.extensions["chatsvc.turns"].agent
     assert wait_for(lambda: sum(agent.in_flight()) == 0)  # its provider connection is given back
     again = client.post(
         "/api/alice/chat", json={"message": "ok", "conversation_id": conversation["id"]}

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..services.knowledge import STOPWORDS, TERM
+from ..text import STOPWORDS, TERM
 
 DONT_KNOW = "I don't know: I found nothing about that in the knowledge base."
 MAX_SENTENCES = 3
@@ -75,7 +75,9 @@ def extractive_answer(
     for sentence in chosen:
         if sentence.hit not in order:
             order.append(sentence.hit)
-        parts.append(f"{sentence.text} [{order.index(sentence.hit) + 1}]")
+        # The passage's own number in the turn (`ref`, given by the toolbox), as any model cites.
+        ref = hits[sentence.hit].get("ref", order.index(sentence.hit) + 1)
+        parts.append(f"{sentence.text} [{ref}]")
     return " ".join(parts), [hits[n] for n in order]
 
 

@@ -8,10 +8,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .tools import ToolBox
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -64,11 +61,14 @@ class Usage:
 
 @dataclass
 class Reply:
+    """The agent's answer. `cited` names the passages (by the `ref` a citing tool gave them) the
+    answer is grounded on, when the agent knows; None leaves it to the "[n]" marks in `text`."""
+
     text: str
     model: str
     tool_calls: list[ToolCall] = field(default_factory=list)
-    sources: list[dict[str, Any]] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
+    cited: tuple[int, ...] | None = None
 
 
 # Events of a streamed run, in the order the contract sends them.
@@ -83,40 +83,40 @@ class ToolCallDone:
 
 
 @dataclass(frozen=True)
-class SourcesFound:
-    sources: list[dict[str, Any]]
-
-
-@dataclass(frozen=True)
 class ReplyDone:
     reply: Reply
 
 
-AgentEvent = TextDelta | ToolCallDone | SourcesFound | ReplyDone
+AgentEvent = TextDelta | ToolCallDone | ReplyDone
+
+
+class Tools(Protocol):
+    """What a turn lets the agent do: the services bind each tool to the turn's user and run
+    every call as its own unit of work. A bad call comes back as an error result, never raises."""
+
+    @property
+    def names(self) -> list[str]: ...
+
+    def specs(self) -> list[dict[str, Any]]:
+        """OpenAI-style function declarations of the tools."""
+        ...
+
+    def call(self, name: str, arguments: dict[str, Any] | str | None) -> ToolCall: ...
 
 
 class Agent(ABC):
-    """Runs one turn. `stream` is the primitive; `run` collects it."""
+    """Runs one turn: events in (the turn, its tools), events out."""
 
     name = "agent"
 
     @abstractmethod
-    def stream(self, turn: Turn, tools: ToolBox) -> Iterator[AgentEvent]:
-        """Yield text deltas and tool calls as they happen, then exactly one ReplyDone."""
-
-    def events(self, turn: Turn, tools: ToolBox, *, live: bool = True) -> Iterator[AgentEvent]:
-        """The run's events. With `live=False` nobody watches the pieces arrive (a JSON
-        response), so an adapter may fetch its answer in one piece; the events are the same."""
-        return self.stream(turn, tools)
-
-    def run(self, turn: Turn, tools: ToolBox) -> Reply:
-        for event in self.events(turn, tools, live=False):
-            if isinstance(event, ReplyDone):
-                return event.reply
-        raise UpstreamError("The agent ended without an answer.")
+    def stream(self, turn: Turn, tools: Tools, *, watched: bool = True) -> Iterator[AgentEvent]:
+        """Yield text deltas and tool calls as they happen, then exactly one ReplyDone.
+        Unwatched (a JSON response) nobody sees the pieces arrive, so an adapter may fetch its
+        answer in one piece; the events are the same."""
 
     def close(self) -> None:
-        """Release clients and sockets; called when the app shuts down."""
+        """Release clients and sockets; called when the worker exits."""
         return None
 
 
@@ -128,9 +128,8 @@ def estimate_tokens(text: str) -> int:
 
 
 class AgentError(Exception):
-    """The agent could not answer. Carries the contract's status and code."""
+    """The agent could not answer. `code` says how (the services map it to the contract)."""
 
-    status = 502
     code = "upstream_error"
     detail = "The language model failed to answer."
 
@@ -145,10 +144,10 @@ class UpstreamError(AgentError):
 
 
 class UpstreamBusy(AgentError):
-    status, code = 503, "upstream_busy"
+    code = "upstream_busy"
     detail = "The language model is rate-limiting this service; retry later."
 
 
 class UpstreamTimeout(AgentError):
-    status, code = 504, "upstream_timeout"
+    code = "upstream_timeout"
     detail = "The language model did not answer in time."

@@ -15,13 +15,12 @@ from .base import (
     AgentEvent,
     Reply,
     ReplyDone,
-    SourcesFound,
     TextDelta,
     ToolCall,
     ToolCallDone,
+    Tools,
     Turn,
 )
-from .tools import ToolBox
 
 MODEL = "local"
 
@@ -129,26 +128,23 @@ class LocalAgent(Agent):
 
     name = MODEL
 
-    def stream(self, turn: Turn, tools: ToolBox) -> Iterator[AgentEvent]:
+    def stream(self, turn: Turn, tools: Tools, *, watched: bool = True) -> Iterator[AgentEvent]:
         run = _Run(tools)
         text = run.answer(turn.message.strip())
         for piece in re.findall(r"\S+\s*|\s+", text):
             yield TextDelta(piece)
         for call in run.calls:
             yield ToolCallDone(call)
-        if run.sources:
-            yield SourcesFound(run.sources)
-        reply = Reply(text=text, model=MODEL, tool_calls=run.calls, sources=run.sources)
-        yield ReplyDone(reply)
+        yield ReplyDone(Reply(text=text, model=MODEL, tool_calls=run.calls, cited=run.cited))
 
 
 class _Run:
     """One turn's reasoning: records the tool calls it makes."""
 
-    def __init__(self, tools: ToolBox) -> None:
+    def __init__(self, tools: Tools) -> None:
         self.tools = tools
         self.calls: list[ToolCall] = []
-        self.sources: list[dict[str, Any]] = []
+        self.cited: tuple[int, ...] | None = None  # the passages a knowledge answer rests on
 
     def call(self, name: str, **arguments: Any) -> dict[str, Any]:
         call = self.tools.call(name, arguments)
@@ -262,8 +258,7 @@ class _Run:
             )
         result = self.call("search_knowledge", query=message, k=3)
         text, cited = extractive_answer(message, result.get("results", []))
-        self.tools.choose_sources(cited)
-        self.sources = self.tools.sources(text)
+        self.cited = tuple(hit["ref"] for hit in cited if "ref" in hit)
         if not cited and "add_task" in self.tools.names:
             text = f"{text} {HELP}"
         return text

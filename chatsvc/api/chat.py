@@ -1,19 +1,21 @@
-"""Chat turns: the Todo assistant (user-scoped) and knowledge sessions."""
+"""Chat turns: the Todo assistant (user-scoped) and knowledge sessions. Each view turns the
+request into a TurnRequest and the turn into JSON or SSE; the turn engine does the rest."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
-from flask import current_app, jsonify, request
+from flask import current_app, request
 from flask_smorest import Blueprint
 
-from .. import auth, db
-from ..agent import current_agent, toolbox
+from .. import auth
+from ..errors import ValidationFailed
 from ..observability import record_timings
 from ..schemas import IdempotencyHeadersSchema, SessionChatSchema, TurnSchema, UserChatSchema
-from ..services import idempotency, turns
 from ..services.conversations import SESSION, USER, Access
-from . import problems, streaming
+from ..services.turns import IdempotencyKey, TurnEngine, TurnRequest
+from . import problems, sse
 
 bp = Blueprint("chat", __name__, url_prefix="/api", description="Chat turns.")
 
@@ -52,44 +54,43 @@ def continue_session(body: dict[str, Any], headers: dict[str, Any], session_id: 
     return _turn(auth.session_access(), SESSION, body, headers["idempotency_key"], session_id)
 
 
+def engine() -> TurnEngine:
+    return current_app.extensions["chatsvc.turns"]
+
+
 def _turn(
     access: Access, kind: str, body: dict[str, Any], key: str | None,
     conversation_id: str | None = None,
 ) -> Any:  # fmt: skip
-    attempt = _attempt(key, body)
-    if attempt is not None:
-        replay = idempotency.look_up(db.session(), attempt)
-        if replay is not None:
-            return _replay(replay)
-    pending = turns.begin(
-        db.session(), current_app.config, access=access, kind=kind,
-        message=body["message"], conversation_id=conversation_id, attempt=attempt,
-    )  # fmt: skip
-    agent = current_agent()
-    tools = toolbox(db.database().sessions, pending.turn.user_id)
-    if streaming.wants_stream():
-        return streaming.respond(
-            lambda session: turns.stream(session, agent, tools, pending), pending
-        )
-    result = turns.run(db.session(), agent, tools, pending)
-    record_timings(pending.timings)
-    return result.body()
+    idempotent = _idempotency(access, key, body, conversation_id)
+    handle = engine().take(TurnRequest(access, kind, body["message"], conversation_id, idempotent))
+    headers = REPLAYED if handle.replayed else {}
+    if sse.wants_stream():
+        return sse.respond(handle, headers=headers)
+    result = handle.result()
+    record_timings(result.timings)
+    return sse.turn_body(result), 200, headers
 
 
-def _attempt(key: str | None, body: dict[str, Any]) -> idempotency.Attempt | None:
+def _idempotency(
+    access: Access, key: str | None, body: dict[str, Any], conversation_id: str | None
+) -> IdempotencyKey | None:
+    """The key's scope (contract §1): a signed-in caller's (or a trusted path user's) own id;
+    an anonymous session's id itself (hashed: whoever holds it may read the session anyway).
+    An anonymous caller starting a session has nothing that tells it from another client
+    behind the same address, so its key could hand one client another's session: refused."""
     if key is None:
         return None
-    config = current_app.config
-    return idempotency.Attempt.of(
-        auth.caller_key(), request.path, key, body,
-        config["IDEMPOTENCY_TTL_SECONDS"], config["TURN_STALE_SECONDS"],
-    )  # fmt: skip
-
-
-def _replay(body: dict[str, Any]) -> Any:
-    """The first attempt's response again, in the format asked for this time."""
-    if streaming.wants_stream():
-        return streaming.replay(body, headers=REPLAYED)
-    response = jsonify(body)
-    response.headers.update(REPLAYED)
-    return response
+    if access.user_id is not None:
+        scope = f"user:{access.user_id}"
+    elif conversation_id is not None:
+        scope = "session:" + hashlib.sha256(conversation_id.encode()).hexdigest()[:32]
+    else:
+        raise ValidationFailed(
+            "An anonymous session cannot be started with an Idempotency-Key: nothing tells you "
+            "from another client behind the same address. Send a token, or start the session "
+            "without a key and send keys with its next messages.",
+            errors={"headers": {"Idempotency-Key": ["Not accepted when starting an anonymous "
+                                                     "session."]}},
+        )  # fmt: skip
+    return IdempotencyKey(scope, request.path, key, body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,18 +28,25 @@ class Access:
     kind: str | None = None  # session routes serve sessions only
 
 
-def ttl_seconds(kind: str, config: dict[str, Any] | None = None) -> int:
+def ttl_seconds(kind: str, config: Mapping[str, Any] | None = None) -> int:
     config = config or current_app.config
     return config["SESSION_TTL_SECONDS"] if kind == SESSION else config["CONVERSATION_TTL_SECONDS"]
 
 
-def expires_at(conversation: Conversation) -> datetime | None:
-    ttl = ttl_seconds(conversation.kind)
+def expires_at(
+    conversation: Conversation, config: Mapping[str, Any] | None = None
+) -> datetime | None:
+    ttl = ttl_seconds(conversation.kind, config)
     return conversation.last_activity + timedelta(seconds=ttl) if ttl else None
 
 
 def find(
-    session: Session, conversation_id: str, access: Access, *, lock: bool = False
+    session: Session,
+    conversation_id: str,
+    access: Access,
+    *,
+    lock: bool = False,
+    config: Mapping[str, Any] | None = None,
 ) -> Conversation:
     """The conversation if `access` may see it (else 404) and it has not expired (else 410)."""
     if not _well_formed(conversation_id):
@@ -48,7 +56,7 @@ def find(
     if conversation is None or not _visible(conversation, access):
         session.rollback()
         raise NotFound("The conversation does not exist.")
-    deadline = expires_at(conversation)
+    deadline = expires_at(conversation, config)
     if deadline is not None and deadline <= utcnow():
         session.rollback()
         raise SessionExpired(
@@ -169,7 +177,7 @@ def cleanup(session: Session, config: dict[str, Any], now: datetime | None = Non
 
 
 def fail_stale_turns(
-    session: Session, config: dict[str, Any], now: datetime, conversation_id: str | None = None
+    session: Session, config: Mapping[str, Any], now: datetime, conversation_id: str | None = None
 ) -> int:
     """Mark turns pending for longer than TURN_STALE_SECONDS failed and free their conversations.
     Part of the caller's unit of work: it does not commit."""

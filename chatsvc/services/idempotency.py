@@ -1,9 +1,9 @@
 """Idempotent chat POSTs (contract §1): one Idempotency-Key, one turn, one response replayed.
 
-look_up    before the turn: replay a completed attempt, re-run a failed one, refuse a different
-           body (422) or an attempt still running (409)
+look_up    before the turn: the completed attempt's reply to replay, or a failed one to re-run;
+           refuse a different body (422) or an attempt still running (409)
 claim      inside the turn's unit of work 1: record the attempt as running, for this turn
-settle     inside the turn's unit of work 2: keep the response to replay, or mark it failed
+settle     inside the turn's unit of work 2: completed (replayed from the stored reply) or failed
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from sqlalchemy.orm import Session
 
 from ..db import utcnow
 from ..errors import IdempotencyMismatch, TurnInProgress
-from ..models import IdempotencyRecord, Message
-from ..schemas import TurnSchema
+from ..models import IdempotencyRecord, Message, MessageStatus
 
 RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
 
@@ -56,22 +55,19 @@ class Attempt:
         return cls(caller, route, key, hashlib.sha256(canonical.encode()).hexdigest(), ttl, stale)
 
 
-def look_up(session: Session, attempt: Attempt) -> dict[str, Any] | None:
-    """The response to replay, if an earlier attempt completed; sets `attempt.retry` if one
-    failed. 422 for the same key with another body, 409 while the first attempt runs."""
+def look_up(session: Session, attempt: Attempt) -> str | None:
+    """The assistant message to replay, if an earlier attempt completed; sets `attempt.retry`
+    if one failed. 422 for the same key with another body, 409 while the first attempt runs.
+    Read-only: the caller's session rolls back."""
     record = session.scalars(_same_key(attempt)).first()
     if record is None or record.expires_at <= utcnow():
-        session.rollback()
         return None
     if record.fingerprint != attempt.fingerprint:
-        session.rollback()
         raise IdempotencyMismatch()
     if record.status == RUNNING and _still_running(session, record, attempt.stale_seconds):
-        session.rollback()
         raise TurnInProgress("The first request with this Idempotency-Key is still running.")
-    session.rollback()
     if record.status == COMPLETED:
-        return record.response
+        return record.assistant_message_id
     attempt.retry = Retry(
         record.id, record.conversation_id, record.user_message_id, record.assistant_message_id
     )
@@ -102,7 +98,6 @@ def claim(
             .values(status=RUNNING, assistant_message_id=assistant_message_id)
         )
         if claimed.rowcount != 1:
-            session.rollback()
             raise TurnInProgress()
         return
     session.execute(delete(IdempotencyRecord).where(_key_of(attempt), _expired(now)))
@@ -117,27 +112,22 @@ def claim(
     try:
         session.flush()
     except IntegrityError:
-        session.rollback()
         raise TurnInProgress("Another request with this Idempotency-Key is running.") from None
 
 
-def settle(session: Session, assistant_message_id: str, body: dict[str, Any] | None) -> None:
-    """Unit of work 2 (the caller commits): keep a completed turn's response, or mark the
-    attempt failed so that a retry runs the agent again."""
+def settle(session: Session, assistant_message_id: str, completed: bool) -> None:
+    """Unit of work 2 (the caller commits): a completed attempt is replayed from its stored
+    reply; a failed one lets a retry run the agent again."""
     session.execute(
         update(IdempotencyRecord)
         .where(IdempotencyRecord.assistant_message_id == assistant_message_id)
-        .values(
-            status=COMPLETED if body is not None else FAILED,
-            response=TurnSchema().dump(body) if body is not None else None,
-        )
+        .values(status=COMPLETED if completed else FAILED)
     )
 
 
 def purge_expired(session: Session) -> int:
     """Delete records past IDEMPOTENCY_TTL_SECONDS (the cleanup job)."""
     deleted = session.execute(delete(IdempotencyRecord).where(_expired(utcnow())))
-    session.commit()
     return deleted.rowcount or 0
 
 
@@ -163,6 +153,6 @@ def _still_running(session: Session, record: IdempotencyRecord, stale_seconds: i
     found = session.execute(
         select(Message.status, Message.created_at).where(Message.id == record.assistant_message_id)
     ).first()
-    if found is None or found.status != "pending":
+    if found is None or found.status != MessageStatus.PENDING.value:
         return False
     return found.created_at >= utcnow() - timedelta(seconds=stale_seconds)

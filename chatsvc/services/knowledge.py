@@ -5,7 +5,6 @@ so another backend (e.g. pgvector) can be added without touching callers."""
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -16,22 +15,12 @@ from sqlalchemy.orm import Session
 
 from ..errors import NotFound
 from ..models import Chunk, Document
+from ..text import STOPWORDS, TERM
 from . import chunking, pages
 
 MAX_K = 10
 MAX_TERMS = 32
 MAX_TERM_CHARS = 64
-# Words that say nothing about what a question is about; FTS5 has no stop list of its own.
-_STOP = (
-    "a an the and or not no nor but if then else of to in on at by for with from into onto about "
-    "as is are was were be been being am do does did done doing have has had having can could "
-    "shall should will would may might must i me my mine we us our you your he him his she her it "
-    "its they them their this that these those there here what which who whom whose when where "
-    "why how all any each some such than too very so just also only own same other again more "
-    "most near"
-)
-STOPWORDS = frozenset(_STOP.split())
-TERM = re.compile(r"[^\W_]+")
 
 
 class DocumentNotFound(NotFound):

@@ -1,16 +1,25 @@
-"""A chat turn: two short units of work around the agent run, which holds no connection.
+"""A chat turn, one use case for every transport (HTTP JSON, SSE, the terminal):
 
-begin  (unit of work 1) claim the conversation, load the context, store the user message
-       and a pending assistant message, commit
-agent  no transaction open; tools run their own short units of work
-finish (unit of work 2) store the assistant message's outcome, free the conversation, commit
+    handle = engine.take(TurnRequest(...))      idempotency look-up; unit of work 1
+    handle.result()  or  handle.events(wait)    the agent runs (no connection held); unit of work 2
+
+take     replays a completed idempotent attempt, or claims the conversation, reads its context
+         and stores the user message with a pending reply (unit of work 1)
+run      the agent, with the turn's toolbox (each tool call is its own short unit of work)
+finish   stores the reply's outcome with its citations, frees the conversation, settles the
+         idempotency key (unit of work 2)
+
+A transport turns its input into a TurnRequest and the handle's events into its wire format.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import queue
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,22 +33,44 @@ from ..agent.base import (
     HistoryMessage,
     Reply,
     ReplyDone,
-    SourcesFound,
     TextDelta,
     ToolCall,
     ToolCallDone,
     Turn,
     estimate_tokens,
 )
-from ..agent.tools import ToolBox
-from ..db import utcnow
-from ..errors import TurnInProgress
-from ..models import Conversation, Message, new_id
-from ..observability import record_turn
+from ..config import TurnSettings
+from ..db import Database, utcnow
+from ..errors import ApiError, NotFound, TurnInProgress, UpstreamFailure, log_failure
+from ..models import Conversation, Message, MessageStatus, Role, new_id
 from . import conversations, idempotency
 from .conversations import Access
+from .toolbox import ToolBox, tools_for
+
+log = logging.getLogger(__name__)
 
 TITLE_CHARS = 80
+
+
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """An Idempotency-Key as the transport received it: `scope` says whose (contract §1)."""
+
+    scope: str
+    route: str
+    key: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    """What every transport asks for: who, which conversation (None: a new one), what."""
+
+    access: Access
+    kind: str  # conversations.USER or SESSION
+    message: str
+    conversation_id: str | None = None
+    idempotency: IdempotencyKey | None = None
 
 
 @dataclass(frozen=True)
@@ -48,51 +79,381 @@ class Context:
     truncated: bool
 
 
-@dataclass
-class PendingTurn:
+@dataclass(frozen=True)
+class TurnStarted:
+    """The turn's ids, known before the agent runs (the `meta` event)."""
+
     conversation_id: str
+    message_id: str
     kind: str
-    user_message_id: str
-    assistant_message_id: str
-    turn: Turn
-    context: Context
-    timings: dict[str, float] = field(default_factory=lambda: {"db": 0.0, "agent": 0.0})
-    idempotent: bool = False  # sent with an Idempotency-Key: settle its record in finish
+
+
+@dataclass(frozen=True)
+class SourcesFound:
+    sources: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class TurnResult:
-    pending: PendingTurn
-    reply: Reply
-    status: str
-    error_code: str | None
-    created_at: datetime
+    """A settled turn as stored: what a JSON response, a `done` event or a replay shows."""
 
-    def body(self) -> dict[str, Any]:
-        """The chat response of the contract (§2), for TurnSchema."""
-        body: dict[str, Any] = {
-            "conversation_id": self.pending.conversation_id,
-            "message_id": self.pending.assistant_message_id,
-            "response": self.reply.text,
-            "tool_calls": [call.as_dict() for call in self.reply.tool_calls],
-            "sources": self.reply.sources,
-            "usage": self.reply.usage.as_dict(),
-            "model": self.reply.model,
-            "status": self.status,
-            "created_at": self.created_at,
-            "context": {
-                "messages": self.pending.context.messages,
-                "truncated": self.pending.context.truncated,
-            },
-        }
-        if self.pending.kind == conversations.SESSION:
-            body["session_id"] = self.pending.conversation_id
-        return body
+    conversation_id: str
+    message_id: str
+    kind: str
+    text: str
+    tool_calls: list[dict[str, Any]]
+    sources: list[dict[str, Any]]
+    usage: dict[str, int]
+    model: str | None
+    status: str
+    created_at: datetime
+    context: Context
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TurnFailed:
+    """The turn ended in an error (stored as a failed reply when it got that far)."""
+
+    error: ApiError
+
+
+TurnEvent = TurnStarted | TextDelta | ToolCallDone | SourcesFound | TurnResult | TurnFailed
+
+
+@dataclass
+class _Pending:
+    started: TurnStarted
+    user_message_id: str
+    turn: Turn
+    context: Context
+    idempotent: bool
+    timings: dict[str, float] = field(default_factory=lambda: {"db": 0.0, "agent": 0.0})
+
+
+class TurnEngine:
+    """The one entry point for a turn. Built once per app with its database, agent and
+    settings; `observe` (metrics) sees every settled turn."""
+
+    def __init__(
+        self,
+        database: Database,
+        agent: Agent,
+        settings: TurnSettings,
+        *,
+        observe: Callable[[TurnResult, list[str]], None] | None = None,
+    ) -> None:
+        self.database = database
+        self.agent = agent
+        self.settings = settings
+        self._observe = observe
+
+    def take(self, request: TurnRequest) -> TurnHandle:
+        """Replay the turn an idempotent retry asks for, or start a new one: 409 while another
+        turn holds the conversation, 404/410 for one the caller cannot use."""
+        attempt = self._attempt(request.idempotency)
+        if attempt is not None:
+            with self.database.read() as session:
+                replay = idempotency.look_up(session, attempt)
+            if replay is not None:
+                return TurnHandle(self, self.stored(replay), None)
+        pending = self._begin(request, attempt)
+        return TurnHandle(self, None, pending)
+
+    def stored(self, message_id: str) -> TurnResult:
+        """A settled turn, read back from its stored reply."""
+        with self.database.read() as session:
+            row = session.execute(
+                select(Message, Conversation.kind)
+                .join(Conversation, Conversation.id == Message.conversation_id)
+                .where(Message.id == message_id)
+            ).first()
+            if row is None:
+                raise NotFound("The conversation does not exist.")
+            message, kind = row
+            return TurnResult(
+                conversation_id=message.conversation_id, message_id=message.id, kind=kind,
+                text=message.content, tool_calls=list(message.tool_calls or ()),
+                sources=list(message.sources or ()), usage=message.usage, model=message.model,
+                status=message.status, created_at=message.created_at,
+                context=Context(message.context_messages or 0, bool(message.context_truncated)),
+            )  # fmt: skip
+
+    def _attempt(self, key: IdempotencyKey | None) -> idempotency.Attempt | None:
+        if key is None:
+            return None
+        return idempotency.Attempt.of(
+            key.scope, key.route, key.key, key.body,
+            self.settings.idempotency_ttl_seconds, self.settings.turn_stale_seconds,
+        )  # fmt: skip
+
+    # Unit of work 1 ------------------------------------------------------------------------
+
+    def _begin(self, request: TurnRequest, attempt: idempotency.Attempt | None) -> _Pending:
+        """Claim the conversation for one turn, then read its context and store the user's
+        message (with an idempotent retry of a failed attempt, the stored one is reused)."""
+        started = time.perf_counter()
+        now = utcnow()
+        assistant_id = new_id()
+        retry = attempt.retry if attempt else None
+        conversation_id = retry.conversation_id if retry else request.conversation_id
+        kind = request.kind
+        with self.database.transaction() as session:
+            if conversation_id is None:
+                conversation_id = _create(
+                    session, request.access, kind, request.message, assistant_id, now
+                )
+                user_id = request.access.user_id
+                history: tuple[HistoryMessage, ...] = ()
+                context = Context(0, False)
+                seq = 1
+            else:
+                rules = self.settings.lifetimes()
+                conversation = conversations.find(
+                    session, conversation_id, request.access, config=rules
+                )
+                if conversation.active_turn_id is not None:
+                    conversations.fail_stale_turns(session, rules, now, conversation.id)
+                kind, user_id = conversation.kind, conversation.user_id
+                # Claimed first: the history read next holds every turn that finished before.
+                seq = _claim(session, conversation_id, assistant_id, now, 1 if retry else 2)
+                skip = retry.user_message_id if retry else None
+                history, context = _context(
+                    session, conversation_id, self.settings, request.message, skip
+                )
+            rows = []
+            if retry is None:
+                user_message_id = new_id()
+                rows.append(
+                    _message_row(user_message_id, conversation_id, seq, Role.USER,
+                                 request.message, now)
+                )  # fmt: skip
+                seq += 1
+            else:
+                user_message_id = retry.user_message_id
+            rows.append(_message_row(assistant_id, conversation_id, seq, Role.ASSISTANT, "", now))
+            session.execute(_INSERT_MESSAGES, rows)
+            if attempt is not None:
+                idempotency.claim(
+                    session, attempt, conversation_id=conversation_id,
+                    user_message_id=user_message_id, assistant_message_id=assistant_id, now=now,
+                )  # fmt: skip
+        pending = _Pending(
+            TurnStarted(conversation_id, assistant_id, kind),
+            user_message_id,
+            Turn(user_id, conversation_id, request.message, history),
+            context,
+            idempotent=attempt is not None,
+        )
+        pending.timings["db"] += _ms_since(started)
+        return pending
+
+    # The agent, then unit of work 2 -------------------------------------------------------
+
+    def _run(self, pending: _Pending, *, watched: bool) -> Iterator[TurnEvent]:
+        """The agent's events as they happen, then the stored TurnResult. An agent failure
+        stores a `failed` reply and raises the contract's error; a consumer that stops early
+        (the client has gone) stores what was said so far as `cancelled`."""
+        tools = tools_for(self.database, pending.turn.user_id)
+        text: list[str] = []
+        calls: list[ToolCall] = []
+        started = time.perf_counter()
+        settled = False
+
+        def settle(status: str, code: str | None) -> None:
+            nonlocal settled
+            settled = True
+            pending.timings["agent"] = _ms_since(started)
+            partial = Reply("".join(text), self.agent.name, list(calls))
+            self._finish(pending, tools, partial, status=status, error_code=code)
+
+        events = self.agent.stream(pending.turn, tools, watched=watched)
+        try:
+            for event in events:
+                if isinstance(event, ReplyDone):
+                    pending.timings["agent"] = _ms_since(started)
+                    settled = True
+                    sources = tools.citations.sources(event.reply.text, event.reply.cited)
+                    if sources:
+                        yield SourcesFound(sources)
+                    yield self._finish(pending, tools, event.reply, sources=sources)
+                    return
+                if isinstance(event, TextDelta):
+                    text.append(event.text)
+                elif isinstance(event, ToolCallDone):
+                    calls.append(event.call)
+                yield event
+            settle(MessageStatus.FAILED, "upstream_error")
+            raise UpstreamFailure("upstream_error", "The agent ended without an answer.")
+        except GeneratorExit:
+            if not settled:
+                settle(MessageStatus.CANCELLED, None)
+            raise
+        except AgentError as error:
+            if not settled:
+                settle(MessageStatus.FAILED, error.code)
+            raise UpstreamFailure(
+                error.code, error.detail, retry_after=error.retry_after
+            ) from error
+        except ApiError:
+            raise
+        except Exception:
+            if not settled:
+                settle(MessageStatus.FAILED, "internal_error")
+            raise
+        finally:
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()  # stops the provider's stream when the client has gone
+
+    def _finish(
+        self,
+        pending: _Pending,
+        tools: ToolBox,
+        reply: Reply,
+        *,
+        sources: list[dict[str, Any]] | None = None,
+        status: str = MessageStatus.COMPLETED,
+        error_code: str | None = None,
+    ) -> TurnResult:
+        """Unit of work 2: store the reply's outcome and free the conversation."""
+        started = time.perf_counter()
+        now = utcnow()
+        tool_calls = [call.as_dict() for call in reply.tool_calls]
+        sources = sources or []
+        usage = reply.usage.as_dict()
+        message_id = pending.started.message_id
+        with self.database.transaction() as session:
+            session.execute(
+                _STORE_REPLY,
+                {
+                    "b_id": message_id,
+                    "content": reply.text,
+                    "status": str(status),
+                    "error_code": error_code,
+                    "tool_calls": tool_calls,
+                    "sources": sources,
+                    "model": reply.model,
+                    "latency_ms": int(pending.timings["agent"]),
+                    "context_messages": pending.context.messages,
+                    "context_truncated": pending.context.truncated,
+                    "created_at": now,  # the reply's time, as the response says
+                    "completed_at": now,
+                    **usage,
+                },
+            )
+            session.execute(
+                _RELEASE,
+                {
+                    "b_id": pending.started.conversation_id, "b_turn": message_id,
+                    "active_turn_id": None, "turn_started_at": None, "last_activity": now,
+                },
+            )  # fmt: skip
+            if pending.idempotent:
+                idempotency.settle(session, message_id, status == MessageStatus.COMPLETED)
+        pending.timings["db"] += _ms_since(started)
+        result = TurnResult(
+            conversation_id=pending.started.conversation_id, message_id=message_id,
+            kind=pending.started.kind, text=reply.text, tool_calls=tool_calls, sources=sources,
+            usage=usage, model=reply.model, status=str(status), created_at=now,
+            context=pending.context, timings=pending.timings,
+        )  # fmt: skip
+        if self._observe is not None:
+            self._observe(result, [call.tool for call in reply.tool_calls])
+        return result
+
+
+class TurnHandle:
+    """A taken turn: replayed (already settled) or pending (the agent has not run yet). Run it
+    once, through `result()` (nobody watches it happen) or `events()` (somebody does)."""
+
+    def __init__(self, engine: TurnEngine, replay: TurnResult | None, pending: _Pending | None):
+        self._engine = engine
+        self._replay = replay
+        self._pending = pending
+
+    @property
+    def replayed(self) -> bool:
+        return self._replay is not None
+
+    @property
+    def started(self) -> TurnStarted:
+        if self._replay is not None:
+            return TurnStarted(self._replay.conversation_id, self._replay.message_id,
+                               self._replay.kind)  # fmt: skip
+        assert self._pending is not None
+        return self._pending.started
+
+    def result(self) -> TurnResult:
+        """Run the turn to its end; raises the contract's error when the agent fails."""
+        if self._replay is not None:
+            return self._replay
+        assert self._pending is not None
+        for event in self._engine._run(self._pending, watched=False):
+            if isinstance(event, TurnResult):
+                return event
+        raise AssertionError("a turn's run ends with a TurnResult or an error")
+
+    def events(self, wait: float) -> Iterator[TurnEvent | None]:
+        """`TurnStarted`, the run's events as they happen, then a `TurnResult` or `TurnFailed`.
+        The agent runs in its own thread (a greenlet under gevent): a `None` comes after `wait`
+        seconds of silence (for a keep-alive), and closing this iterator early (the client has
+        gone) stops the run, which stores what was said so far as `cancelled`."""
+        yield self.started
+        if self._replay is not None:
+            yield self._replay
+            return
+        assert self._pending is not None
+        feed: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        stop = threading.Event()
+        worker = threading.Thread(
+            target=self._feed, args=(feed, stop), daemon=True,
+            name=f"turn-{self._pending.started.message_id}",
+        )  # fmt: skip
+        worker.start()
+        try:
+            while True:
+                try:
+                    event = feed.get(timeout=wait)
+                except queue.Empty:
+                    yield None
+                    continue
+                if event is _END:
+                    return
+                yield event
+                if isinstance(event, TurnFailed):
+                    return
+        finally:
+            stop.set()  # a no-op when the run is over; otherwise the client has gone
+
+    def _feed(self, feed: queue.SimpleQueue[Any], stop: threading.Event) -> None:
+        assert self._pending is not None
+        run = self._engine._run(self._pending, watched=True)
+        try:
+            for event in run:
+                feed.put(event)
+                # Let the reader send it now: when the provider's chunks arrive together, the
+                # run would otherwise read them all (and store the reply) first.
+                time.sleep(0)
+                if stop.is_set():
+                    break
+            run.close()  # after a break: the run stores the partial answer as cancelled
+        except ApiError as error:
+            feed.put(TurnFailed(error))
+        except Exception as error:
+            log_failure("turn failed", error)
+            feed.put(TurnFailed(ApiError()))
+        finally:
+            feed.put(_END)
+
+
+_END = object()  # the feed is over
 
 
 # The turn's own statements, built once. Building SQLAlchemy statements (ORM ones above all)
 # cost more CPU than running them; these are plain table statements whose SET clauses come
 # from the parameters they are executed with.
+_ANSWERED = (MessageStatus.COMPLETED.value, MessageStatus.CANCELLED.value)
 _CONVERSATIONS = Conversation.__table__
 _MESSAGES = Message.__table__
 _INSERT_CONVERSATION = insert(_CONVERSATIONS)
@@ -112,74 +473,18 @@ _NEWEST_MESSAGES = (
     select(_MESSAGES.c.role, _MESSAGES.c.content, _MESSAGES.c.tool_calls)
     .where(
         _MESSAGES.c.conversation_id == bindparam("b_conversation"),
-        or_(_MESSAGES.c.role == "user", _MESSAGES.c.status.in_(("completed", "cancelled"))),
+        or_(_MESSAGES.c.role == Role.USER.value, _MESSAGES.c.status.in_(_ANSWERED)),
         _MESSAGES.c.id != bindparam("b_skip"),
     )
     .order_by(_MESSAGES.c.seq.desc())
     .limit(bindparam("b_limit"))
 )
 _STORE_REPLY = update(_MESSAGES).where(
-    _MESSAGES.c.id == bindparam("b_id"), _MESSAGES.c.status == "pending"
+    _MESSAGES.c.id == bindparam("b_id"), _MESSAGES.c.status == MessageStatus.PENDING.value
 )
 _RELEASE = update(_CONVERSATIONS).where(
     _CONVERSATIONS.c.id == bindparam("b_id"), _CONVERSATIONS.c.active_turn_id == bindparam("b_turn")
 )
-
-
-def begin(
-    session: Session,
-    config: dict[str, Any],
-    *,
-    access: Access,
-    kind: str,
-    message: str,
-    conversation_id: str | None = None,
-    attempt: idempotency.Attempt | None = None,
-) -> PendingTurn:
-    """Unit of work 1: claim the conversation for one turn and store the user's message.
-    With an idempotent `attempt` that failed before, the stored user message is reused."""
-    started = time.perf_counter()
-    now = utcnow()
-    assistant_id = new_id()
-    retry = attempt.retry if attempt else None
-    if retry is not None:
-        conversation_id = retry.conversation_id
-    if conversation_id is None:
-        conversation_id = _create(session, access, kind, message, assistant_id, now)
-        user_id = access.user_id
-        history: tuple[HistoryMessage, ...] = ()
-        context = Context(0, False)
-        seq = 1
-    else:
-        conversation = conversations.find(session, conversation_id, access)
-        if conversation.active_turn_id is not None:
-            conversations.fail_stale_turns(session, config, now, conversation.id)
-        skip = retry.user_message_id if retry else None
-        history, context = _context(session, conversation, config, message, skip)
-        kind, user_id = conversation.kind, conversation.user_id
-        seq = _claim(session, conversation_id, assistant_id, now, 1 if retry else 2)
-    rows = []
-    if retry is None:
-        user_message_id = new_id()
-        rows.append(_message_row(user_message_id, conversation_id, seq, "user", message, now))
-        seq += 1
-    else:
-        user_message_id = retry.user_message_id
-    rows.append(_message_row(assistant_id, conversation_id, seq, "assistant", "", now))
-    session.execute(_INSERT_MESSAGES, rows)
-    if attempt is not None:
-        idempotency.claim(
-            session, attempt, conversation_id=conversation_id,
-            user_message_id=user_message_id, assistant_message_id=assistant_id, now=now,
-        )  # fmt: skip
-    session.commit()
-    turn = Turn(user_id, conversation_id, message, history)
-    pending = PendingTurn(
-        conversation_id, kind, user_message_id, assistant_id, turn, context,
-        idempotent=attempt is not None,
-    )  # fmt: skip
-    pending.timings["db"] += _ms_since(started)
-    return pending
 
 
 def _create(
@@ -201,13 +506,14 @@ def _create(
 
 
 def _message_row(
-    message_id: str, conversation_id: str, seq: int, role: str, content: str, now: datetime
+    message_id: str, conversation_id: str, seq: int, role: Role, content: str, now: datetime
 ) -> dict[str, Any]:
     """A new message: the user's is complete when stored; the assistant's waits for the agent."""
-    done = role == "user"
+    done = role == Role.USER
     return {
-        "id": message_id, "conversation_id": conversation_id, "seq": seq, "role": role,
-        "content": content, "status": "completed" if done else "pending",
+        "id": message_id, "conversation_id": conversation_id, "seq": seq, "role": str(role),
+        "content": content,
+        "status": str(MessageStatus.COMPLETED if done else MessageStatus.PENDING),
         "created_at": now, "completed_at": now if done else None,
     }  # fmt: skip
 
@@ -225,15 +531,14 @@ def _claim(
         },
     ).scalar_one_or_none()  # fmt: skip
     if claimed is None:
-        session.rollback()
         raise TurnInProgress()
     return claimed - slots + 1
 
 
 def _context(
     session: Session,
-    conversation: Conversation,
-    config: dict[str, Any],
+    conversation_id: str,
+    settings: TurnSettings,
     message: str,
     skip: str | None = None,
 ) -> tuple[tuple[HistoryMessage, ...], Context]:
@@ -241,16 +546,16 @@ def _context(
     and the new message fit HISTORY_MAX_TOKENS. An assistant message carries its tool calls
     and their results, so it is kept or dropped whole: a call never loses its result. The
     history starts with a user message, as strict chat templates demand."""
-    limit = config["HISTORY_LIMIT"]
+    limit = settings.history_limit
     newest = session.execute(
         _NEWEST_MESSAGES,
-        {"b_conversation": conversation.id, "b_skip": skip or "", "b_limit": limit + 1},
+        {"b_conversation": conversation_id, "b_skip": skip or "", "b_limit": limit + 1},
     ).all()
     truncated = len(newest) > limit
-    budget = config["HISTORY_MAX_TOKENS"] - estimate_tokens(message)
+    budget = settings.history_max_tokens - estimate_tokens(message)
     kept: list[HistoryMessage] = []
     for row in newest[:limit]:
-        if row.role == "assistant" and not row.content and not row.tool_calls:
+        if row.role == Role.ASSISTANT and not row.content and not row.tool_calls:
             continue
         item = HistoryMessage(
             row.role, row.content, tuple(ToolCall(**call) for call in row.tool_calls or ())
@@ -260,7 +565,7 @@ def _context(
             truncated = True
             break
         kept.append(item)
-    while kept and kept[-1].role != "user":
+    while kept and kept[-1].role != Role.USER:
         kept.pop()
         truncated = True
     kept.reverse()
@@ -273,115 +578,6 @@ def message_tokens(item: HistoryMessage) -> int:
         estimate_tokens(json.dumps(call.parameters) + json.dumps(call.result))
         for call in item.tool_calls
     )
-
-
-def finish(
-    session: Session,
-    pending: PendingTurn,
-    reply: Reply,
-    *,
-    status: str = "completed",
-    error_code: str | None = None,
-) -> TurnResult:
-    """Unit of work 2: store the assistant message's outcome and free the conversation."""
-    started = time.perf_counter()
-    now = utcnow()
-    session.execute(
-        _STORE_REPLY,
-        {
-            "b_id": pending.assistant_message_id,
-            "content": reply.text,
-            "status": status,
-            "error_code": error_code,
-            "tool_calls": [call.as_dict() for call in reply.tool_calls],
-            "sources": reply.sources,
-            "model": reply.model,
-            "latency_ms": int(pending.timings["agent"]),
-            "created_at": now,  # the reply's time, as the response says: history shows the same
-            "completed_at": now,
-            **reply.usage.as_dict(),
-        },
-    )
-    session.execute(
-        _RELEASE,
-        {
-            "b_id": pending.conversation_id, "b_turn": pending.assistant_message_id,
-            "active_turn_id": None, "turn_started_at": None, "last_activity": now,
-        },
-    )  # fmt: skip
-    result = TurnResult(pending, reply, status, error_code, now)
-    if pending.idempotent:
-        done = result.body() if status == "completed" else None
-        idempotency.settle(session, pending.assistant_message_id, done)
-    session.commit()
-    pending.timings["db"] += _ms_since(started)
-    record_turn(
-        reply.model, status, pending.timings["agent"], reply.usage.as_dict(),
-        [call.tool for call in reply.tool_calls],
-    )  # fmt: skip
-    return result
-
-
-def run(session: Session, agent: Agent, tools: ToolBox, pending: PendingTurn) -> TurnResult:
-    """The whole turn after `begin`, for a JSON response."""
-    for event in stream(session, agent, tools, pending, live=False):
-        if isinstance(event, TurnResult):
-            return event
-    raise AssertionError("stream() always ends with a TurnResult or an error")
-
-
-def stream(
-    session: Session, agent: Agent, tools: ToolBox, pending: PendingTurn, *, live: bool = True
-) -> Iterator[TextDelta | ToolCallDone | Any]:
-    """The agent's events as they happen, then the stored TurnResult. An agent failure stores a
-    `failed` turn and re-raises; a consumer that stops early (client gone) stores `cancelled`."""
-    text: list[str] = []
-    calls: list[ToolCall] = []
-    started = time.perf_counter()
-    settled = False
-
-    def settle(status: str, code: str | None) -> None:
-        nonlocal settled
-        settled = True
-        pending.timings["agent"] = _ms_since(started)
-        partial = Reply("".join(text), agent.name, list(calls))
-        finish(session, pending, partial, status=status, error_code=code)
-
-    events = agent.events(pending.turn, tools, live=live)
-    try:
-        for event in events:
-            if isinstance(event, ReplyDone):
-                pending.timings["agent"] = _ms_since(started)
-                settled = True
-                if not event.reply.sources:  # citations come from what the tools returned
-                    event.reply.sources = tools.sources(event.reply.text)
-                    if event.reply.sources:
-                        yield SourcesFound(event.reply.sources)
-                yield finish(session, pending, event.reply)
-                return
-            if isinstance(event, TextDelta):
-                text.append(event.text)
-            elif isinstance(event, ToolCallDone):
-                calls.append(event.call)
-            yield event
-        settle("failed", "upstream_error")
-        raise AgentError("The agent ended without an answer.")
-    except GeneratorExit:
-        if not settled:
-            settle("cancelled", None)
-        raise
-    except AgentError as error:
-        if not settled:
-            settle("failed", error.code)
-        raise
-    except Exception:
-        if not settled:
-            session.rollback()
-            settle("failed", "internal_error")
-        raise
-    finally:
-        if hasattr(events, "close"):
-            events.close()  # stops the provider's stream when the client has gone
 
 
 def _title(message: str) -> str:

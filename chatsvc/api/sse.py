@@ -1,0 +1,105 @@
+"""The turn's wire formats: the contract's JSON body, and Server-Sent Events (contract §5)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Response, current_app, request, stream_with_context
+
+from ..agent.base import TextDelta, ToolCallDone
+from ..errors import problem_body
+from ..observability import server_timing
+from ..schemas import TurnSchema
+from ..services.conversations import SESSION
+from ..services.turns import (
+    SourcesFound,
+    TurnEvent,
+    TurnFailed,
+    TurnHandle,
+    TurnResult,
+    TurnStarted,
+)
+
+EVENT_STREAM = "text/event-stream"
+PING = ": ping\n\n"
+# Proxies must pass each event on as it is written.
+NO_BUFFERING = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def wants_stream() -> bool:
+    return request.accept_mimetypes.best_match(["application/json", EVENT_STREAM]) == EVENT_STREAM
+
+
+def turn_body(result: TurnResult) -> dict[str, Any]:
+    """The chat response of the contract (§2, §3), dumped by TurnSchema."""
+    body: dict[str, Any] = {
+        "conversation_id": result.conversation_id,
+        "message_id": result.message_id,
+        "response": result.text,
+        "tool_calls": result.tool_calls,
+        "sources": result.sources,
+        "usage": result.usage,
+        "model": result.model,
+        "status": result.status,
+        "created_at": result.created_at,
+        "context": {"messages": result.context.messages, "truncated": result.context.truncated},
+    }
+    if result.kind == SESSION:
+        body["session_id"] = result.conversation_id
+    return body
+
+
+def respond(handle: TurnHandle, *, headers: dict[str, str] | None = None) -> Response:
+    """Stream the turn's events as they happen; `: ping` while the model is silent."""
+    events = handle.events(current_app.config["SSE_PING_SECONDS"])
+    return Response(
+        stream_with_context(_frames(events)),
+        mimetype=EVENT_STREAM,
+        headers={**NO_BUFFERING, **(headers or {})},
+    )
+
+
+def _frames(events: Iterator[TurnEvent | None]) -> Iterator[str]:
+    counter = 0
+    try:
+        for event in events:
+            if event is None:
+                yield PING
+                continue
+            named = _named(event)
+            if named is not None:
+                counter += 1
+                yield frame(counter, *named)
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()  # the client has gone (or the turn is over): stops the run if it still goes
+
+
+def _named(event: TurnEvent) -> tuple[str, dict[str, Any]] | None:
+    if isinstance(event, TextDelta):
+        return "delta", {"text": event.text}
+    if isinstance(event, ToolCallDone):
+        return "tool_call", event.call.as_dict()
+    if isinstance(event, SourcesFound):
+        return "sources", {"sources": event.sources}
+    if isinstance(event, TurnStarted):
+        meta = {"conversation_id": event.conversation_id, "message_id": event.message_id}
+        if event.kind == SESSION:
+            meta["session_id"] = event.conversation_id
+        return "meta", meta
+    if isinstance(event, TurnResult):
+        body = TurnSchema().dump(turn_body(event))
+        if event.timings:
+            body["timing"] = server_timing(event.timings)
+        return "done", body
+    if isinstance(event, TurnFailed):
+        error = event.error
+        return "error", problem_body(error.status, error.code, error.detail)
+    return None
+
+
+def frame(event_id: int, name: str, data: dict[str, Any]) -> str:
+    return f"event: {name}\nid: {event_id}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
