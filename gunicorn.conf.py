@@ -5,7 +5,6 @@ openai client is imported, or database waits block the whole worker; so it happe
 before gunicorn loads the app (and the app is not preloaded).
 """
 
-import gc
 import glob
 import os
 import tempfile
@@ -14,26 +13,6 @@ from gevent import monkey
 
 monkey.patch_all()
 
-
-def _probe_sockets_without_the_hub() -> None:
-    """httpcore (under the openai SDK) probes every idle keep-alive connection with a
-    zero-timeout `select.poll()` each time its pool changes hands. gevent's cooperative poll
-    makes each probe a trip through the hub (about 20 µs against 1.4 µs for the system call);
-    with a hundred idle connections per worker that was a quarter of the CPU at 500 turns in
-    flight. A zero-timeout poll never blocks, so the original one is safe here."""
-    import select
-    import types
-
-    import httpcore2._utils
-
-    httpcore2._utils.select = types.SimpleNamespace(
-        poll=monkey.get_original("select", "poll"),
-        select=monkey.get_original("select", "select"),
-        POLLIN=select.POLLIN,
-    )
-
-
-_probe_sockets_without_the_hub()
 
 # Prometheus multiprocess mode: each worker writes its samples under this directory and
 # /metrics adds them up. One directory per instance (several may run on one machine), made
@@ -66,19 +45,11 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 
-# Allocations between young collections (CPython's default is 700). See post_worker_init.
-GC_YOUNG_THRESHOLD = 10_000
-
-
 def post_worker_init(worker):
-    """The worker has loaded the app: what exists now lives as long as the worker, so the
-    collector stops walking it (gc.freeze), and young collections run less often. With 250
-    turns in flight per worker their live objects survive many young collections, and each
-    full one walked the app's 190 000 objects as well: under P2 a worker spent 1.8 s of its
-    25 s collecting, in pauses of up to 190 ms. Frozen and at 10 000: 0.5-0.7 s, pauses of
-    about 60 ms. (P2's throughput did not move beyond the run-to-run noise.)"""
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+    """The worker has loaded the app: chatsvc/speedups.py says what this buys, and by how much."""
+    from chatsvc import speedups
+
+    speedups.tune_worker()
 
 
 def on_starting(server):

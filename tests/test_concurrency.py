@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -56,32 +57,53 @@ def test_simultaneous_turns_on_one_conversation_never_interleave(make_app):
     assert len({m["id"] for m in messages}) == len(messages)
 
 
-def _race(app, requests: int, path: str, body: dict, key: str) -> list:
-    def send(_: int):
-        return app.test_client().post(path, json=body, headers={"Idempotency-Key": key})
+class Race:
+    """`requests` identical idempotent POSTs at once, while the first attempt's agent run is
+    held open: every other request arrives while it runs (the race is proven to happen, not
+    hoped for), then the run is released."""
 
-    with ThreadPoolExecutor(max_workers=requests) as pool:
-        return list(pool.map(send, range(requests)))
+    def __init__(self) -> None:
+        self.running = threading.Event()
+        self.release = threading.Event()
+
+    def echo(self, turn, tools):
+        self.running.set()
+        assert self.release.wait(timeout=30), "the race never ended"
+        return Reply(f"re: {turn.message}", "scripted")
+
+    def run(self, app, requests: int, path: str, body: dict, key: str) -> list:
+        def send(_: int):
+            return app.test_client().post(path, json=body, headers={"Idempotency-Key": key})
+
+        with ThreadPoolExecutor(max_workers=requests) as pool:
+            futures = [pool.submit(send, n) for n in range(requests)]
+            assert self.running.wait(timeout=30), "no attempt reached the agent"
+            deadline = time.monotonic() + 60
+            while sum(f.done() for f in futures) < requests - 1:
+                assert time.monotonic() < deadline, "the racing requests did not all answer"
+                time.sleep(0.01)
+            raced = [f.result() for f in futures if f.done()]
+            self.release.set()
+            responses = [f.result(timeout=60) for f in futures]
+        # Everything that answered before the release raced the running attempt: all 409.
+        assert len(raced) == requests - 1
+        assert all(r.status_code == 409 for r in raced), [r.status_code for r in raced]
+        return responses
 
 
 def _one_turn(responses) -> dict:
-    """All 200 with the same body, or 409 turn_in_progress (the first attempt still ran)."""
+    """One 200 (the attempt that ran); every other request 409 turn_in_progress."""
     done = [r for r in responses if r.status_code == 200]
     busy = [r for r in responses if r.status_code == 409]
-    assert len(done) + len(busy) == len(responses), [r.status_code for r in responses]
+    assert len(done) == 1 and len(busy) == len(responses) - 1, [r.status_code for r in responses]
     assert all(r.json["code"] == "turn_in_progress" for r in busy)
-    assert done and all(r.json == done[0].json for r in done), [r.json["message_id"] for r in done]
     return done[0].json
-
-
-def slow_echo(turn, tools):
-    time.sleep(0.05)  # keeps the first attempt running while the others arrive
-    return Reply(f"re: {turn.message}", "scripted")
 
 
 @pytest.mark.parametrize("new_conversation", [True, False], ids=["new", "existing"])
 def test_replays_racing_each_other_run_the_agent_once(make_app, new_conversation):
-    agent = ScriptedAgent(steps=[slow_echo] * 30)
+    race = Race()
+    agent = ScriptedAgent(steps=[race.echo] if new_conversation else [Reply("hi", "s"), race.echo])
     app = make_app(agent=agent)
     body = {"message": "only once"}
     if not new_conversation:
@@ -91,8 +113,12 @@ def test_replays_racing_each_other_run_the_agent_once(make_app, new_conversation
             .json["conversation_id"]
         )
         agent.turns.clear()
-    first = _one_turn(_race(app, 20, "/api/alice/chat", body, "race-1"))
+    first = _one_turn(race.run(app, 20, "/api/alice/chat", body, "race-1"))
     assert [turn.message for turn in agent.turns] == ["only once"], "one agent run"
+    again = app.test_client().post(
+        "/api/alice/chat", json=body, headers={"Idempotency-Key": "race-1"}
+    )
+    assert again.headers["Idempotent-Replayed"] == "true" and again.json == first
     listed = app.test_client().get("/api/alice/conversations").json["items"]
     assert len(listed) == 1, "one conversation"
     detail = app.test_client().get(f"/api/alice/conversations/{first['conversation_id']}").json
@@ -103,13 +129,14 @@ def test_replays_racing_each_other_run_the_agent_once(make_app, new_conversation
 
 
 def test_retries_of_a_failed_turn_racing_each_other_rerun_it_once(make_app):
-    agent = ScriptedAgent(steps=[AgentError("the provider failed"), *[slow_echo] * 30])
+    race = Race()
+    agent = ScriptedAgent(steps=[AgentError("the provider failed"), race.echo])
     app = make_app(agent=agent)
     body = {"message": "try again"}
     client = app.test_client()
     failed = client.post("/api/alice/chat", json=body, headers={"Idempotency-Key": "race-2"})
     assert failed.status_code == 502
-    first = _one_turn(_race(app, 20, "/api/alice/chat", body, "race-2"))
+    first = _one_turn(race.run(app, 20, "/api/alice/chat", body, "race-2"))
     assert [turn.message for turn in agent.turns] == ["try again", "try again"]
     detail = client.get(f"/api/alice/conversations/{first['conversation_id']}").json
     assert [(m["role"], m["status"]) for m in detail["messages"]] == [

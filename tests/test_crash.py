@@ -17,7 +17,7 @@ from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
 from fakellm import slow
-from helpers import get
+from helpers import get, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,13 +45,6 @@ def read(url: str) -> dict[str, Any]:
 def workers(master: int) -> set[int]:
     children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
     return {int(pid) for pid in children}
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_a_worker_killed_mid_turn_is_replaced_and_its_turns_end_failed(
@@ -86,7 +79,7 @@ def test_a_worker_killed_mid_turn_is_replaced_and_its_turns_end_failed(
     assert outcomes == [0, 0], "the connections broke off with the worker"
     wait_for(
         lambda: workers(server.process.pid) - {killed} and get(server.url + "/health") == 200,
-        20, "the master to start a new worker",
+        60, "the master to start a new worker",
     )  # fmt: skip
     assert server.process.poll() is None
 

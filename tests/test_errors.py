@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from flask import abort
-from helpers import assert_problem, chat, ok
+from helpers import assert_problem, chat, history, ok
 from sqlalchemy import text
 
 from chatsvc import db
@@ -111,8 +111,11 @@ def test_longest_message_counts_after_trimming(make_app):
     assert_problem(chat(client, "alice", "0123456789a"), 422, "validation_error")
 
 
-def test_tab_cr_and_lf_are_allowed(client):
-    ok(chat(client, "alice", "line one\r\n\tline two"))
+def test_tab_cr_and_lf_are_allowed_and_stored_as_sent(client):
+    text = "line one\r\n\tline two\rthree\n\n\tfour"
+    body = ok(chat(client, "alice", text))
+    stored = history(client, "alice", body["conversation_id"])
+    assert [m["content"] for m in stored if m["role"] == "user"] == [text]
 
 
 UNKNOWN_FIELDS = [

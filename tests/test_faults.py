@@ -16,19 +16,12 @@ import pytest
 import redis
 from conftest import require_service
 from fakellm import drop, endless, fail, garbage, slow
-from helpers import assert_problem, history, ok, sse_events
+from helpers import assert_problem, history, ok, sse_events, wait_for
 from sqlalchemy.engine import make_url
 from tcpproxy import TcpProxy
 
 TIMEOUT = 1.0  # AGENT_TIMEOUT_SECONDS of these tests
 SSE = {"Accept": "text/event-stream"}
-
-
-def wait_for(condition, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def keyed(key: str, **headers: str) -> dict[str, str]:

@@ -15,8 +15,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 PROBE = textwrap.dedent(
     """
-    import runpy, socket
-    runpy.run_path("gunicorn.conf.py")
+    import runpy, socket, sys
+    config = runpy.run_path("gunicorn.conf.py")
+    sys.path.insert(0, ".")
+    config["post_worker_init"](None)                     # as a worker does once it has booted
     import gevent.select, httpcore2._utils as utils
     from gevent import monkey
     assert monkey.is_module_patched("select")           # psycopg's waits still cooperate
@@ -56,7 +58,8 @@ WORKER = textwrap.dedent(
     app = create_app()                                   # what the worker loads
     config["post_worker_init"](None)
     assert gc.get_freeze_count() > 50_000                # the app's objects: not walked again
-    assert gc.get_threshold()[0] == config["GC_YOUNG_THRESHOLD"]
+    from chatsvc import speedups
+    assert gc.get_threshold()[0] == speedups.GC_YOUNG_THRESHOLD
 
     class Node:
         pass

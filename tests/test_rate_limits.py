@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +13,7 @@ from urllib.request import urlopen
 import pytest
 import redis
 from conftest import require_service
-from helpers import get
+from helpers import free_port, get
 
 from chatsvc import auth
 
@@ -138,9 +137,7 @@ def test_the_client_address_comes_from_trusted_proxies_only(limited):
 
 
 def test_storage_down_fails_open_and_says_so(make_app, caplog):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]  # nothing listens here once closed
+    closed_port = free_port()  # nothing listens here once the probe is closed
     client = make_app(
         {
             "RATELIMIT_ENABLED": True,

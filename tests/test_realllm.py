@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import sse
 from flask_migrate import upgrade
+from helpers import free_port
 
 from chatsvc import create_app
 from chatsvc.db import database
@@ -41,12 +41,6 @@ def model_path() -> Path:
             pytest.fail(MISSING + " (CHATSVC_REQUIRE_SERVICES=1)")
         pytest.skip(MISSING)
     return found[0]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
 import sse
 from fakellm import call, endless, fail, say, slow
+from helpers import wait_for
 from werkzeug.serving import make_server
 
 STREAM = {"Accept": "text/event-stream"}
@@ -96,16 +96,6 @@ def live_server(llm_app) -> Iterator[tuple[str, int]]:
     thread.start()
     yield app, server.server_port
     server.shutdown()
-
-
-def wait_for(condition, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def test_a_client_that_hangs_up_leaves_the_partial_answer_cancelled(live_server, fake_llm):

@@ -57,7 +57,8 @@ GENERAL_PROMPT = "You are a helpful assistant. Keep answers short; say so when y
 NO_ANSWER = "I could not put an answer into words; please try again."
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_BACKOFF_SECONDS = 8.0
-# Connection pools per worker, each behind its own SDK client (see _Clients).
+# Connection pools per worker, each behind its own SDK client (see _ConnectionPools and
+# chatsvc/speedups.py).
 CONNECTION_POOLS = 8
 
 
@@ -95,7 +96,7 @@ class _Step:
     finished: bool = False
 
 
-class _Clients:
+class _ConnectionPools:
     """SDK clients with a connection pool each, lent out least busy first.
 
     httpcore walks every connection of its pool whenever a request starts or ends, so one pool
@@ -134,7 +135,7 @@ class OpenAIAgent(Agent):
 
     def __init__(
         self,
-        clients: _Clients,
+        clients: _ConnectionPools,
         model: str,
         *,
         timeout: float,
@@ -169,7 +170,7 @@ class OpenAIAgent(Agent):
             client.platform_headers()  # the first call forks `uname -p`: pay for it at start-up
             clients.append(client)
         return cls(
-            _Clients(clients),
+            _ConnectionPools(clients),
             config["OPENAI_MODEL"],
             timeout=config["AGENT_TIMEOUT_SECONDS"],
             max_retries=config["AGENT_MAX_RETRIES"],
