@@ -9,6 +9,7 @@ from typing import Any
 import jwt
 from flask import current_app, g, request
 
+from .config import accepted_secrets
 from .db import utcnow
 from .errors import ApiError, Forbidden, NotFound, Unauthorized
 from .services.conversations import SESSION, Access
@@ -33,17 +34,11 @@ def _verify(header: str) -> dict[str, Any]:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("The Authorization header must be 'Bearer <token>'.")
     config = current_app.config
-    if not config["JWT_SECRET"]:
+    keys = accepted_secrets(config)
+    if not keys:
         raise Unauthorized("This service accepts no tokens: JWT_SECRET is not configured.")
     try:
-        decoded = jwt.decode(
-            token.strip(),
-            config["JWT_SECRET"],
-            algorithms=[ALGORITHM],
-            issuer=config["JWT_ISSUER"] or None,
-            audience=config["JWT_AUDIENCE"] or None,
-            options={"require": ["sub", "exp"], "verify_aud": bool(config["JWT_AUDIENCE"])},
-        )
+        decoded = _decode(token.strip(), keys, config)
     except jwt.ExpiredSignatureError:
         raise Unauthorized("The token has expired.") from None
     except jwt.PyJWTError:
@@ -51,6 +46,27 @@ def _verify(header: str) -> dict[str, Any]:
     if not isinstance(decoded.get("sub"), str) or not USER_ID.match(decoded["sub"]):
         raise Unauthorized("The token's subject is not a valid user id.")
     return decoded
+
+
+def _decode(token: str, keys: list[str], config: Any) -> dict[str, Any]:
+    """The claims of a token signed with any accepted key (JWT_SECRET, then JWT_SECRETS)."""
+    for key in keys[:-1]:
+        try:
+            return _decode_with(token, key, config)
+        except jwt.InvalidSignatureError:
+            continue
+    return _decode_with(token, keys[-1], config)
+
+
+def _decode_with(token: str, key: str, config: Any) -> dict[str, Any]:
+    return jwt.decode(
+        token,
+        key,
+        algorithms=[ALGORITHM],
+        issuer=config["JWT_ISSUER"] or None,
+        audience=config["JWT_AUDIENCE"] or None,
+        options={"require": ["sub", "exp"], "verify_aud": bool(config["JWT_AUDIENCE"])},
+    )
 
 
 def caller_id() -> str | None:

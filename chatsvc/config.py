@@ -18,6 +18,7 @@ class Config:
 
     CHATSVC_ENV = "development"
     LOG_LEVEL = "INFO"
+    LOG_FORMAT = "text"  # `json` (one object a line, for collectors) or `text` (for people)
 
     # Storage. An empty DATABASE_URL means a SQLite file in the instance folder.
     DATABASE_URL = ""
@@ -44,6 +45,7 @@ class Config:
     # Auth.
     AUTH_MODE = "optional"
     JWT_SECRET = ""
+    JWT_SECRETS = ""  # more accepted HS256 keys, comma-separated: the old one during a rollover
     JWT_ISSUER = ""
     JWT_AUDIENCE = ""
     ALLOW_ANONYMOUS_SESSIONS = True
@@ -94,6 +96,8 @@ class Config:
         ):  # fmt: skip
             if settings[name] < 1:
                 raise ConfigError(f"{name} must be positive")
+        if settings["LOG_FORMAT"] not in {"json", "text"}:
+            raise ConfigError("LOG_FORMAT must be 'json' or 'text'")
         if settings["PROXY_FIX_X_FOR"] < 0:
             raise ConfigError("PROXY_FIX_X_FOR must be 0 or more")
         for name in ("RATELIMIT_CHAT", "RATELIMIT_DEFAULT"):
@@ -109,6 +113,7 @@ class TestConfig(Config):
     CHATSVC_ENV = "testing"
     TESTING = True
     LOG_LEVEL = "WARNING"
+    LOG_FORMAT = "json"
     # Most tests send many requests; the rate-limit tests enable limits explicitly.
     RATELIMIT_ENABLED = False
 
@@ -117,6 +122,7 @@ class ProductionConfig(Config):
     """Safe production defaults: everything that must be decided is refused when missing."""
 
     CHATSVC_ENV = "production"
+    LOG_FORMAT = "json"
     AUTH_MODE = "required"
     ALLOW_ANONYMOUS_SESSIONS = False
     CORS_ORIGINS = ""  # a deployment names its frontends
@@ -128,6 +134,8 @@ class ProductionConfig(Config):
             raise ConfigError("DATABASE_URL is required in production")
         if settings["AUTH_MODE"] == "required" and len(settings["JWT_SECRET"].encode()) < 32:
             raise ConfigError("AUTH_MODE=required needs a JWT_SECRET of at least 32 bytes")
+        if any(len(key.encode()) < 32 for key in accepted_secrets(settings)):
+            raise ConfigError("every key in JWT_SECRETS must be at least 32 bytes")
 
 
 PROFILES: dict[str, type[Config]] = {
@@ -147,6 +155,13 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     settings = profile.from_env(environ)
     profile.validate(settings)
     return settings
+
+
+def accepted_secrets(settings: Mapping[str, Any]) -> list[str]:
+    """The HS256 keys a token may be signed with: JWT_SECRET (which signs new tokens) first,
+    then JWT_SECRETS (the previous key while tokens signed with it are still in use)."""
+    keys = [settings["JWT_SECRET"], *settings.get("JWT_SECRETS", "").split(",")]
+    return list(dict.fromkeys(key.strip() for key in keys if key.strip()))
 
 
 def _parse(name: str, raw: str, default: Any) -> Any:

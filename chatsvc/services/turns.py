@@ -317,7 +317,7 @@ def finish(
     pending.timings["db"] += _ms_since(started)
     record_turn(
         reply.model, status, pending.timings["agent"], reply.usage.as_dict(),
-        [call.tool for call in reply.tool_calls],
+        [call.tool for call in reply.tool_calls], error_code=error_code,
     )  # fmt: skip
     return result
 
