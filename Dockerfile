@@ -9,13 +9,15 @@ WORKDIR /app
 COPY setup.cfg pyproject.toml constraints.txt README.md ./
 COPY chatsvc ./chatsvc
 RUN pip install --no-compile -c constraints.txt . \
-    && useradd --system --uid 10001 --home-dir /app chatsvc
+    && groupadd --system --gid 10001 chatsvc \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /app chatsvc
 COPY migrations ./migrations
 COPY docs ./docs
 COPY wsgi.py gunicorn.conf.py ./
 
-USER chatsvc
+# Numeric, so that Kubernetes' runAsNonRoot can check it (deploy/k8s/deployment.yaml).
+USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-  CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"PORT\", \"8000\")}/health/live', timeout=2)" || exit 1
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '8000') + '/health/live', timeout=2)"]
 CMD ["gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"]
