@@ -9,8 +9,9 @@ WORKDIR /app
 COPY setup.cfg pyproject.toml constraints.txt README.md ./
 COPY chatsvc ./chatsvc
 RUN pip install --no-compile -c constraints.txt . \
-    && groupadd --system --gid 10001 chatsvc \
-    && useradd --system --uid 10001 --gid 10001 --home-dir /app chatsvc
+    && groupadd --gid 10001 chatsvc \
+    && useradd --no-log-init --uid 10001 --gid 10001 --no-create-home --home-dir /app \
+       --shell /usr/sbin/nologin chatsvc
 COPY migrations ./migrations
 COPY docs ./docs
 COPY wsgi.py gunicorn.conf.py ./
