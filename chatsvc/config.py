@@ -134,7 +134,8 @@ class ProductionConfig(Config):
             raise ConfigError("DATABASE_URL is required in production")
         if settings["AUTH_MODE"] == "required" and len(settings["JWT_SECRET"].encode()) < 32:
             raise ConfigError("AUTH_MODE=required needs a JWT_SECRET of at least 32 bytes")
-        if any(len(key.encode()) < 32 for key in accepted_secrets(settings)):
+        extra = [key.strip() for key in settings["JWT_SECRETS"].split(",") if key.strip()]
+        if any(len(key.encode()) < 32 for key in extra):
             raise ConfigError("every key in JWT_SECRETS must be at least 32 bytes")
 
 
