@@ -34,11 +34,17 @@ def _verify(header: str) -> dict[str, Any]:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("The Authorization header must be 'Bearer <token>'.")
     config = current_app.config
-    keys = accepted_secrets(config)
-    if not keys:
+    if not config["JWT_SECRET"]:
         raise Unauthorized("This service accepts no tokens: JWT_SECRET is not configured.")
     try:
-        decoded = _decode(token.strip(), keys, config)
+        decoded = jwt.decode(
+            token.strip(),
+            signing_key(token.strip(), config),
+            algorithms=[ALGORITHM],
+            issuer=config["JWT_ISSUER"] or None,
+            audience=config["JWT_AUDIENCE"] or None,
+            options={"require": ["sub", "exp"], "verify_aud": bool(config["JWT_AUDIENCE"])},
+        )
     except jwt.ExpiredSignatureError:
         raise Unauthorized("The token has expired.") from None
     except jwt.PyJWTError:
@@ -46,27 +52,6 @@ def _verify(header: str) -> dict[str, Any]:
     if not isinstance(decoded.get("sub"), str) or not USER_ID.match(decoded["sub"]):
         raise Unauthorized("The token's subject is not a valid user id.")
     return decoded
-
-
-def _decode(token: str, keys: list[str], config: Any) -> dict[str, Any]:
-    """The claims of a token signed with any accepted key (JWT_SECRET, then JWT_SECRETS)."""
-    for key in keys[:-1]:
-        try:
-            return _decode_with(token, key, config)
-        except jwt.InvalidSignatureError:
-            continue
-    return _decode_with(token, keys[-1], config)
-
-
-def _decode_with(token: str, key: str, config: Any) -> dict[str, Any]:
-    return jwt.decode(
-        token,
-        key,
-        algorithms=[ALGORITHM],
-        issuer=config["JWT_ISSUER"] or None,
-        audience=config["JWT_AUDIENCE"] or None,
-        options={"require": ["sub", "exp"], "verify_aud": bool(config["JWT_AUDIENCE"])},
-    )
 
 
 def caller_id() -> str | None:
@@ -148,3 +133,20 @@ def create_token(
     if audience:
         payload["aud"] = audience
     return jwt.encode(payload, secret, algorithm=ALGORITHM)
+
+
+def signing_key(token: str, config: Any) -> str:
+    """The accepted key that signed the token: JWT_SECRET, or one of JWT_SECRETS during a
+    rollover. JWT_SECRET when none did (or the token is malformed), so that verifying with it
+    says why the token is not valid. With one key there is nothing to try."""
+    keys = accepted_secrets(config)
+    if len(keys) > 1:
+        for key in keys:
+            try:
+                jwt.api_jws.decode_complete(token, key, algorithms=[ALGORITHM])
+            except jwt.InvalidSignatureError:
+                continue
+            except jwt.PyJWTError:
+                break
+            return key
+    return config["JWT_SECRET"]

@@ -96,8 +96,6 @@ class Config:
         ):  # fmt: skip
             if settings[name] < 1:
                 raise ConfigError(f"{name} must be positive")
-        if settings["LOG_FORMAT"] not in {"json", "text"}:
-            raise ConfigError("LOG_FORMAT must be 'json' or 'text'")
         if settings["PROXY_FIX_X_FOR"] < 0:
             raise ConfigError("PROXY_FIX_X_FOR must be 0 or more")
         for name in ("RATELIMIT_CHAT", "RATELIMIT_DEFAULT"):
@@ -105,6 +103,11 @@ class Config:
                 parse_many(settings[name])
             except ValueError as exc:
                 raise ConfigError(f"{name}: {exc}") from None
+        if settings["LOG_FORMAT"] not in {"json", "text"}:
+            raise ConfigError("LOG_FORMAT must be 'json' or 'text'")
+        rollover = [key.strip() for key in settings["JWT_SECRETS"].split(",") if key.strip()]
+        if any(len(key.encode()) < 32 for key in rollover):
+            raise ConfigError("every key in JWT_SECRETS must be at least 32 bytes")
 
 
 class TestConfig(Config):
@@ -134,9 +137,6 @@ class ProductionConfig(Config):
             raise ConfigError("DATABASE_URL is required in production")
         if settings["AUTH_MODE"] == "required" and len(settings["JWT_SECRET"].encode()) < 32:
             raise ConfigError("AUTH_MODE=required needs a JWT_SECRET of at least 32 bytes")
-        extra = [key.strip() for key in settings["JWT_SECRETS"].split(",") if key.strip()]
-        if any(len(key.encode()) < 32 for key in extra):
-            raise ConfigError("every key in JWT_SECRETS must be at least 32 bytes")
 
 
 PROFILES: dict[str, type[Config]] = {

@@ -9,11 +9,9 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
-from flask import Flask, Response, current_app, g, has_app_context, has_request_context, request
+from flask import Flask, Response, current_app, g, has_app_context, request
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -97,15 +95,15 @@ class _CountStorageErrors(logging.Filter):
         return True
 
 
-# Tracing (issue 19, later) sets this to a function returning the current span's trace id;
-# every log line of a request then carries `trace_id` beside `request_id`.
-trace_id_hook: Callable[[], str | None] | None = None
+# Tracing (issue 19, later) sets this to a function of no arguments returning the current
+# span's trace id (or None); every log line of a request then carries `trace_id` too.
+trace_id_hook: Any = None
 
 
 def log_context() -> dict[str, str]:
     """The ids that tie a log line to its request: `request_id`, and `trace_id` when traced."""
     context: dict[str, str] = {}
-    if has_request_context() and g.get("request_id"):
+    if has_app_context() and g.get("request_id"):  # set by each request's before_request
         context["request_id"] = g.request_id
     if trace_id_hook is not None:
         trace_id = trace_id_hook()
@@ -245,14 +243,9 @@ def _log_access(response: Response) -> None:
     )
 
 
-def record_turn(
-    model: str, status: str, agent_ms: float, usage: dict[str, int], tools: list[str],
-    error_code: str | None = None,
-) -> None:  # fmt: skip
-    """A settled turn's agent time, tokens, tool calls and failure code, for /metrics."""
+def record_turn(model: str, status: str, agent_ms: float, usage: dict[str, int], tools: list[str]):
+    """A settled turn's agent time, tokens and tool calls, for /metrics."""
     AGENT_SECONDS.labels(model, status).observe(agent_ms / 1000)
-    if status == "failed" and error_code:
-        AGENT_FAILURES.labels(error_code).inc()
     TOKENS.labels(model, "prompt").inc(usage.get("prompt_tokens", 0))
     TOKENS.labels(model, "completion").inc(usage.get("completion_tokens", 0))
     for tool in tools:
@@ -296,6 +289,8 @@ def metrics_text() -> bytes:
 
 def _read_turn_gauges() -> None:
     """Pending and stuck turns, from the database at scrape time (every worker sees the same)."""
+    from datetime import timedelta
+
     from .db import database, utcnow
     from .models import Message
 
@@ -314,3 +309,8 @@ def _read_turn_gauges() -> None:
         return
     TURNS_PENDING.set(total)
     TURNS_STUCK.set(stuck)
+
+
+def record_failure(code: str) -> None:
+    """A failed turn's error code (upstream_timeout, upstream_error, ...), for the alerts."""
+    AGENT_FAILURES.labels(code).inc()

@@ -35,7 +35,7 @@ from ..agent.tools import ToolBox
 from ..db import utcnow
 from ..errors import TurnInProgress
 from ..models import Conversation, Message, new_id
-from ..observability import record_turn
+from ..observability import record_failure, record_turn
 from . import conversations, idempotency
 from .conversations import Access
 
@@ -317,8 +317,10 @@ def finish(
     pending.timings["db"] += _ms_since(started)
     record_turn(
         reply.model, status, pending.timings["agent"], reply.usage.as_dict(),
-        [call.tool for call in reply.tool_calls], error_code=error_code,
+        [call.tool for call in reply.tool_calls],
     )  # fmt: skip
+    if status == "failed" and error_code:
+        record_failure(error_code)
     return result
 
 
