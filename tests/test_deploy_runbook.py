@@ -7,8 +7,8 @@ from helpers import ok
 
 QUESTIONS = {
     "How do I rotate the JWT secret key?": "JWT_SECRETS",
-    "What do I do when Redis is lost?": "counts in memory",
-    "What should I do about stuck turns?": "sessions cleanup",
+    "What do I do when Redis is lost?": "ChatsvcRateLimitStorageErrors",
+    "What should I do about stuck turns?": "ChatsvcStuckTurns",
 }
 
 
