@@ -10,8 +10,10 @@ import uuid
 from urllib.error import HTTPError
 
 import pytest
+from conftest import empty_tables
 from fakellm import fail
 from helpers import assert_problem
+from sqlalchemy import create_engine
 
 from chatsvc.auth import create_token
 from chatsvc.config import ConfigError, load
@@ -22,6 +24,14 @@ NEW = "n" * 40
 
 def bearer(secret: str, user: str = "alice") -> dict[str, str]:
     return {"Authorization": f"Bearer {create_token(user, secret=secret)}"}
+
+
+@pytest.fixture
+def served(gunicorn, database_url: str):
+    """The gunicorn fixture; what its requests stored is deleted after the test, so the tests
+    after this one start from an empty database, as make_app's do."""
+    yield gunicorn
+    empty_tables(create_engine(database_url))
 
 
 def test_tokens_signed_with_either_key_are_accepted_during_a_rollover(make_app):
@@ -103,9 +113,9 @@ def lines_of(server, request_id: str, count: int) -> list[str]:
 PROVIDER = {"AGENT_PROVIDER": "openai", "AGENT_MAX_RETRIES": "0", "OPENAI_API_KEY": "sk-test"}
 
 
-def test_json_logs_carry_the_request_id_on_every_line_of_a_request(gunicorn, fake_llm):
+def test_json_logs_carry_the_request_id_on_every_line_of_a_request(served, fake_llm):
     fake_llm.script(*[fail(500)] * 4)
-    server = gunicorn(LOG_FORMAT="json", LOG_LEVEL="INFO", OPENAI_BASE_URL=fake_llm.url, **PROVIDER)
+    server = served(LOG_FORMAT="json", LOG_LEVEL="INFO", OPENAI_BASE_URL=fake_llm.url, **PROVIDER)
     request_id = uuid.uuid4().hex
     assert failing_turn(server.url, request_id) == 502
     found = lines_of(server, request_id, 2)
@@ -118,9 +128,9 @@ def test_json_logs_carry_the_request_id_on_every_line_of_a_request(gunicorn, fak
     assert "hello" not in "".join(found)  # never the message text
 
 
-def test_text_logs_are_for_people_and_carry_the_request_id(gunicorn, fake_llm):
+def test_text_logs_are_for_people_and_carry_the_request_id(served, fake_llm):
     fake_llm.script(*[fail(500)] * 4)
-    server = gunicorn(LOG_FORMAT="text", LOG_LEVEL="INFO", OPENAI_BASE_URL=fake_llm.url, **PROVIDER)
+    server = served(LOG_FORMAT="text", LOG_LEVEL="INFO", OPENAI_BASE_URL=fake_llm.url, **PROVIDER)
     request_id = uuid.uuid4().hex
     assert failing_turn(server.url, request_id) == 502
     found = lines_of(server, request_id, 2)

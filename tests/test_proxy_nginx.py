@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require_service
+from conftest import empty_tables, require_service
 from fakellm import say
 from helpers import free_port, get
+from sqlalchemy import create_engine
 
 from chatsvc.config import Config
 
@@ -39,6 +40,14 @@ def site(backend_port: int, port: int) -> str:
     return text.replace(UPSTREAM, f"server 127.0.0.1:{backend_port};").replace(
         LISTEN, f"listen 127.0.0.1:{port};"
     )
+
+
+@pytest.fixture
+def served(gunicorn, database_url: str):
+    """The gunicorn fixture; what its requests stored is deleted after the test, so the tests
+    after this one start from an empty database, as make_app's do."""
+    yield gunicorn
+    empty_tables(create_engine(database_url))
 
 
 @pytest.fixture
@@ -99,8 +108,8 @@ def access_lines(server, path_template: str) -> list[dict]:
     return lines
 
 
-def test_a_slow_clients_body_reaches_chatsvc_only_when_complete(gunicorn, nginx):
-    server = gunicorn(LOG_LEVEL="INFO", LOG_FORMAT="json")
+def test_a_slow_clients_body_reaches_chatsvc_only_when_complete(served, nginx):
+    server = served(LOG_LEVEL="INFO", LOG_FORMAT="json")
     url = nginx(int(server.url.rsplit(":", 1)[1]))
     port = int(url.rsplit(":", 1)[1])
     body = json.dumps({"message": "add a task to buy slow milk"}).encode()
@@ -128,9 +137,9 @@ def test_a_slow_clients_body_reaches_chatsvc_only_when_complete(gunicorn, nginx)
     assert entries[-1]["duration_ms"] < 500, entries[-1]
 
 
-def test_sse_passes_through_the_proxy_event_by_event(gunicorn, nginx, fake_llm):
+def test_sse_passes_through_the_proxy_event_by_event(served, nginx, fake_llm):
     fake_llm.script(say("one two three four five six seven eight", chunk_delay=0.3))
-    server = gunicorn(
+    server = served(
         AGENT_PROVIDER="openai", OPENAI_BASE_URL=fake_llm.url, OPENAI_API_KEY="sk-test",
         AGENT_MAX_RETRIES="0",
     )  # fmt: skip
@@ -221,8 +230,8 @@ def test_websocket_upgrade_and_forwarded_for_reach_the_backend(nginx, path):
         backend.close()
 
 
-def test_plain_requests_reach_chatsvc_with_keepalive_not_upgrade(gunicorn, nginx):
-    server = gunicorn()
+def test_plain_requests_reach_chatsvc_with_keepalive_not_upgrade(served, nginx):
+    server = served()
     url = nginx(int(server.url.rsplit(":", 1)[1]))
     assert get(url + "/health") == 200
     assert get(url + "/api/alice/tasks") == 200
