@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import empty_tables
 from fakes import ScriptedAgent
 from helpers import age, ok, turn_in_flight
 from prometheus_client.parser import text_string_to_metric_families
 
 from chatsvc.agent.base import UpstreamError, UpstreamTimeout
+from chatsvc.db import database
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 SELECTOR = re.compile(r"\b(chatsvc_[a-z0-9_]+)\b(?:\{([^}]*)\})?")
@@ -145,6 +147,7 @@ def test_streams_in_flight_while_a_stream_is_open(make_app):
 def test_pending_and_stuck_turns_are_read_from_the_database(make_app):
     agent = ScriptedAgent()
     app = make_app({"TURN_STALE_SECONDS": 60}, agent=agent)
+    empty_tables(database(app).engine)  # turns other tests' servers left behind count too
     client = app.test_client()
     conversation = ok(client.post("/api/alice/chat", json={"message": "start"}))["conversation_id"]
     assert sample(client, "chatsvc_turns_pending") == 0
