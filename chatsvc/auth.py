@@ -9,6 +9,7 @@ from typing import Any
 import jwt
 from flask import current_app, g, request
 
+from .config import accepted_secrets
 from .db import utcnow
 from .errors import ApiError, Forbidden, NotFound, Unauthorized
 from .services.conversations import SESSION, Access
@@ -38,7 +39,7 @@ def _verify(header: str) -> dict[str, Any]:
     try:
         decoded = jwt.decode(
             token.strip(),
-            config["JWT_SECRET"],
+            signing_key(token.strip(), config),
             algorithms=[ALGORITHM],
             issuer=config["JWT_ISSUER"] or None,
             audience=config["JWT_AUDIENCE"] or None,
@@ -132,3 +133,20 @@ def create_token(
     if audience:
         payload["aud"] = audience
     return jwt.encode(payload, secret, algorithm=ALGORITHM)
+
+
+def signing_key(token: str, config: Any) -> str:
+    """The accepted key that signed the token: JWT_SECRET, or one of JWT_SECRETS during a
+    rollover. JWT_SECRET when none did (or the token is malformed), so that verifying with it
+    says why the token is not valid. With one key there is nothing to try."""
+    keys = accepted_secrets(config)
+    if len(keys) > 1:
+        for key in keys:
+            try:
+                jwt.api_jws.decode_complete(token, key, algorithms=[ALGORITHM])
+            except jwt.InvalidSignatureError:
+                continue
+            except jwt.PyJWTError:
+                break
+            return key
+    return config["JWT_SECRET"]

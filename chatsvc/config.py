@@ -19,6 +19,7 @@ class Config:
 
     CHATSVC_ENV = "development"
     LOG_LEVEL = "INFO"
+    LOG_FORMAT = "text"  # `json` (one object a line, for collectors) or `text` (for people)
 
     # Storage. An empty DATABASE_URL means a SQLite file in the instance folder.
     DATABASE_URL = ""
@@ -45,6 +46,7 @@ class Config:
     # Auth.
     AUTH_MODE = "optional"
     JWT_SECRET = ""
+    JWT_SECRETS = ""  # more accepted HS256 keys, comma-separated: the old one during a rollover
     JWT_ISSUER = ""
     JWT_AUDIENCE = ""
     ALLOW_ANONYMOUS_SESSIONS = True
@@ -102,6 +104,11 @@ class Config:
                 parse_many(settings[name])
             except ValueError as exc:
                 raise ConfigError(f"{name}: {exc}") from None
+        if settings["LOG_FORMAT"] not in {"json", "text"}:
+            raise ConfigError("LOG_FORMAT must be 'json' or 'text'")
+        rollover = [key.strip() for key in settings["JWT_SECRETS"].split(",") if key.strip()]
+        if any(len(key.encode()) < 32 for key in rollover):
+            raise ConfigError("every key in JWT_SECRETS must be at least 32 bytes")
 
 
 class TestConfig(Config):
@@ -110,6 +117,7 @@ class TestConfig(Config):
     CHATSVC_ENV = "testing"
     TESTING = True
     LOG_LEVEL = "WARNING"
+    LOG_FORMAT = "json"
     # Most tests send many requests; the rate-limit tests enable limits explicitly.
     RATELIMIT_ENABLED = False
 
@@ -118,6 +126,7 @@ class ProductionConfig(Config):
     """Safe production defaults: everything that must be decided is refused when missing."""
 
     CHATSVC_ENV = "production"
+    LOG_FORMAT = "json"
     AUTH_MODE = "required"
     ALLOW_ANONYMOUS_SESSIONS = False
     CORS_ORIGINS = ""  # a deployment names its frontends
@@ -148,6 +157,13 @@ def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     settings = profile.from_env(environ)
     profile.validate(settings)
     return settings
+
+
+def accepted_secrets(settings: Mapping[str, Any]) -> list[str]:
+    """The HS256 keys a token may be signed with: JWT_SECRET (which signs new tokens) first,
+    then JWT_SECRETS (the previous key while tokens signed with it are still in use)."""
+    keys = [settings["JWT_SECRET"], *settings.get("JWT_SECRETS", "").split(",")]
+    return list(dict.fromkeys(key.strip() for key in keys if key.strip()))
 
 
 def _parse(name: str, raw: str, default: Any) -> Any:

@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, has_app_context, request
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -21,8 +21,9 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from sqlalchemy import event
+from sqlalchemy import event, func, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 access_log = logging.getLogger("chatsvc.access")
@@ -61,6 +62,29 @@ RATE_LIMIT_STORAGE_ERRORS = Counter(
     "Rate-limit storage failures; the limiter then counts in memory (fails open).",
 )
 
+# What deploy/prometheus/alerts.yml and deploy/grafana/chatsvc.json need beyond the above.
+AGENT_FAILURES = Counter(
+    "chatsvc_agent_failures_total",
+    "Turns the agent failed, by error code (upstream_timeout, upstream_error, ...).",
+    ["code"],
+)
+DB_POOL_CAPACITY = Gauge(
+    "chatsvc_db_pool_capacity", "Connections the pools may hold (size plus overflow).",
+    multiprocess_mode="livesum",
+)  # fmt: skip
+STREAMS_IN_FLIGHT = Gauge(
+    "chatsvc_streams_in_flight", "SSE responses being streamed now.", multiprocess_mode="livesum"
+)
+TURNS_PENDING = Gauge(
+    "chatsvc_turns_pending", "Turns pending in the database (read at each scrape).",
+    multiprocess_mode="livemax",
+)  # fmt: skip
+TURNS_STUCK = Gauge(
+    "chatsvc_turns_stuck",
+    "Turns pending for longer than TURN_STALE_SECONDS (a crashed worker; read at each scrape).",
+    multiprocess_mode="livemax",
+)
+
 
 class _CountStorageErrors(logging.Filter):
     """flask-limiter reports a storage failure only in its log: each one is counted."""
@@ -69,6 +93,23 @@ class _CountStorageErrors(logging.Filter):
         if record.levelno >= logging.WARNING:
             RATE_LIMIT_STORAGE_ERRORS.inc()
         return True
+
+
+# Tracing (issue 19, later) sets this to a function of no arguments returning the current
+# span's trace id (or None); every log line of a request then carries `trace_id` too.
+trace_id_hook: Any = None
+
+
+def log_context() -> dict[str, str]:
+    """The ids that tie a log line to its request: `request_id`, and `trace_id` when traced."""
+    context: dict[str, str] = {}
+    if has_app_context() and g.get("request_id"):  # set by each request's before_request
+        context["request_id"] = g.request_id
+    if trace_id_hook is not None:
+        trace_id = trace_id_hook()
+        if trace_id:
+            context["trace_id"] = trace_id
+    return context
 
 
 class JsonFormatter(logging.Formatter):
@@ -80,6 +121,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
         }
+        entry.update(log_context())  # formatted in the thread that logged
         fields = getattr(record, "fields", None)
         if fields:
             entry.update(fields)
@@ -90,22 +132,50 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class TextFormatter(logging.Formatter):
+    """For people at a terminal (LOG_FORMAT=text): time, level, logger, message, key=value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = {**log_context(), **(getattr(record, "fields", None) or {})}
+        message = "" if getattr(record, "fields", None) else record.getMessage()
+        line = " ".join(
+            part
+            for part in (
+                self.formatTime(record, "%H:%M:%S") + f".{int(record.msecs):03d}",
+                f"{record.levelname:<7}",
+                record.name,
+                message,
+                " ".join(f"{key}={value}" for key, value in fields.items() if value is not None),
+            )
+            if part
+        )
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+FORMATTERS: dict[str, type[logging.Formatter]] = {"json": JsonFormatter, "text": TextFormatter}
+
+
 def init_app(app: Flask) -> None:
-    _configure_logging(app.config["LOG_LEVEL"])
+    _configure_logging(app.config["LOG_LEVEL"], app.config.get("LOG_FORMAT", "json"))
     app.before_request(_start)
     app.after_request(_finish)
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, log_format: str = "json") -> None:
     for name in LOGGERS:
         root = logging.getLogger(name)
         root.setLevel(level)
-        if not any(getattr(h, "_chatsvc", False) for h in root.handlers):
+        ours = [h for h in root.handlers if getattr(h, "_chatsvc", False)]
+        if not ours:
             handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(JsonFormatter())
             handler._chatsvc = True  # type: ignore[attr-defined]
             root.addHandler(handler)
             root.propagate = False
+            ours = [handler]
+        for handler in ours:
+            handler.setFormatter(FORMATTERS[log_format]())
     limiter_log = logging.getLogger("flask-limiter")
     if not any(isinstance(f, _CountStorageErrors) for f in limiter_log.filters):
         limiter_log.addFilter(_CountStorageErrors())
@@ -144,6 +214,9 @@ def _finish(response: Response) -> Response:
         response.headers["Server-Timing"] = ", ".join(
             f"{name};dur={value:.1f}" for name, value in server_timing(timings).items()
         )
+    if response.mimetype == "text/event-stream" and response.is_streamed:
+        STREAMS_IN_FLIGHT.inc()
+        response.call_on_close(STREAMS_IN_FLIGHT.dec)
     _log_access(response)
     return response
 
@@ -178,6 +251,8 @@ def record_turn(result: Any, tools: list[str]) -> None:
     TOKENS.labels(model, "completion").inc(usage.get("completion_tokens", 0))
     for tool in tools:
         TOOL_CALLS.labels(tool).inc()
+    if result.status == "failed" and result.error_code:
+        record_failure(result.error_code)
 
 
 def watch_pool(engine: Engine) -> None:
@@ -200,12 +275,45 @@ def watch_pool(engine: Engine) -> None:
 
     event.listen(engine, "checkout", checkout)
     event.listen(engine, "checkin", checkin)
+    size = getattr(engine.pool, "size", None)
+    if callable(size):  # QueuePool: its size plus the overflow it may open (one app a process)
+        DB_POOL_CAPACITY.set(size() + max(getattr(engine.pool, "_max_overflow", 0), 0))
 
 
 def metrics_text() -> bytes:
     """The Prometheus exposition of this instance: every worker's counts when multiprocess."""
+    _read_turn_gauges()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry)
     return generate_latest(REGISTRY)
+
+
+def _read_turn_gauges() -> None:
+    """Pending and stuck turns, from the database at scrape time (every worker sees the same)."""
+    from datetime import timedelta
+
+    from .db import database, utcnow
+    from .models import Message
+
+    if not has_app_context():
+        return
+    stale = utcnow() - timedelta(seconds=current_app.config["TURN_STALE_SECONDS"])
+    pending = Message.status == "pending"
+    query = select(
+        func.count().filter(pending), func.count().filter(pending, Message.created_at < stale)
+    ).select_from(Message)
+    try:
+        with database(current_app).engine.connect() as connection:
+            total, stuck = connection.execute(query).one()
+    except SQLAlchemyError:  # /metrics answers with the database down; the gauges keep their value
+        logging.getLogger("chatsvc").warning("metrics: cannot count pending turns")
+        return
+    TURNS_PENDING.set(total)
+    TURNS_STUCK.set(stuck)
+
+
+def record_failure(code: str) -> None:
+    """A failed turn's error code (upstream_timeout, upstream_error, ...), for the alerts."""
+    AGENT_FAILURES.labels(code).inc()

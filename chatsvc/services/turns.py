@@ -109,6 +109,7 @@ class TurnResult:
     created_at: datetime
     context: Context
     timings: dict[str, float] = field(default_factory=dict)
+    error_code: str | None = None  # why a failed turn failed
 
 
 @dataclass(frozen=True)
@@ -356,7 +357,7 @@ class TurnEngine:
             conversation_id=pending.started.conversation_id, message_id=message_id,
             kind=pending.started.kind, text=reply.text, tool_calls=tool_calls, sources=sources,
             usage=usage, model=reply.model, status=str(status), created_at=now,
-            context=pending.context, timings=pending.timings,
+            context=pending.context, timings=pending.timings, error_code=error_code,
         )  # fmt: skip
         if self._observe is not None:
             self._observe(result, [call.tool for call in reply.tool_calls])
