@@ -10,7 +10,7 @@ from flask_smorest import Api
 
 from . import agent as agents
 from . import api as rest
-from . import cli, db, errors, extensions, observability
+from . import cli, db, errors, extensions, observability, schemas
 from . import config as settings
 from .agent.base import Agent
 from .api import docs
@@ -39,7 +39,9 @@ def create_app(config: dict[str, Any] | None = None, *, agent: Agent | None = No
     migrate.init_app(app, db.database(app), directory=MIGRATIONS)
     agents.init_app(app, agent)
     rest.init_app(app)
-    _register_blueprints(Api(app))  # flask-smorest keeps one spec per Api: one Api per app
+    api = Api(app)  # flask-smorest keeps one spec per Api: one Api per app
+    schemas.document_running_limits(api, app.config)
+    _register_blueprints(api)
     app.register_blueprint(docs.bp)
     errors.register(app)
     cli.init_app(app)

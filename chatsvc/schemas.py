@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import current_app
+from flask.json.provider import DefaultJSONProvider
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from .config import Config
@@ -21,6 +24,61 @@ def no_control_chars(text: str) -> None:
         raise ValidationError(
             "Control characters (other than tab, CR and LF) and lone surrogates are not allowed."
         )
+
+
+# Strict JSON, both ways ------------------------------------------------------------------
+
+MAX_JSON_DEPTH = 32  # objects and arrays within each other in a request body
+MAX_JSON_INT = 2**63 - 1  # integers fit in 64 bits (and far below Python's 4,300-digit limit)
+
+
+def _strict_int(text: str) -> int:
+    if len(text.lstrip("-")) > 19 or abs(value := int(text)) > MAX_JSON_INT:
+        raise ValueError("an integer is out of range (64 bits)")
+    return value
+
+
+def _strict_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 reads as inf
+        raise ValueError("a number is out of range")
+    return value
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _check_depth(value: Any) -> None:
+    """Iteratively: a recursive walk is what a deep document breaks."""
+    level = [value]
+    for _ in range(MAX_JSON_DEPTH + 1):
+        level = [
+            child
+            for item in level
+            if isinstance(item, dict | list)
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+        if not level:
+            return
+    raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+
+
+class StrictJSONProvider(DefaultJSONProvider):
+    """RFC 8259 JSON only: NaN and Infinity are neither read nor written (Python's json does
+    both by default, and a stored NaN made every later list invalid JSON), numbers must fit
+    (64-bit integers, finite doubles), and bodies nest at most MAX_JSON_DEPTH deep."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        value = json.loads(
+            s, parse_int=_strict_int, parse_float=_strict_float, parse_constant=_no_constant,
+            **kwargs,
+        )  # fmt: skip
+        _check_depth(value)
+        return value
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return super().dumps(obj, **{"allow_nan": False, **kwargs})
 
 
 class UTCDateTime(fields.DateTime):
@@ -58,6 +116,18 @@ class ChatText(fields.String):
         if not 1 <= len(text) <= limit:
             raise ValidationError(f"Length must be between 1 and {limit}.")
         return text
+
+
+def document_running_limits(api: Any, config: Any) -> None:
+    """/openapi.json states the limits this instance enforces (MAX_MESSAGE_CHARS as set), not
+    the class defaults. Call before the blueprints are registered."""
+
+    def running_limits(converter: Any, field: fields.Field, **kwargs: Any) -> dict[str, Any]:
+        if isinstance(field, ChatText):
+            return {"maxLength": config["MAX_MESSAGE_CHARS"]}
+        return {}
+
+    api.ma_plugin.converter.add_attribute_function(running_limits)
 
 
 class Title(fields.String):
