@@ -81,10 +81,10 @@ def _known_path_and_query() -> None:
     """A path id no service could have made (a NUL byte, a control character: PostgreSQL
     refuses NUL outright) is unknown: 404. A query parameter the route does not document is
     422, naming it: a filter silently ignored would be a lie. So is a NUL in a value."""
-    if request.url_rule is None or not request.path.startswith("/api/"):
+    if request.url_rule is None:
         return
     for value in (request.view_args or {}).values():
-        if isinstance(value, str) and not value.isprintable():
+        if isinstance(value, str) and not value.isprintable() and request.path.startswith("/api/"):
             raise NotFound("The resource does not exist.")
     known = _documented_query(current_app.view_functions.get(request.endpoint))
     if known is None or request.method == "OPTIONS":
