@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -73,10 +74,11 @@ def make_limiter() -> Limiter:
 
 
 class _TimedInput:
-    """A request body that must arrive by a deadline. Under gunicorn each read waits on the
-    client's socket at most until the deadline (gevent makes the wait cooperative); a read
-    that misses it raises 408. Elsewhere (no socket to bound) the deadline is checked between
-    reads."""
+    """A request body that must arrive by a deadline. Under gunicorn's gevent workers a read
+    is cut off at the deadline by a gevent.Timeout: gunicorn's own read loops until it has
+    what it asked for, so a client trickling a byte at a time would defeat a per-recv socket
+    timeout. Under other workers the client's socket waits at most until the deadline on each
+    receive; without a socket (the development server) the deadline is checked between reads."""
 
     def __init__(self, stream: Any, deadline: float, sock: Any) -> None:
         self._stream, self._deadline, self._sock = stream, deadline, sock
@@ -85,6 +87,11 @@ class _TimedInput:
         remaining = self._deadline - time.monotonic()
         if remaining <= 0:
             raise RequestTimeout()
+        if _cooperative():
+            import gevent
+
+            with gevent.Timeout(remaining, RequestTimeout()):
+                return read(*args)
         if self._sock is None:
             return read(*args)
         previous = self._sock.gettimeout()
@@ -107,6 +114,12 @@ class _TimedInput:
 
     def __iter__(self) -> Iterable[bytes]:
         return iter(self.readline, b"")
+
+
+def _cooperative() -> bool:
+    """gevent has patched the socket module (gunicorn.conf.py does, for its gevent workers)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("socket")
 
 
 class BodyDeadline:
