@@ -108,11 +108,6 @@ def limit_key() -> str:
     return key
 
 
-def session_digest(session_id: str) -> str:
-    """A short, stable stand-in for a session id where one must be correlated (logs)."""
-    return hashlib.sha256(session_id.encode()).hexdigest()[:12]
-
-
 def check_early() -> None:
     """The caller's right to the route, checked before the body is read: a request without a
     valid token where one is needed is 401 at once, whatever its Content-Length. The views
