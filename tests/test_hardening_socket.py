@@ -147,7 +147,7 @@ def trickle(url: str, path: str, stop_after: float) -> Answer:
 
 def test_a_body_that_trickles_is_408_and_others_are_served_meanwhile(gunicorn):
     server = gunicorn(BODY_TIMEOUT_SECONDS="1.5", RATELIMIT_ENABLED="false")
-    slow = 40
+    slow = 120
     with ThreadPoolExecutor(max_workers=slow) as pool:
         trickling = [
             pool.submit(trickle, server.url, path, 20)
@@ -161,7 +161,7 @@ def test_a_body_that_trickles_is_408_and_others_are_served_meanwhile(gunicorn):
             lively.append(answer.seconds)
             assert answer.status == 200
         answers = [future.result(timeout=30) for future in trickling]
-    assert max(lively) < 1.0, lively
+    assert max(lively) < 2.0, lively  # before: /health/live timed out
     for answer in answers:
         assert answer.status == 408, answer
         assert answer.problem()["code"] == "request_timeout"
