@@ -203,7 +203,7 @@ def document(metadata: str, title: str = "odd") -> str:
 
 
 @pytest.mark.parametrize("number", NON_FINITE + HUGE)
-def test_numbers_that_are_not_finite_or_do_not_fit_are_400_everywhere(client, number):
+def test_numbers_that_are_not_finite_or_do_not_fit_are_400_everywhere(client, number, caplog):
     bodies = {
         "/api/documents": document(f'{{"n": {number}}}'),
         "/api/alice/tasks": f'{{"title": "t", "description": "d", "x": {number}}}',
@@ -211,9 +211,11 @@ def test_numbers_that_are_not_finite_or_do_not_fit_are_400_everywhere(client, nu
         "/api/chat": f'{{"message": {number}}}',
     }
     for path, body in bodies.items():
-        response = client.post(path, data=body, content_type="application/json")
+        with caplog.at_level(logging.ERROR, logger="chatsvc"):
+            response = client.post(path, data=body, content_type="application/json")
         problem = assert_problem(response, 400, "bad_request")
         assert "JSON" in problem["detail"]
+    assert not caplog.records  # no traceback either
     listed = client.get("/api/documents")
     assert strict(listed.get_data(as_text=True))["items"] == []  # nothing was stored
 
@@ -432,6 +434,7 @@ def test_undocumented_query_parameters_are_422_naming_them(client, path, unknown
     rest = ok(client.get("/api/alice/tasks", query_string={"cursor": page["next_cursor"]}))
     assert [task["title"] for task in rest["items"]] == ["two"]
     ok(client.get("/api/documents", query_string={"limit": 3}))
+    assert client.get("/demo", query_string={"api": "http://127.0.0.1:8000"}).status_code == 200
 
 
 def test_openapi_states_the_running_message_limit(make_app):
