@@ -76,6 +76,7 @@ def _text(content_type: str, description: str) -> dict[str, Any]:
 
 @bp.get("/metrics")
 @bp.doc(**_text("text/plain", "Prometheus text exposition format."))
+@problems(bp, 401)
 def metrics() -> Response:
     """Prometheus metrics: requests, latency, agent time, tokens, tool calls, rate limiting."""
     _require_metrics_token()
