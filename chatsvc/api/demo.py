@@ -8,6 +8,8 @@ from flask import Response, current_app
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
+from . import problems
+
 bp = Blueprint("demo", __name__, description="The demo chat page.")
 
 PAGE = {"type": "string", "description": "The demo page (HTML)."}
@@ -22,6 +24,7 @@ class DemoArgsSchema(Schema):
 @bp.get("/demo")
 @bp.arguments(DemoArgsSchema, location="query")
 @bp.response(200, PAGE, content_type="text/html")
+@problems(bp, 422)
 def page(args: dict[str, Any]) -> Response:
     """The demo chat page: pick a user or a session, chat, watch tool calls and citations."""
     response = current_app.send_static_file("demo/index.html")
