@@ -8,6 +8,7 @@ before gunicorn loads the app (and the app is not preloaded).
 import gc
 import glob
 import json
+import logging
 import os
 import tempfile
 import uuid
@@ -106,6 +107,23 @@ def _write_problem(sock, status_int, reason, mesg):
 
 # The workers answer refused requests through gunicorn.util.write_error (workers/base.py).
 gunicorn.util.write_error = _write_problem
+
+
+class _NoRequestDetails(logging.Filter):
+    """gunicorn logs a refused request with what it sent ("Invalid HTTP request line:
+    '/api/session/<id> …'") and an application failure with its URI: a session id is a
+    capability and stays out of the log. The client's address and the kind of error remain."""
+
+    def filter(self, record):
+        message = record.getMessage()
+        if message.startswith("Invalid request from ip="):
+            record.msg, record.args = message.split(": ", 1)[0] + ": refused (not logged)", ()
+        elif message.startswith("Error handling request"):
+            record.msg, record.args = "Error handling request (URI not logged)", ()
+        return True
+
+
+logging.getLogger("gunicorn.error").addFilter(_NoRequestDetails())
 
 
 # Allocations between young collections (CPython's default is 700). See post_worker_init.

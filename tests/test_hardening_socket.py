@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -97,6 +98,16 @@ def test_what_gunicorn_refuses_is_a_problem_body(gunicorn):
         assert problem["code"] == (code or problem["code"])
         assert answer.headers["x-content-type-options"] == "nosniff"
         assert b"aaaa" not in answer.body and b"Bad Header" not in answer.body  # no echo
+    # A refused request line naming a session (a capability) is not written to the log.
+    session = uuid.uuid4().hex
+    line = f"GET /api/session/{session}\x7f HTTP/1.1\r\nHost: x\r\n\r\n"  # DEL: not a target
+    answer = exchange(server.url, line.encode())
+    assert answer.status == 400 and answer.problem()["code"] == "bad_request"
+    deadline = time.monotonic() + 5
+    while "Invalid request from" not in server.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = server.log.read_text()
+    assert "Invalid request from" in log and session not in log
 
 
 # Finding 4: the token before the body; a body that does not arrive in time is 408 --------
