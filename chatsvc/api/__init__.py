@@ -72,8 +72,8 @@ def body_limit(setting: str) -> Callable[[Any], Any]:
 
 def init_app(app: Flask) -> None:
     app.json = StrictJSONProvider(app)
+    app.before_request(auth.check_early)  # the token first, and before the body
     app.before_request(_known_path_and_query)
-    app.before_request(auth.check_early)  # the token before the body
     app.before_request(_require_json)
 
 

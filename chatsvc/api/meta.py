@@ -31,6 +31,7 @@ class HealthSchema(Schema):
 
 @bp.get("/")
 @bp.response(200, IndexSchema)
+@problems(bp, 422)
 def index() -> dict[str, Any]:
     """The service's name, version and where its documentation lives."""
     return {
@@ -47,7 +48,7 @@ def index() -> dict[str, Any]:
 
 @bp.get("/health")
 @bp.response(200, HealthSchema)
-@problems(bp, 503)
+@problems(bp, 422, 503)
 def health() -> dict[str, Any]:
     """Ready: the database answers."""
     try:
@@ -61,6 +62,7 @@ def health() -> dict[str, Any]:
 
 @bp.get("/health/live")
 @bp.response(200, HealthSchema)
+@problems(bp, 422)
 def live() -> dict[str, Any]:
     """Live: the process serves requests."""
     return {"status": "ok", "checks": {}}
@@ -76,7 +78,7 @@ def _text(content_type: str, description: str) -> dict[str, Any]:
 
 @bp.get("/metrics")
 @bp.doc(**_text("text/plain", "Prometheus text exposition format."))
-@problems(bp, 401)
+@problems(bp, 401, 422)
 def metrics() -> Response:
     """Prometheus metrics: requests, latency, agent time, tokens, tool calls, rate limiting."""
     _require_metrics_token()
@@ -98,6 +100,7 @@ def _require_metrics_token() -> None:
 
 @bp.get("/docs")
 @bp.doc(**_text("text/html", "Swagger UI for /openapi.json."))
+@problems(bp, 422)
 def swagger_ui() -> Response:
     """Interactive API documentation (Swagger UI), served from local assets."""
     return docs.page()
