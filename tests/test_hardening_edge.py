@@ -435,6 +435,12 @@ def test_undocumented_query_parameters_are_422_naming_them(client, path, unknown
     assert [task["title"] for task in rest["items"]] == ["two"]
     ok(client.get("/api/documents", query_string={"limit": 3}))
     assert client.get("/demo", query_string={"api": "http://127.0.0.1:8000"}).status_code == 200
+    # Every operation documents the 422 it answers an undocumented parameter with.
+    spec = client.get("/openapi.json").json
+    for path_template, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if method != "parameters":
+                assert "422" in operation["responses"], (method, path_template)
 
 
 def test_openapi_states_the_running_message_limit(make_app):
