@@ -6,12 +6,17 @@ before gunicorn loads the app (and the app is not preloaded).
 """
 
 import glob
+import json
+import logging
 import os
 import tempfile
+import uuid
 
 from gevent import monkey
 
 monkey.patch_all()
+
+import gunicorn.util  # noqa: E402  (after the monkey-patch, like everything else)
 
 
 # Prometheus multiprocess mode: each worker writes its samples under this directory and
@@ -42,7 +47,62 @@ control_socket_disable = True
 accesslog = None  # the app writes one JSON access line per request
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
-forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# Forwarding headers (X-Forwarded-*, and SCRIPT_NAME, which becomes part of every URL the app
+# builds) are trusted only from the proxies the operator names; none by default (gunicorn's
+# own default trusts 127.0.0.1, i.e. any local client).
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "")
+
+
+# What gunicorn refuses before the app runs (request line over limit_request_line: 414,
+# headers over their limits: 431, malformed HTTP: 400) is answered with the contract's
+# problem body, not gunicorn's HTML page. Its own message (which may quote the request line)
+# stays out: a fixed detail per status.
+_PROBLEMS = {
+    400: ("bad_request", "The request is not valid HTTP."),
+    403: ("forbidden", "The request is not allowed."),
+    414: ("uri_too_long", "The request line is longer than this service accepts."),
+    417: ("expectation_failed", "This service supports no expectation but 100-continue."),
+    431: ("headers_too_large", "The request's header fields are larger than this service accepts."),
+    500: ("internal_error", "The server failed to answer this request."),
+    501: ("not_implemented", "The request uses a transfer coding this service does not support."),
+}
+
+
+def _write_problem(sock, status_int, reason, mesg):
+    code, detail = _PROBLEMS.get(status_int, ("bad_request", "The request is not valid HTTP."))
+    request_id = uuid.uuid4().hex
+    body = json.dumps(
+        {"type": "about:blank", "title": reason, "status": status_int, "code": code,
+         "detail": detail, "request_id": request_id}
+    ).encode()  # fmt: skip
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/problem+json\r\nContent-Length: {len(body)}\r\n"
+        f"X-Request-ID: {request_id}\r\nX-Content-Type-Options: nosniff\r\n"
+        "Referrer-Policy: no-referrer\r\n\r\n"
+    )
+    gunicorn.util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+# The workers answer refused requests through gunicorn.util.write_error (workers/base.py).
+gunicorn.util.write_error = _write_problem
+
+
+class _NoRequestDetails(logging.Filter):
+    """gunicorn logs a refused request with what it sent ("Invalid HTTP request line:
+    '/api/session/<id> …'") and an application failure with its URI: a session id is a
+    capability and stays out of the log. The client's address and the kind of error remain."""
+
+    def filter(self, record):
+        message = record.getMessage()
+        if message.startswith("Invalid request from ip="):
+            record.msg, record.args = message.split(": ", 1)[0] + ": refused (not logged)", ()
+        elif message.startswith("Error handling request"):
+            record.msg, record.args = "Error handling request (URI not logged)", ()
+        return True
+
+
+logging.getLogger("gunicorn.error").addFilter(_NoRequestDetails())
 
 
 def post_worker_init(worker):

@@ -9,7 +9,7 @@ from flask import Flask
 from flask_smorest import Api
 
 from . import api as rest
-from . import cli, db, errors, extensions, observability
+from . import cli, db, errors, extensions, observability, schemas
 from . import config as settings
 from .agent import build_agent
 from .agent.base import Agent
@@ -45,7 +45,9 @@ def create_app(config: dict[str, Any] | None = None, *, agent: Agent | None = No
         observe=observability.record_turn,
     )
     rest.init_app(app)
-    _register_blueprints(Api(app))  # flask-smorest keeps one spec per Api: one Api per app
+    api = Api(app)  # flask-smorest keeps one spec per Api: one Api per app
+    schemas.document_running_limits(api, app.config)
+    _register_blueprints(api)
     app.register_blueprint(docs.bp)
     errors.register(app)
     cli.init_app(app)

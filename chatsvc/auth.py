@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import timedelta
 from typing import Any
@@ -14,7 +15,9 @@ from .db import utcnow
 from .errors import ApiError, Forbidden, NotFound, Unauthorized
 from .services.conversations import SESSION, Access
 
-USER_ID = re.compile(r"^(?!(?:chat|session|documents)$)[A-Za-z0-9._@:-]{1,128}$")
+# Anchored with \Z, not `$`: `$` also matches before a final newline, so "alice\n" was a user
+# of its own. Whole-string, whichever of match/fullmatch a caller uses.
+USER_ID = re.compile(r"^(?!(?:chat|session|documents)\Z)[A-Za-z0-9._@-]{1,128}\Z")
 ALGORITHM = "HS256"
 
 
@@ -49,9 +52,26 @@ def _verify(header: str) -> dict[str, Any]:
         raise Unauthorized("The token has expired.") from None
     except jwt.PyJWTError:
         raise Unauthorized("The token is not valid.") from None
-    if not isinstance(decoded.get("sub"), str) or not USER_ID.match(decoded["sub"]):
+    if not isinstance(decoded.get("sub"), str) or not USER_ID.fullmatch(decoded["sub"]):
         raise Unauthorized("The token's subject is not a valid user id.")
+    _check_lifetime(decoded, config["JWT_MAX_LIFETIME_SECONDS"])
     return decoded
+
+
+def _check_lifetime(decoded: dict[str, Any], longest: int) -> None:
+    """With JWT_MAX_LIFETIME_SECONDS set, a token must say when it was issued (`iat`), and
+    live no longer than that (`exp - iat`): a stolen year-long token is refused."""
+    if not longest:
+        return
+    issued, expires = decoded.get("iat"), decoded.get("exp")
+    if not _is_number(issued) or not _is_number(expires):
+        raise Unauthorized("The token must carry numeric 'iat' and 'exp' claims.")
+    if expires - issued > longest:
+        raise Unauthorized(f"The token lives longer than {longest} seconds.")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def caller_id() -> str | None:
@@ -77,9 +97,38 @@ def caller_key() -> str:
     return f"addr:{request.remote_addr}"
 
 
+def limit_key() -> str:
+    """The rate limiter's caller: `caller_key`, except that chat without a token counts by
+    client address unless the path's user is trusted (a new or made-up session id buys no
+    fresh budget), and a session id (a capability: the limiter logs its keys) is hashed."""
+    key = caller_key()
+    if key.startswith("session:"):
+        if request.method == "POST" and request.blueprint == "chat":
+            return f"addr:{request.remote_addr}"
+        return "session:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    return key
+
+
+def check_early() -> None:
+    """The caller's right to the route, checked before the body is read: a request without a
+    valid token where one is needed is 401 at once, whatever its Content-Length. The views
+    check again (cached); this runs the same checks, chosen by the route's blueprint."""
+    if request.url_rule is None or request.method == "OPTIONS":
+        return
+    path = request.view_args or {}
+    if "user_id" in path:
+        user_for_path(path["user_id"])
+    elif request.blueprint in ("chat", "sessions"):
+        session_access()
+    elif request.blueprint == "documents":
+        require_reader() if request.method == "GET" else require_admin()
+    elif request.path.startswith("/api/"):
+        claims()
+
+
 def user_for_path(user_id: str) -> str:
     """The path's user, if well formed (else 404) and the caller may act for them (401/403)."""
-    if not USER_ID.match(user_id):
+    if not USER_ID.fullmatch(user_id):
         raise NotFound("The resource does not exist.")
     subject = caller_id()
     if subject is None and current_app.config["AUTH_MODE"] == "required":

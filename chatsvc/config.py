@@ -50,6 +50,7 @@ class Config:
     JWT_ISSUER = ""
     JWT_AUDIENCE = ""
     ALLOW_ANONYMOUS_SESSIONS = True
+    JWT_MAX_LIFETIME_SECONDS = 0  # 0: any lifetime; else tokens whose exp - iat is longer -> 401
 
     # The edge: rate limits, idempotency, CORS, proxies.
     RATELIMIT_ENABLED = True
@@ -59,6 +60,9 @@ class Config:
     IDEMPOTENCY_TTL_SECONDS = 86400
     CORS_ORIGINS = "http://localhost:3000,http://localhost:5173"
     PROXY_FIX_X_FOR = 0  # how many proxies in front set X-Forwarded-For (0: trust none)
+    BODY_TIMEOUT_SECONDS = 10.0  # a request body must arrive within this, else 408
+    HSTS_SECONDS = 0  # > 0: Strict-Transport-Security: max-age=HSTS_SECONDS on every response
+    METRICS_TOKEN = ""  # set: GET /metrics needs "Authorization: Bearer <METRICS_TOKEN>"
 
     # Agent.
     AGENT_PROVIDER = "local"
@@ -97,6 +101,13 @@ class Config:
         ):  # fmt: skip
             if settings[name] < 1:
                 raise ConfigError(f"{name} must be positive")
+        if settings["AUTH_MODE"] == "required" and len(settings["JWT_SECRET"].encode()) < 32:
+            raise ConfigError("AUTH_MODE=required needs a JWT_SECRET of at least 32 bytes")
+        for name in ("JWT_MAX_LIFETIME_SECONDS", "HSTS_SECONDS"):
+            if settings[name] < 0:
+                raise ConfigError(f"{name} must be 0 or more")
+        if settings["BODY_TIMEOUT_SECONDS"] <= 0:
+            raise ConfigError("BODY_TIMEOUT_SECONDS must be positive")
         if settings["PROXY_FIX_X_FOR"] < 0:
             raise ConfigError("PROXY_FIX_X_FOR must be 0 or more")
         for name in ("RATELIMIT_CHAT", "RATELIMIT_DEFAULT"):
@@ -136,8 +147,6 @@ class ProductionConfig(Config):
         super().validate(settings)
         if not settings["DATABASE_URL"]:
             raise ConfigError("DATABASE_URL is required in production")
-        if settings["AUTH_MODE"] == "required" and len(settings["JWT_SECRET"].encode()) < 32:
-            raise ConfigError("AUTH_MODE=required needs a JWT_SECRET of at least 32 bytes")
 
 
 PROFILES: dict[str, type[Config]] = {

@@ -12,6 +12,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
+from .observability import keep_retry_after
+
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
@@ -23,12 +25,15 @@ CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     410: "gone",
     413: "payload_too_large",
+    414: "uri_too_long",
     415: "unsupported_media_type",
     422: "validation_error",
     429: "rate_limited",
+    431: "headers_too_large",
     500: "internal_error",
     502: "upstream_error",
     503: "unavailable",
@@ -111,10 +116,12 @@ def problem(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> Response:
-    """The one problem response builder."""
+    """The one problem response builder. A Retry-After given here is the response's own: the
+    rate limiter's header injection does not replace it, nor add one where none is given."""
     body = problem_body(status, code, detail, **extra)
     response = Response(json.dumps(body), status=status, mimetype=PROBLEM_JSON)
     response.headers.update(headers or {})
+    keep_retry_after(response.headers.get("Retry-After"))
     return response
 
 
@@ -160,6 +167,8 @@ def _http_exception(error: HTTPException) -> Response:
         headers["Allow"] = ", ".join(sorted(error.valid_methods))
     if status == 413:
         detail = "The request body is larger than this endpoint accepts."
+    if status == 408:
+        detail = "The request body did not arrive in time."
     if status == 429:
         # flask-limiter adds Retry-After and the X-RateLimit-* headers after this handler.
         detail = f"Too many requests (limit: {error.description}); retry after Retry-After seconds."

@@ -9,7 +9,10 @@ import re
 import sys
 import time
 import uuid
+from functools import cache
+from http import HTTPStatus
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from flask import Flask, Response, current_app, g, has_app_context, request
 from prometheus_client import (
@@ -25,7 +28,7 @@ from sqlalchemy import event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}\Z")  # \Z: "id\n" is not well formed
 access_log = logging.getLogger("chatsvc.access")
 # Loggers whose lines go out as JSON: ours, and the rate limiter's (storage down, breaches).
 LOGGERS = ("chatsvc", "flask-limiter")
@@ -84,6 +87,44 @@ TURNS_STUCK = Gauge(
     "Turns pending for longer than TURN_STALE_SECONDS (a crashed worker; read at each scrape).",
     multiprocess_mode="livemax",
 )
+
+
+# Metric labels come from fixed sets; anything else is "other" (a label per random method name
+# or model name would be a new time series each: /metrics grew to 5.7 MB in 3,000 requests).
+OTHER = "other"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+STATUSES = frozenset(str(status.value) for status in HTTPStatus)
+UNMATCHED = "<unmatched>"
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else OTHER
+
+
+def status_label(status: int) -> str:
+    text = str(status)
+    return text if text in STATUSES else OTHER
+
+
+@cache
+def tool_names() -> frozenset[str]:
+    """Every tool an agent can be offered: the only tool labels."""
+    from .services.toolbox import knowledge_tools, task_tools  # they import this module
+
+    return frozenset(tool.name for tool in [*knowledge_tools(), *task_tools("-")])
+
+
+def tool_label(tool: str) -> str:
+    return tool if tool in tool_names() else OTHER
+
+
+def model_label(model: str) -> str:
+    """The local agent's name or the configured provider model; a provider's own name for it
+    (dated snapshots, or anything a server sends) is "other"."""
+    known = {"local"}
+    if has_app_context():
+        known.add(current_app.config["OPENAI_MODEL"])
+    return model if model in known else OTHER
 
 
 class _CountStorageErrors(logging.Filter):
@@ -200,9 +241,12 @@ def server_timing(timings: dict[str, float]) -> dict[str, float]:
 def _finish(response: Response) -> Response:
     response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    if response.status_code not in (429, 503):
-        # flask-limiter sends Retry-After on every response; it means something only here.
-        response.headers.pop("Retry-After", None)
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    hsts = current_app.config["HSTS_SECONDS"]
+    if hsts:
+        response.headers.setdefault("Strict-Transport-Security", f"max-age={int(hsts)}")
+    _own_retry_after(response)
+    _relative_location(response)
     if response.mimetype == "text/html":
         response.headers.setdefault(
             "Content-Security-Policy",
@@ -221,18 +265,46 @@ def _finish(response: Response) -> Response:
     return response
 
 
+def keep_retry_after(value: str | None) -> None:
+    """The application's own Retry-After for this response (a provider's, on a 503), or None
+    for none: flask-limiter's header injection writes its window's reset over every response's
+    Retry-After, and adds one where there was none."""
+    g.retry_after = value
+
+
+def _own_retry_after(response: Response) -> None:
+    if response.status_code == 429:
+        return  # the limiter's own refusal: its Retry-After is the one that counts
+    own = g.get("retry_after")
+    if own:
+        response.headers["Retry-After"] = own
+    else:
+        response.headers.pop("Retry-After", None)
+
+
+def _relative_location(response: Response) -> None:
+    """A redirect names a path on this service, never the Host header a client sent."""
+    location = response.headers.get("Location")
+    if location:
+        parts = urlsplit(location)
+        if parts.scheme or parts.netloc:
+            path = parts.path if parts.path.startswith("/") else "/" + parts.path
+            response.headers["Location"] = urlunsplit(("", "", path, parts.query, parts.fragment))
+
+
 def _log_access(response: Response) -> None:
     """Route template, never the raw path (ids) or the body (message text) or headers (tokens)."""
     started = g.get("started")
     duration = (time.perf_counter() - started) * 1000 if started else 0.0
-    rule = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-    REQUESTS.labels(request.method, rule, str(response.status_code)).inc()
-    REQUEST_SECONDS.labels(request.method, rule).observe(duration / 1000)
+    rule = request.url_rule.rule if request.url_rule is not None else UNMATCHED
+    method = method_label(request.method)
+    REQUESTS.labels(method, rule, status_label(response.status_code)).inc()
+    REQUEST_SECONDS.labels(method, rule).observe(duration / 1000)
     access_log.info(
         "access",
         extra={
             "fields": {
-                "method": request.method,
+                "method": method,
                 "path": rule,
                 "status": response.status_code,
                 "duration_ms": round(duration, 2),
@@ -245,12 +317,12 @@ def _log_access(response: Response) -> None:
 
 def record_turn(result: Any, tools: list[str]) -> None:
     """A settled turn (services.turns.TurnResult): its agent time, tokens and tool calls."""
-    model, usage = result.model or "unknown", result.usage
+    model, usage = model_label(result.model or OTHER), result.usage
     AGENT_SECONDS.labels(model, result.status).observe(result.timings.get("agent", 0.0) / 1000)
     TOKENS.labels(model, "prompt").inc(usage.get("prompt_tokens", 0))
     TOKENS.labels(model, "completion").inc(usage.get("completion_tokens", 0))
     for tool in tools:
-        TOOL_CALLS.labels(tool).inc()
+        TOOL_CALLS.labels(tool_label(tool)).inc()
     if result.status == "failed" and result.error_code:
         record_failure(result.error_code)
 

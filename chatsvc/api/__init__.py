@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 from http import HTTPStatus
 from typing import Any
 
 from flask import Flask, current_app, request
 from flask_smorest import Blueprint
+from marshmallow import Schema
 
-from ..errors import PROBLEM_JSON, ApiError
-from ..schemas import ProblemSchema
+from .. import auth
+from ..errors import PROBLEM_JSON, ApiError, NotFound, ValidationFailed
+from ..schemas import ProblemSchema, StrictJSONProvider
 
 
 def problems(bp: Blueprint, *statuses: int) -> Callable[[Any], Any]:
@@ -37,6 +40,25 @@ class MalformedJson(ApiError):
     status, code, detail = 400, "bad_request", "The request body is not valid JSON."
 
 
+def _query_names(schema: type[Schema] | Schema) -> set[str]:
+    instance = schema() if isinstance(schema, type) else schema
+    return {field.data_key or name for name, field in instance.fields.items()}
+
+
+@cache
+def _documented_query(view: Any) -> frozenset[str] | None:
+    """The query parameters a view declares (its `@bp.arguments(..., location="query")`
+    schemas), or None for views outside the API document (assets)."""
+    doc = getattr(view, "_apidoc", None)
+    if doc is None:
+        return None
+    names: set[str] = set()
+    for parameter in doc.get("arguments", {}).get("parameters", []):
+        if parameter["in"] == "query":
+            names |= _query_names(parameter["schema"])
+    return frozenset(names)
+
+
 def body_limit(setting: str) -> Callable[[Any], Any]:
     """Let a view accept bodies up to the config value `setting` instead of
     MAX_CONTENT_LENGTH. Put it right under the route decorator."""
@@ -49,7 +71,30 @@ def body_limit(setting: str) -> Callable[[Any], Any]:
 
 
 def init_app(app: Flask) -> None:
+    app.json = StrictJSONProvider(app)
+    app.before_request(auth.check_early)  # the token first, and before the body
+    app.before_request(_known_path_and_query)
     app.before_request(_require_json)
+
+
+def _known_path_and_query() -> None:
+    """A path id no service could have made (a NUL byte, a control character: PostgreSQL
+    refuses NUL outright) is unknown: 404. A query parameter the route does not document is
+    422, naming it: a filter silently ignored would be a lie."""
+    if request.url_rule is None:
+        return
+    for value in (request.view_args or {}).values():
+        if isinstance(value, str) and not value.isprintable() and request.path.startswith("/api/"):
+            raise NotFound("The resource does not exist.")
+    known = _documented_query(current_app.view_functions.get(request.endpoint))
+    if known is None or request.method == "OPTIONS":
+        return
+    errors = {name: ["Unknown query parameter."] for name in request.args if name not in known}
+    if errors:
+        raise ValidationFailed(
+            " ".join(f"{name}: {problems[0]}" for name, problems in sorted(errors.items())),
+            errors={"query": errors},
+        )
 
 
 def _require_json() -> None:
@@ -67,7 +112,13 @@ def _require_json() -> None:
         request.max_content_length = current_app.config[setting]
     if not request.is_json:
         raise UnsupportedMediaType()
+    # Strict JSON first: NaN, Infinity, numbers out of range and deep nesting are refused
+    # here (webargs then parses the cached body again with the standard decoder).
     try:
-        request.get_json(silent=True)  # webargs reads the body again, from the cache
+        current_app.json.loads(request.get_data(cache=True))
+    except UnicodeDecodeError:
+        raise MalformedJson("The request body is not valid UTF-8.") from None
+    except ValueError as exc:
+        raise MalformedJson(f"The request body is not valid JSON: {exc.args[0]}") from None
     except RecursionError:  # nested deeper than the decoder goes: malformed, not a crash
         raise MalformedJson() from None

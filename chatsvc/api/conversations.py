@@ -42,7 +42,7 @@ def get_conversation(args: dict[str, Any], user_id: str, conversation_id: str) -
 
 @bp.delete("/<user_id>/conversations/<conversation_id>")
 @bp.response(204)
-@problems(bp, 401, 403, 404, 409, 410, 429)
+@problems(bp, 401, 403, 404, 409, 410, 422, 429)
 def delete_conversation(user_id: str, conversation_id: str) -> None:
     """Delete a conversation and its messages."""
     conversations.delete_conversation(db.session(), conversation_id, auth.user_access(user_id))

@@ -3,10 +3,12 @@ script, so it renders under the Content-Security-Policy that allows only this or
 
 from __future__ import annotations
 
+import json
 import os
 
 import flask_swagger_ui
 from flask import Blueprint, Response, send_from_directory, url_for
+from markupsafe import escape
 
 ASSETS = os.path.join(os.path.dirname(flask_swagger_ui.__file__), "dist")
 
@@ -24,14 +26,21 @@ PAGE = """<!doctype html>
 </html>
 """
 
-INIT = 'window.ui = SwaggerUIBundle({url: "%s", dom_id: "#swagger-ui", deepLinking: true});\n'
+# URLs carry SCRIPT_NAME, which a proxy (or a client gunicorn trusts) sets: escaped for HTML
+# in the page, serialised as a JSON string in the script, never pasted in as it came.
+INIT = 'window.ui = SwaggerUIBundle({url: %s, dom_id: "#swagger-ui", deepLinking: true});\n'
+
+
+def _js_string(text: str) -> str:
+    """A JavaScript string literal that cannot close a <script> element either."""
+    return json.dumps(text).replace("<", "\\u003c").replace(">", "\\u003e")
 
 
 def page() -> Response:
     html = PAGE.format(
-        css=url_for("docs.asset", filename="swagger-ui.css"),
-        bundle=url_for("docs.asset", filename="swagger-ui-bundle.js"),
-        init=url_for("docs.init_script"),
+        css=escape(url_for("docs.asset", filename="swagger-ui.css")),
+        bundle=escape(url_for("docs.asset", filename="swagger-ui-bundle.js")),
+        init=escape(url_for("docs.init_script")),
     )
     return Response(html, mimetype="text/html")
 
@@ -45,4 +54,4 @@ def asset(filename: str) -> Response:
 @bp.get("/init.js")
 def init_script() -> Response:
     """Points Swagger UI at this service's OpenAPI document."""
-    return Response(INIT % url_for("api-docs.openapi_json"), mimetype="text/javascript")
+    return Response(INIT % _js_string(url_for("api-docs.openapi_json")), mimetype="text/javascript")

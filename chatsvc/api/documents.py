@@ -43,7 +43,7 @@ def list_documents(args: dict[str, Any]) -> dict[str, Any]:
 
 @bp.get("/<document_id>")
 @bp.response(200, DocumentSchema)
-@problems(bp, 401, 404, 429)
+@problems(bp, 401, 404, 422, 429)
 def get_document(document_id: str) -> Document:
     """One document."""
     auth.require_reader()
@@ -52,7 +52,7 @@ def get_document(document_id: str) -> Document:
 
 @bp.delete("/<document_id>")
 @bp.response(204)
-@problems(bp, 401, 403, 404, 429)
+@problems(bp, 401, 403, 404, 422, 429)
 def delete_document(document_id: str) -> None:
     """Delete a document; its passages leave search at once."""
     auth.require_admin()

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
-from flask import Response, url_for
+from flask import Response, current_app, request, url_for
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import __version__, db, observability
-from ..errors import Unavailable
+from ..errors import Unauthorized, Unavailable
 from . import docs, problems
 
 bp = Blueprint("meta", __name__, description="Service endpoints.")
@@ -30,6 +31,7 @@ class HealthSchema(Schema):
 
 @bp.get("/")
 @bp.response(200, IndexSchema)
+@problems(bp, 422)
 def index() -> dict[str, Any]:
     """The service's name, version and where its documentation lives."""
     return {
@@ -46,7 +48,7 @@ def index() -> dict[str, Any]:
 
 @bp.get("/health")
 @bp.response(200, HealthSchema)
-@problems(bp, 503)
+@problems(bp, 422, 503)
 def health() -> dict[str, Any]:
     """Ready: the database answers."""
     try:
@@ -60,6 +62,7 @@ def health() -> dict[str, Any]:
 
 @bp.get("/health/live")
 @bp.response(200, HealthSchema)
+@problems(bp, 422)
 def live() -> dict[str, Any]:
     """Live: the process serves requests."""
     return {"status": "ok", "checks": {}}
@@ -75,13 +78,29 @@ def _text(content_type: str, description: str) -> dict[str, Any]:
 
 @bp.get("/metrics")
 @bp.doc(**_text("text/plain", "Prometheus text exposition format."))
+@problems(bp, 401, 422)
 def metrics() -> Response:
     """Prometheus metrics: requests, latency, agent time, tokens, tool calls, rate limiting."""
+    _require_metrics_token()
     return Response(observability.metrics_text(), content_type=CONTENT_TYPE_LATEST)
+
+
+def _require_metrics_token() -> None:
+    """With METRICS_TOKEN set, a scrape must send it as a bearer token (compared in constant
+    time); without it /metrics is open, for a scraper on a private network."""
+    expected = current_app.config["METRICS_TOKEN"]
+    if not expected:
+        return
+    scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        sent.strip().encode(), expected.encode()
+    ):
+        raise Unauthorized("/metrics needs the METRICS_TOKEN as a bearer token.")
 
 
 @bp.get("/docs")
 @bp.doc(**_text("text/html", "Swagger UI for /openapi.json."))
+@problems(bp, 422)
 def swagger_ui() -> Response:
     """Interactive API documentation (Swagger UI), served from local assets."""
     return docs.page()

@@ -27,7 +27,7 @@ def get_session(args: dict[str, Any], session_id: str) -> dict[str, Any]:
 
 @bp.post("/<session_id>/reset")
 @bp.response(200, SessionStateSchema)
-@problems(bp, 401, 404, 409, 410, 429)
+@problems(bp, 401, 404, 409, 410, 422, 429)
 def reset_session(session_id: str) -> dict[str, Any]:
     """Clear a session's history and keep its id."""
     found = conversations.reset(db.session(), session_id, auth.session_access())

@@ -50,7 +50,7 @@ def create_task(body: dict[str, Any], user_id: str) -> Task:
 
 @bp.get("/<user_id>/tasks/<int:task_id>")
 @bp.response(200, TaskSchema)
-@problems(bp, 401, 403, 404, 429)
+@problems(bp, 401, 403, 404, 422, 429)
 def get_task(user_id: str, task_id: int) -> Task:
     """One task."""
     return task_service.get_task(db.session(), auth.user_for_path(user_id), task_id)
@@ -67,7 +67,7 @@ def update_task(body: dict[str, Any], user_id: str, task_id: int) -> Task:
 
 @bp.delete("/<user_id>/tasks/<int:task_id>")
 @bp.response(204)
-@problems(bp, 401, 403, 404, 429)
+@problems(bp, 401, 403, 404, 422, 429)
 def delete_task(user_id: str, task_id: int) -> None:
     """Delete a task; its number is never reused."""
     task_service.delete_task(db.session(), auth.user_for_path(user_id), task_id)

@@ -37,7 +37,10 @@ def decode(cursor: str | None, *types: type, maximum: int = INT64_MAX) -> tuple[
         not isinstance(position, list)
         or len(position) != len(types)
         or not all(
-            isinstance(v, t) and not isinstance(v, bool) and (t is not int or 0 <= v <= maximum)
+            isinstance(v, t)
+            and not isinstance(v, bool)
+            and (t is not int or 0 <= v <= maximum)
+            and (t is not str or v.isprintable())  # no NUL (PostgreSQL refuses it) or controls
             for v, t in zip(position, types, strict=True)
         )
     ):
