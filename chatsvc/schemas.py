@@ -10,6 +10,7 @@ from flask import current_app
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from .config import Config
+from .services.words import words as search_words
 
 # NUL and C0 controls other than tab, LF and CR, and lone surrogates (JSON's "\ud800" escapes:
 # no text, and no database stores them); invalid UTF-8 never gets this far.
@@ -117,10 +118,57 @@ class HistoryArgsSchema(PageArgsSchema):
     limit = fields.Integer(load_default=50, validate=validate.Range(1, 100))
 
 
+MAX_SEARCH_CHARS = 200
+
+
+class SearchText(fields.String):
+    """A search: at most MAX_SEARCH_CHARS, with at least one word (letters or digits)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        metadata = {"maxLength": MAX_SEARCH_CHARS, **kwargs.pop("metadata", {})}
+        super().__init__(metadata=metadata, **kwargs)
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if len(text) > MAX_SEARCH_CHARS:
+            raise ValidationError(f"At most {MAX_SEARCH_CHARS} characters.")
+        no_control_chars(text)
+        if not search_words(text):
+            raise ValidationError("Give at least one word (letters or digits) to search for.")
+        return text
+
+
+PRIORITIES = ("low", "normal", "high")
+TASK_SORTS = ("task_id", "due_date", "priority", "updated_at")
+
+
 class TaskListArgsSchema(PageArgsSchema):
     status = fields.String(
         load_default="all", validate=validate.OneOf(["all", "pending", "completed"])
     )
+    q = SearchText(
+        load_default=None, metadata={"description": "Tasks whose title or description has every "
+                                     "word (letters and digits; punctuation is ignored)."}
+    )  # fmt: skip
+    due_before = fields.Date(
+        load_default=None, metadata={"description": "Due on or before this date (ISO)."}
+    )
+    due_after = fields.Date(
+        load_default=None, metadata={"description": "Due on or after this date (ISO)."}
+    )
+    priority = fields.String(load_default=None, validate=validate.OneOf(PRIORITIES))
+    sort = fields.String(
+        load_default="task_id",
+        validate=validate.OneOf([*TASK_SORTS, *(f"-{name}" for name in TASK_SORTS)]),
+        metadata={"description": "A leading `-` sorts descending; tasks without a due date "
+                  "come last either way."},
+    )  # fmt: skip
+
+    @validates_schema
+    def dates_in_order(self, data: dict[str, Any], **kwargs: Any) -> None:
+        before, after = data.get("due_before"), data.get("due_after")
+        if before is not None and after is not None and after > before:
+            raise ValidationError("due_after is later than due_before.", "due_after")
 
 
 class TaskCreateSchema(Schema):
@@ -128,17 +176,25 @@ class TaskCreateSchema(Schema):
     description = fields.String(
         load_default="", validate=[validate.Length(max=1000), no_control_chars]
     )
+    due_date = fields.Date(
+        load_default=None, allow_none=True, metadata={"description": "An ISO date, or null."}
+    )
+    priority = fields.String(load_default="normal", validate=validate.OneOf(PRIORITIES))
 
 
 class TaskUpdateSchema(Schema):
     title = Title(200)
     description = fields.String(validate=[validate.Length(max=1000), no_control_chars])
     completed = fields.Boolean()
+    due_date = fields.Date(allow_none=True, metadata={"description": "null removes it."})
+    priority = fields.String(validate=validate.OneOf(PRIORITIES))
 
     @validates_schema
     def not_empty(self, data: dict[str, Any], **kwargs: Any) -> None:
         if not data:
-            raise ValidationError("Give at least one of title, description, completed.")
+            raise ValidationError(
+                "Give at least one of title, description, completed, due_date, priority."
+            )
 
 
 class DocumentText(fields.String):
@@ -255,8 +311,11 @@ class TaskSchema(Schema):
     title = fields.String(required=True)
     description = fields.String(required=True)
     completed = fields.Boolean(required=True)
+    due_date = fields.Date(required=True, allow_none=True)
+    priority = fields.String(required=True, metadata={"enum": list(PRIORITIES)})
     created_at = UTCDateTime(required=True)
     updated_at = UTCDateTime(required=True)
+    completed_at = UTCDateTime(required=True, allow_none=True)
 
 
 class TaskPageSchema(Schema):
