@@ -9,13 +9,14 @@ from flask_smorest import Blueprint
 from .. import auth, db
 from ..schemas import ConversationDetailSchema, ConversationPageSchema, PageArgsSchema
 from ..services import conversations
-from . import problems
+from . import cached, problems
 
 bp = Blueprint("conversations", __name__, url_prefix="/api", description="Conversation history.")
 
 
 @bp.get("/<user_id>/conversations")
 @bp.arguments(PageArgsSchema, location="query")
+@cached(bp)
 @bp.response(200, ConversationPageSchema)
 @problems(bp, 401, 403, 404, 422, 429)
 def list_conversations(args: dict[str, Any], user_id: str) -> dict[str, Any]:
@@ -29,6 +30,7 @@ def list_conversations(args: dict[str, Any], user_id: str) -> dict[str, Any]:
 
 @bp.get("/<user_id>/conversations/<conversation_id>")
 @bp.arguments(PageArgsSchema, location="query")
+@cached(bp)
 @bp.response(200, ConversationDetailSchema)
 @problems(bp, 401, 403, 404, 410, 422, 429)
 def get_conversation(args: dict[str, Any], user_id: str, conversation_id: str) -> dict[str, Any]:

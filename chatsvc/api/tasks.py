@@ -16,13 +16,14 @@ from ..schemas import (
     TaskUpdateSchema,
 )
 from ..services import tasks as task_service
-from . import problems
+from . import cached, problems
 
 bp = Blueprint("tasks", __name__, url_prefix="/api", description="Tasks.")
 
 
 @bp.get("/<user_id>/tasks")
 @bp.arguments(TaskListArgsSchema, location="query")
+@cached(bp)
 @bp.response(200, TaskPageSchema)
 @problems(bp, 401, 403, 404, 422, 429)
 def list_tasks(args: dict[str, Any], user_id: str) -> dict[str, Any]:
@@ -48,6 +49,7 @@ def create_task(body: dict[str, Any], user_id: str) -> Task:
 
 
 @bp.get("/<user_id>/tasks/<int:task_id>")
+@cached(bp)
 @bp.response(200, TaskSchema)
 @problems(bp, 401, 403, 404, 429)
 def get_task(user_id: str, task_id: int) -> Task:
