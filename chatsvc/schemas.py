@@ -138,6 +138,22 @@ class SearchText(fields.String):
         return text
 
 
+class ConversationListArgsSchema(PageArgsSchema):
+    q = SearchText(
+        load_default=None,
+        metadata={"description": "Only conversations whose title or messages have every word "
+                  "(full-text: letters and digits; punctuation is ignored)."},
+    )  # fmt: skip
+
+
+class ConversationRenameSchema(Schema):
+    title = Title(200, required=True)
+
+
+class ExportArgsSchema(Schema):
+    format = fields.String(load_default="json", validate=validate.OneOf(["json", "markdown"]))
+
+
 PRIORITIES = ("low", "normal", "high")
 TASK_SORTS = ("task_id", "due_date", "priority", "updated_at")
 
@@ -296,13 +312,24 @@ class ConversationSchema(Schema):
     message_count = fields.Integer(required=True)
 
 
+class ConversationMatchSchema(ConversationSchema):
+    match = fields.String(
+        metadata={"description": "With `?q=`: a short snippet of the best match (≤ 200 chars)."}
+    )
+
+
+class ConversationExportSchema(ConversationSchema):
+    messages = fields.List(fields.Nested(MessageSchema), required=True)
+    exported_at = UTCDateTime(required=True)
+
+
 class ConversationDetailSchema(ConversationSchema):
     messages = fields.List(fields.Nested(MessageSchema), required=True)
     next_cursor = fields.String(required=True, allow_none=True)
 
 
 class ConversationPageSchema(Schema):
-    items = fields.List(fields.Nested(ConversationSchema), required=True)
+    items = fields.List(fields.Nested(ConversationMatchSchema), required=True)
     next_cursor = fields.String(required=True, allow_none=True)
 
 
