@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -162,3 +163,28 @@ def _parse(name: str, raw: str, default: Any) -> Any:
     except ValueError as exc:
         raise ConfigError(f"{name}: cannot read {raw!r} as {type(default).__name__}") from exc
     return raw
+
+
+DEV_SECRET_FILE = "jwt-secret.dev"
+
+
+def development_secret(instance_path: str) -> str:
+    """The development profile's JWT secret when none is configured: made once under the
+    instance folder (0600) and read back by every later process — workers, `flask token
+    create` — so a frontend that always sends a Bearer token works locally. Never used by
+    the production profile."""
+    path = os.path.join(instance_path, DEV_SECRET_FILE)
+    if not os.path.exists(path):
+        os.makedirs(instance_path, exist_ok=True)
+        draft = f"{path}.{secrets.token_hex(8)}.tmp"
+        descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as sink:
+            sink.write(secrets.token_hex(32))
+        try:
+            os.link(draft, path)  # atomic: of several processes starting at once, one wins
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(draft)
+    with open(path) as source:
+        return source.read().strip()
