@@ -70,6 +70,10 @@ class Config:
     OPENAI_STREAM = True  # false for servers that cannot stream tool calls
     OPENAI_MAX_TOKENS = 0  # 0: the provider's default; else sent as max_tokens per call
 
+    # Quotas (contract §10): tokens per user (anonymous callers: per client address) per UTC
+    # day; 0: no quota. An admin can set one user's own cap.
+    QUOTA_TOKENS_PER_DAY = 0
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         """This profile's defaults, each overridden by an environment variable of its name."""

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Date,
     ForeignKey,
@@ -175,3 +176,25 @@ class IdempotencyRecord(Base):
     response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class QuotaUsage(Base):
+    """Tokens a quota subject ("user:<id>", or "address:<ip>" for anonymous callers) used on a
+    UTC day. A counter, bumped atomically as turns finish: deleting conversations does not
+    give tokens back."""
+
+    __tablename__ = "quota_usage"
+
+    subject: Mapped[str] = mapped_column(String(200), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class UserQuota(Base):
+    """An admin's cap for one user, in place of QUOTA_TOKENS_PER_DAY (0: no cap)."""
+
+    __tablename__ = "user_quotas"
+
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tokens_per_day: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

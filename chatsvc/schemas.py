@@ -375,8 +375,25 @@ class UsageDaySchema(Schema):
     )
 
 
+class QuotaSchema(Schema):
+    tokens_per_day = fields.Integer(
+        required=True, allow_none=True, metadata={"description": "null: no quota applies."}
+    )
+    used_today = fields.Integer(required=True, metadata={"description": "Tokens, this UTC day."})
+    remaining = fields.Integer(required=True, allow_none=True)
+    resets_at = UTCDateTime(required=True, metadata={"description": "The next midnight UTC."})
+
+
 class UsagePageSchema(Schema):
     items = fields.List(fields.Nested(UsageDaySchema), required=True)
+    quota = fields.Nested(QuotaSchema, required=True)
+
+
+class QuotaUpdateSchema(Schema):
+    tokens_per_day = fields.Integer(
+        required=True, allow_none=True, strict=True, validate=validate.Range(0, 10**12),
+        metadata={"description": "The user's own cap (0: no quota); null: back to the default."},
+    )  # fmt: skip
 
 
 class ProblemSchema(Schema):
