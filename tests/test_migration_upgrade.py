@@ -1,5 +1,6 @@
 """Upgrading a database that already holds data, in place, on both backends: the tasks of the
-previous schema keep everything they had and gain due_date, priority and completed_at."""
+previous schema keep everything they had and gain due_date, priority and completed_at; the
+conversations already stored become searchable."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from chatsvc import create_app
 from chatsvc.db import database
 
 PREVIOUS = "7c1d9e4a2b60"
+CONVERSATION = "0b5e3c1e-5d43-4c52-9d1f-3c2b8f0e9a11"
 OLD_TASKS = [
     # user, number, title, description, completed, created, updated
     ("alice", 1, "buy milk", "two litres", False, "2026-11-20 09:00:00", "2026-11-20 09:00:00"),
@@ -36,6 +38,24 @@ def seed_previous_schema(app) -> None:
                 "INSERT INTO task_counters (user_id, last_task_id) VALUES ('alice', 4), ('bob', 1)"
             )
         )
+        connection.execute(
+            text(
+                "INSERT INTO conversations (id, kind, user_id, title, created_at, last_activity,"
+                " message_count, last_seq) VALUES (:id, 'user', 'alice', 'Garden plans',"
+                " '2026-11-20 09:00:00', '2026-11-20 09:01:00', 2, 2)"
+            ),
+            {"id": CONVERSATION},
+        )
+        for seq, role, content in [(1, "user", "Fix the rusty gate"), (2, "assistant", "Noted.")]:
+            connection.execute(
+                text(
+                    "INSERT INTO messages (id, conversation_id, seq, role, content, status,"
+                    " tool_calls, sources, prompt_tokens, completion_tokens, total_tokens,"
+                    " created_at) VALUES (:id, :c, :seq, :role, :content, 'completed', '[]',"
+                    " '[]', 0, 0, 0, '2026-11-20 09:00:00')"
+                ),
+                {"id": f"m{seq}", "c": CONVERSATION, "seq": seq, "role": role, "content": content},
+            )
 
 
 def test_upgrade_keeps_existing_tasks_and_adds_the_new_fields(empty_database):  # noqa: F811
@@ -60,6 +80,11 @@ def test_upgrade_keeps_existing_tasks_and_adds_the_new_fields(empty_database):  
         assert [t["task_id"] for t in by_priority] == [4, 1, 2]
         assert ok(client.post("/api/alice/tasks", json={"title": "new"}), 201)["task_id"] == 5
         assert ok(client.get("/api/bob/tasks?due_before=2027-01-01"))["items"] == []
+        # Conversations stored before the upgrade are searchable: titles and message text.
+        for q in ("rusty gate", "garden"):
+            found = ok(client.get(f"/api/alice/conversations?q={q}"))["items"]
+            assert [c["id"] for c in found] == [CONVERSATION], q
+        assert ok(client.get("/api/bob/conversations?q=garden"))["items"] == []
         # And back: the downgrade keeps the rows (without the new columns).
         flask(app, "db", "downgrade", PREVIOUS)
         with database(app).engine.connect() as connection:

@@ -104,7 +104,7 @@ def search_for_user(
         session.commit()
         return [], None
     backend = _SEARCH[session.get_bind().dialect.name]
-    matching = backend.matching(terms).columns(column("id"))
+    matching = backend.matching(user_id, terms).columns(column("id"))
     found = select(Conversation).where(
         Conversation.user_id == user_id, Conversation.id.in_(matching)
     )
@@ -130,13 +130,15 @@ class _SqliteSearch:
         return " ".join(f'"{term}"' for term in terms)
 
     @classmethod
-    def matching(cls, terms: list[str]) -> Any:
+    def matching(cls, user_id: str, terms: list[str]) -> Any:
         return text(
             "SELECT m.conversation_id AS id FROM messages_fts JOIN messages m"
-            " ON m.rowid = messages_fts.rowid WHERE messages_fts MATCH :match"
+            " ON m.rowid = messages_fts.rowid JOIN conversations c ON c.id = m.conversation_id"
+            " WHERE messages_fts MATCH :match AND c.user_id = :user"
             " UNION SELECT c.id FROM conversations_fts JOIN conversations c"
-            " ON c.rowid = conversations_fts.rowid WHERE conversations_fts MATCH :match"
-        ).bindparams(match=cls._match(terms))
+            " ON c.rowid = conversations_fts.rowid"
+            " WHERE conversations_fts MATCH :match AND c.user_id = :user"
+        ).bindparams(match=cls._match(terms), user=user_id)
 
     @classmethod
     def snippets(cls, session: Session, terms: list[str], ids: list[str]) -> dict[str, str]:
@@ -159,15 +161,16 @@ class _PostgresSearch:
     # plainto_tsquery ANDs the words and never raises on syntax; the words are letters and
     # digits. The expressions repeat those of the GIN indexes so that the indexes are used.
     @staticmethod
-    def matching(terms: list[str]) -> Any:
+    def matching(user_id: str, terms: list[str]) -> Any:
         return text(
             "SELECT m.conversation_id AS id FROM messages m"
+            " JOIN conversations c ON c.id = m.conversation_id"
             " WHERE to_tsvector('english'::regconfig, m.content)"
-            " @@ plainto_tsquery('english', :query)"
+            " @@ plainto_tsquery('english', :query) AND c.user_id = :user"
             " UNION SELECT c.id FROM conversations c"
             " WHERE to_tsvector('english'::regconfig, c.title)"
-            " @@ plainto_tsquery('english', :query)"
-        ).bindparams(query=" ".join(terms))
+            " @@ plainto_tsquery('english', :query) AND c.user_id = :user"
+        ).bindparams(query=" ".join(terms), user=user_id)
 
     @staticmethod
     def snippets(session: Session, terms: list[str], ids: list[str]) -> dict[str, str]:
