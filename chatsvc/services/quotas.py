@@ -14,7 +14,7 @@ from datetime import date, datetime, time, timedelta
 from math import ceil
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -66,13 +66,19 @@ def standing(session: Session, who: str, default_cap: int, now: datetime | None 
     """The subject's cap (an admin's for that user, else `default_cap`; 0: none) and what it
     used today (UTC). Reads only; part of the caller's unit of work."""
     now = now or utcnow()
-    cap = default_cap
-    if who.startswith(USER):
-        own = session.get(UserQuota, who.removeprefix(USER))
-        cap = own.tokens_per_day if own is not None else default_cap
-    used = session.scalar(
-        select(QuotaUsage.tokens).where(QuotaUsage.subject == who, QuotaUsage.day == now.date())
+    # One round trip: the user's own cap (if any) and today's count, side by side.
+    own_cap = (
+        select(UserQuota.tokens_per_day)
+        .where(UserQuota.user_id == who.removeprefix(USER), literal(who.startswith(USER)))
+        .scalar_subquery()
     )
+    used_today = (
+        select(QuotaUsage.tokens)
+        .where(QuotaUsage.subject == who, QuotaUsage.day == now.date())
+        .scalar_subquery()
+    )
+    own, used = session.execute(select(own_cap, used_today)).one()
+    cap = default_cap if own is None else own
     midnight = datetime.combine(now.date() + timedelta(days=1), time(), tzinfo=now.tzinfo)
     return Quota(cap if cap > 0 else None, int(used or 0), midnight)
 
