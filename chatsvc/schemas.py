@@ -213,6 +213,59 @@ class TaskUpdateSchema(Schema):
             )
 
 
+# The task tools' arguments (contract §2): the same fields and validation as the REST routes,
+# so a model's arguments pass exactly the checks a frontend's do. `tool_parameters` gives the
+# JSON Schema the model is shown; `Schema().load(arguments)` validates what it sends.
+
+
+class TaskRefSchema(Schema):
+    task_id = fields.Integer(
+        required=True, strict=True, validate=validate.Range(1, 2**31 - 1),
+        metadata={"description": "The task's number."},
+    )  # fmt: skip
+
+
+class AddTaskToolSchema(TaskCreateSchema):
+    """add_task(title, description?, due_date?, priority?)"""
+
+
+class UpdateTaskToolSchema(TaskRefSchema, TaskUpdateSchema):
+    """update_task(task_id, title?, description?, due_date?, priority?)"""
+
+    class Meta:
+        exclude = ("completed",)  # complete_task does that
+
+    @validates_schema
+    def not_empty(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if set(data) <= {"task_id"}:
+            raise ValidationError("Give at least one of title, description, due_date, priority.")
+
+
+class ListTasksToolSchema(TaskListArgsSchema):
+    """list_tasks(status?, q?, due_before?)"""
+
+    class Meta:
+        fields = ("status", "q", "due_before")
+
+
+def tool_parameters(schema: type[Schema]) -> dict[str, Any]:
+    """A schema's fields as the JSON Schema object of a tool's parameters (no other keys)."""
+    from apispec.ext.marshmallow import OpenAPIConverter
+
+    converter = OpenAPIConverter("3.0.3", lambda _: None, None)
+    found = converter.schema2jsonschema(schema())
+    properties = found["properties"]
+    for field in properties.values():  # OpenAPI 3.0's `nullable` in JSON Schema's words
+        if field.pop("nullable", False):
+            field["type"] = [field["type"], "null"]
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": found.get("required", []),
+        "additionalProperties": False,
+    }
+
+
 class DocumentText(fields.String):
     """A document's text: not blank, no control characters other than tab, CR and LF."""
 
