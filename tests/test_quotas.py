@@ -8,9 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from helpers import assert_problem, ok
+from sqlalchemy import select
 
 from chatsvc import auth
 from chatsvc.db import database
+from chatsvc.models import QuotaUsage
 from chatsvc.services import quotas
 
 SECRET = "q" * 40
@@ -153,3 +155,15 @@ def test_only_an_admin_sets_quotas(quota_app, subtests):
     response = client.put("/api/admin/users/not%20a%20user/quota", json=body, headers=admin)
     assert_problem(response, 404, "not_found")
     assert quota_of(client)["tokens_per_day"] == CAP
+
+
+def test_cleanup_forgets_counters_of_past_days(quota_app):
+    now = datetime.now(UTC)
+    for days_ago in (0, 1, 2, 30):
+        settle(quota_app, "user:alice", 10 + days_ago, now - timedelta(days=days_ago))
+    result = quota_app.test_cli_runner().invoke(args=["sessions", "cleanup"])
+    assert result.exit_code == 0, result.output
+    with database(quota_app).sessions() as session:
+        kept = session.execute(select(QuotaUsage.day, QuotaUsage.tokens)).all()
+    assert sorted(tokens for _, tokens in kept) == [10, 11]  # today and yesterday
+    assert quota_of(quota_app.test_client())["used_today"] == 10

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from ..db import utcnow
 from ..errors import NotFound, SessionExpired, TurnInProgress
 from ..models import Conversation, Message
-from . import pages
+from . import pages, quotas
 from .knowledge import STOPWORDS
 from .words import words
 
@@ -263,6 +263,7 @@ class CleanupReport:
     sessions_deleted: int
     conversations_deleted: int
     turns_failed: int
+    quota_counters_deleted: int = 0
 
 
 def cleanup(session: Session, config: dict[str, Any], now: datetime | None = None) -> CleanupReport:
@@ -288,8 +289,10 @@ def cleanup(session: Session, config: dict[str, Any], now: datetime | None = Non
         )
         deleted[kind] = result.rowcount
     failed = fail_stale_turns(session, config, now)
+    # Quota counters of days before yesterday never count again.
+    counters = quotas.forget_before(session, now.date() - timedelta(days=1))
     session.commit()
-    return CleanupReport(deleted[SESSION], deleted[USER], failed)
+    return CleanupReport(deleted[SESSION], deleted[USER], failed, counters)
 
 
 def fail_stale_turns(

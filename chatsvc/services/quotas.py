@@ -141,10 +141,9 @@ def user_standing(session: Session, user_id: str, default_cap: int) -> Quota:
 
 
 def forget_before(session: Session, day: date) -> int:
-    """Drop counters of days before `day` (they never count again); for the cleanup job."""
-    result = session.execute(delete(QuotaUsage).where(QuotaUsage.day < day))
-    session.commit()
-    return result.rowcount
+    """Drop counters of days before `day` (they never count again). Part of the caller's unit
+    of work (the cleanup job's): it does not commit."""
+    return session.execute(delete(QuotaUsage).where(QuotaUsage.day < day)).rowcount
 
 
 def _public(quota: Quota) -> dict[str, Any]:
