@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export CHATSVC_ENV ?= development
 
-.PHONY: install run migrate seed test lint format bench clean
+.PHONY: install run migrate seed test lint format bench clean token
 
 install: $(STAMP)
 
@@ -24,6 +24,11 @@ seed: migrate
 
 run: seed
 	exec $(BIN)/gunicorn --config gunicorn.conf.py wsgi:app
+
+# A bearer token for USER (ADMIN=1 adds role=admin), signed with JWT_SECRET or, in
+# development, with the secret `make run` keeps in instance/.
+token: install
+	@$(BIN)/flask --app chatsvc token create $(if $(ADMIN),--admin) -- "$(USER)"
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -32,6 +32,8 @@ def create_app(config: dict[str, Any] | None = None, *, agent: Agent | None = No
     app.config.update(config or {})
     app.config.update(_openapi_settings())
     settings.PROFILES[app.config["CHATSVC_ENV"]].validate(app.config)
+    if app.config["CHATSVC_ENV"] == "development" and not app.config["JWT_SECRET"]:
+        app.config["JWT_SECRET"] = settings.development_secret(app.instance_path)
 
     observability.init_app(app)
     extensions.init_app(app)  # proxies, rate limits, CORS: after request ids, before the views

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -75,6 +76,10 @@ class Config:
     OPENAI_API_KEY = ""
     OPENAI_STREAM = True  # false for servers that cannot stream tool calls
     OPENAI_MAX_TOKENS = 0  # 0: the provider's default; else sent as max_tokens per call
+
+    # Quotas (contract §10): tokens per user (anonymous callers: per client address) per UTC
+    # day; 0: no quota. An admin can set one user's own cap.
+    QUOTA_TOKENS_PER_DAY = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -219,3 +224,26 @@ class TurnSettings:
             "CONVERSATION_TTL_SECONDS": self.conversation_ttl_seconds,
             "TURN_STALE_SECONDS": self.turn_stale_seconds,
         }
+DEV_SECRET_FILE = "jwt-secret.dev"
+
+
+def development_secret(instance_path: str) -> str:
+    """The development profile's JWT secret when none is configured: made once under the
+    instance folder (0600) and read back by every later process — workers, `flask token
+    create` — so a frontend that always sends a Bearer token works locally. Never used by
+    the production profile."""
+    path = os.path.join(instance_path, DEV_SECRET_FILE)
+    if not os.path.exists(path):
+        os.makedirs(instance_path, exist_ok=True)
+        draft = f"{path}.{secrets.token_hex(8)}.tmp"
+        descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as sink:
+            sink.write(secrets.token_hex(32))
+        try:
+            os.link(draft, path)  # atomic: of several processes starting at once, one wins
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(draft)
+    with open(path) as source:
+        return source.read().strip()

@@ -54,6 +54,8 @@ def utcnow() -> datetime:
 # The full-text index is database-specific and lives only in the migrations: SQLite's FTS5
 # table (and its shadow tables), PostgreSQL's generated tsvector column and its GIN index.
 FULL_TEXT = ("chunks_fts", "ix_chunks_fts")
+# ... and the same for conversation search (titles and message text).
+FULL_TEXT += ("messages_fts", "ix_messages_fts", "conversations_fts", "ix_conversations_fts")
 
 
 def include_name(name: str | None, type_: str, parent_names: dict[str, Any]) -> bool:

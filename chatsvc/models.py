@@ -5,9 +5,21 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .db import Base, UTCDateTime, utcnow
@@ -97,14 +109,18 @@ class Task(Base):
     """A user's task, numbered per user from 1 (`task_id` is never reused for that user)."""
 
     __tablename__ = "tasks"
+    __table_args__ = (Index("ix_tasks_user_due", "user_id", "due_date"),)
 
     user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     task_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     title: Mapped[str] = mapped_column(String(200))
     description: Mapped[str] = mapped_column(Text, default="")
     completed: Mapped[bool] = mapped_column(Boolean, default=False)
+    due_date: Mapped[date | None] = mapped_column(Date)
+    priority: Mapped[str] = mapped_column(String(8), default="normal", server_default="normal")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class TaskCounter(Base):
@@ -178,3 +194,25 @@ class IdempotencyRecord(Base):
     assistant_message_id: Mapped[str] = mapped_column(String(36), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class QuotaUsage(Base):
+    """Tokens a quota subject ("user:<id>", or "address:<ip>" for anonymous callers) used on a
+    UTC day. A counter, bumped atomically as turns finish: deleting conversations does not
+    give tokens back."""
+
+    __tablename__ = "quota_usage"
+
+    subject: Mapped[str] = mapped_column(String(200), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class UserQuota(Base):
+    """An admin's cap for one user, in place of QUOTA_TOKENS_PER_DAY (0: no cap)."""
+
+    __tablename__ = "user_quotas"
+
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tokens_per_day: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

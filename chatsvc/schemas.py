@@ -13,6 +13,7 @@ from flask.json.provider import DefaultJSONProvider
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from .config import Config
+from .services.words import words as search_words
 
 MAX_TASK_ID = 2**31 - 1  # task numbers are 32-bit integers on every backend
 
@@ -193,10 +194,73 @@ class HistoryArgsSchema(PageArgsSchema):
     limit = fields.Integer(load_default=50, validate=validate.Range(1, 100))
 
 
+MAX_SEARCH_CHARS = 200
+
+
+class SearchText(fields.String):
+    """A search: at most MAX_SEARCH_CHARS, with at least one word (letters or digits)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        metadata = {"maxLength": MAX_SEARCH_CHARS, **kwargs.pop("metadata", {})}
+        super().__init__(metadata=metadata, **kwargs)
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if len(text) > MAX_SEARCH_CHARS:
+            raise ValidationError(f"At most {MAX_SEARCH_CHARS} characters.")
+        no_control_chars(text)
+        if not search_words(text):
+            raise ValidationError("Give at least one word (letters or digits) to search for.")
+        return text
+
+
+class ConversationListArgsSchema(PageArgsSchema):
+    q = SearchText(
+        load_default=None,
+        metadata={"description": "Only conversations whose title or messages have every word "
+                  "(full-text: letters and digits; punctuation is ignored)."},
+    )  # fmt: skip
+
+
+class ConversationRenameSchema(Schema):
+    title = Title(200, required=True)
+
+
+class ExportArgsSchema(Schema):
+    format = fields.String(load_default="json", validate=validate.OneOf(["json", "markdown"]))
+
+
+PRIORITIES = ("low", "normal", "high")
+TASK_SORTS = ("task_id", "due_date", "priority", "updated_at")
+
+
 class TaskListArgsSchema(PageArgsSchema):
     status = fields.String(
         load_default="all", validate=validate.OneOf(["all", "pending", "completed"])
     )
+    q = SearchText(
+        load_default=None, metadata={"description": "Tasks whose title or description has every "
+                                     "word (letters and digits; punctuation is ignored)."}
+    )  # fmt: skip
+    due_before = fields.Date(
+        load_default=None, metadata={"description": "Due on or before this date (ISO)."}
+    )
+    due_after = fields.Date(
+        load_default=None, metadata={"description": "Due on or after this date (ISO)."}
+    )
+    priority = fields.String(load_default=None, validate=validate.OneOf(PRIORITIES))
+    sort = fields.String(
+        load_default="task_id",
+        validate=validate.OneOf([*TASK_SORTS, *(f"-{name}" for name in TASK_SORTS)]),
+        metadata={"description": "A leading `-` sorts descending; tasks without a due date "
+                  "come last either way."},
+    )  # fmt: skip
+
+    @validates_schema
+    def dates_in_order(self, data: dict[str, Any], **kwargs: Any) -> None:
+        before, after = data.get("due_before"), data.get("due_after")
+        if before is not None and after is not None and after > before:
+            raise ValidationError("due_after is later than due_before.", "due_after")
 
 
 class TaskCreateSchema(Schema):
@@ -205,6 +269,10 @@ class TaskCreateSchema(Schema):
         load_default="", validate=[validate.Length(max=1000), no_control_chars],
         metadata={"pattern": NO_CONTROLS_PATTERN},
     )  # fmt: skip
+    due_date = fields.Date(
+        load_default=None, allow_none=True, metadata={"description": "An ISO date, or null."}
+    )
+    priority = fields.String(load_default="normal", validate=validate.OneOf(PRIORITIES))
 
 
 class TaskUpdateSchema(Schema):
@@ -214,11 +282,68 @@ class TaskUpdateSchema(Schema):
         metadata={"pattern": NO_CONTROLS_PATTERN},
     )
     completed = fields.Boolean()
+    due_date = fields.Date(allow_none=True, metadata={"description": "null removes it."})
+    priority = fields.String(validate=validate.OneOf(PRIORITIES))
 
     @validates_schema
     def not_empty(self, data: dict[str, Any], **kwargs: Any) -> None:
         if not data:
-            raise ValidationError("Give at least one of title, description, completed.")
+            raise ValidationError(
+                "Give at least one of title, description, completed, due_date, priority."
+            )
+
+
+# The task tools' arguments (contract §2): the same fields and validation as the REST routes,
+# so a model's arguments pass exactly the checks a frontend's do. `tool_parameters` gives the
+# JSON Schema the model is shown; `Schema().load(arguments)` validates what it sends.
+
+
+class TaskRefSchema(Schema):
+    task_id = fields.Integer(
+        required=True, strict=True, validate=validate.Range(1, 2**31 - 1),
+        metadata={"description": "The task's number."},
+    )  # fmt: skip
+
+
+class AddTaskToolSchema(TaskCreateSchema):
+    """add_task(title, description?, due_date?, priority?)"""
+
+
+class UpdateTaskToolSchema(TaskRefSchema, TaskUpdateSchema):
+    """update_task(task_id, title?, description?, due_date?, priority?)"""
+
+    class Meta:
+        exclude = ("completed",)  # complete_task does that
+
+    @validates_schema
+    def not_empty(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if set(data) <= {"task_id"}:
+            raise ValidationError("Give at least one of title, description, due_date, priority.")
+
+
+class ListTasksToolSchema(TaskListArgsSchema):
+    """list_tasks(status?, q?, due_before?)"""
+
+    class Meta:
+        fields = ("status", "q", "due_before")
+
+
+def tool_parameters(schema: type[Schema]) -> dict[str, Any]:
+    """A schema's fields as the JSON Schema object of a tool's parameters (no other keys)."""
+    from apispec.ext.marshmallow import OpenAPIConverter
+
+    converter = OpenAPIConverter("3.0.3", lambda _: None, None)
+    found = converter.schema2jsonschema(schema())
+    properties = found["properties"]
+    for field in properties.values():  # OpenAPI 3.0's `nullable` in JSON Schema's words
+        if field.pop("nullable", False):
+            field["type"] = [field["type"], "null"]
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": found.get("required", []),
+        "additionalProperties": False,
+    }
 
 
 # Tool arguments: what the agent's tools accept, with the REST routes' own fields -----------
@@ -353,13 +478,24 @@ class ConversationSchema(Schema):
     message_count = fields.Integer(required=True)
 
 
+class ConversationMatchSchema(ConversationSchema):
+    match = fields.String(
+        metadata={"description": "With `?q=`: a short snippet of the best match (≤ 200 chars)."}
+    )
+
+
+class ConversationExportSchema(ConversationSchema):
+    messages = fields.List(fields.Nested(MessageSchema), required=True)
+    exported_at = UTCDateTime(required=True)
+
+
 class ConversationDetailSchema(ConversationSchema):
     messages = fields.List(fields.Nested(MessageSchema), required=True)
     next_cursor = fields.String(required=True, allow_none=True)
 
 
 class ConversationPageSchema(Schema):
-    items = fields.List(fields.Nested(ConversationSchema), required=True)
+    items = fields.List(fields.Nested(ConversationMatchSchema), required=True)
     next_cursor = fields.String(required=True, allow_none=True)
 
 
@@ -368,8 +504,11 @@ class TaskSchema(Schema):
     title = fields.String(required=True)
     description = fields.String(required=True)
     completed = fields.Boolean(required=True)
+    due_date = fields.Date(required=True, allow_none=True)
+    priority = fields.String(required=True, metadata={"enum": list(PRIORITIES)})
     created_at = UTCDateTime(required=True)
     updated_at = UTCDateTime(required=True)
+    completed_at = UTCDateTime(required=True, allow_none=True)
 
 
 class TaskPageSchema(Schema):
@@ -402,8 +541,25 @@ class UsageDaySchema(Schema):
     )
 
 
+class QuotaSchema(Schema):
+    tokens_per_day = fields.Integer(
+        required=True, allow_none=True, metadata={"description": "null: no quota applies."}
+    )
+    used_today = fields.Integer(required=True, metadata={"description": "Tokens, this UTC day."})
+    remaining = fields.Integer(required=True, allow_none=True)
+    resets_at = UTCDateTime(required=True, metadata={"description": "The next midnight UTC."})
+
+
 class UsagePageSchema(Schema):
     items = fields.List(fields.Nested(UsageDaySchema), required=True)
+    quota = fields.Nested(QuotaSchema, required=True)
+
+
+class QuotaUpdateSchema(Schema):
+    tokens_per_day = fields.Integer(
+        required=True, allow_none=True, strict=True, validate=validate.Range(0, 10**12),
+        metadata={"description": "The user's own cap (0: no quota); null: back to the default."},
+    )  # fmt: skip
 
 
 class ProblemSchema(Schema):

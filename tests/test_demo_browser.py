@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import pytest
 from flask import Flask
 from werkzeug.serving import make_server
 
+from chatsvc import auth
 from chatsvc.agent.base import Agent, Reply, ReplyDone, TextDelta
 from chatsvc.config import Config
 
@@ -452,3 +455,139 @@ def test_a_deleted_conversation_is_forgotten_and_the_next_message_starts_anew(pa
     send(page, "Show my tasks", "/api/gus/chat")
     expect(page.locator(".message.assistant .content").last).to_contain_text("buy milk")
     assert len(app.test_client().get("/api/gus/conversations").json["items"]) == 1
+
+
+# Task planning, conversation search, export and citations that open (issue 20). ------------
+
+
+def test_task_panel_shows_due_dates_and_priorities(page, serve, screenshot):
+    server, app = serve()
+    client = app.test_client()
+    yesterday = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
+    for body in [
+        {"title": "pay rent", "due_date": yesterday, "priority": "high"},
+        {"title": "buy milk"},
+        {"title": "file taxes", "due_date": "2099-04-15", "priority": "low"},
+    ]:
+        assert client.post("/api/erin/tasks", json=body).status_code == 201
+    assert client.patch("/api/erin/tasks/3", json={"completed": True}).status_code == 200
+    page.goto(f"{server.origin}/demo")
+    pick_user(page, "erin")
+
+    tasks = page.locator("#task-list .task")
+    expect(tasks.locator(".task-title")).to_have_text(["pay rent", "buy milk", "file taxes"])
+    rent, milk, taxes = tasks.nth(0), tasks.nth(1), tasks.nth(2)
+    expect(rent.locator(".priority")).to_have_text("high")
+    expect(rent.locator("time.due")).to_have_text(f"due {yesterday} (overdue)")
+    expect(rent.locator("time.due")).to_have_attribute("datetime", yesterday)
+    expect(rent.locator(".overdue")).to_have_count(1)
+    expect(milk.locator(".priority")).to_have_count(0)  # normal is not worth a badge
+    expect(milk.locator("time")).to_have_count(0)
+    expect(taxes.locator(".priority")).to_have_text("low")
+    expect(taxes.locator("time.due")).to_have_text("due 2099-04-15")  # done: never overdue
+    screenshot("tasks-planned")
+
+    # A task the assistant adds shows up the same way.
+    client.patch("/api/erin/tasks/2", json={"due_date": "2099-01-01", "priority": "high"})
+    page.get_by_role("button", name="Refresh tasks").click()
+    expect(milk.locator("time.due")).to_have_text("due 2099-01-01")
+    expect(milk.locator(".priority")).to_have_text("high")
+
+
+def test_search_box_finds_and_opens_a_conversation(page, serve, screenshot):
+    server, app = serve()
+    client = app.test_client()
+    garden = client.post("/api/fay/chat", json={"message": "Add a task to fix the garden gate"})
+    client.post("/api/fay/chat", json={"message": "Add a task to call the plumber"})
+    page.goto(f"{server.origin}/demo")
+    pick_user(page, "fay")
+
+    search = page.get_by_role("searchbox", name="Search conversations")
+    search.fill("garden")
+    with page.expect_response(lambda r: "/api/fay/conversations?" in r.url) as found:
+        search.press("Enter")
+    assert "q=garden" in found.value.url
+    results = page.locator("#search-results .search-result")
+    expect(results).to_have_count(1)
+    expect(results.locator(".conversation-title")).to_have_text("Add a task to fix the garden gate")
+    expect(results.locator(".match")).to_contain_text("garden")
+    expect(page.locator("#search-note")).to_have_text("1 conversation matching “garden”")
+    screenshot("search")
+
+    results.get_by_role("button").click()
+    garden_id = garden.json["conversation_id"]
+    expect(page.locator("#conversation-label")).to_contain_text(garden_id)
+    expect(page.locator(".message.user .content")).to_have_text(
+        ["Add a task to fix the garden gate"]
+    )
+    send(page, "what are my tasks?", "/api/fay/chat")  # the opened conversation continues
+    expect(page.locator(".message.user .content")).to_have_count(2)
+    assert client.get(f"/api/fay/conversations/{garden_id}").json["message_count"] == 4
+
+    search.fill("***")  # no words: the API's 422 becomes a hint, not an error
+    search.press("Enter")
+    expect(page.locator("#search-note")).to_have_text("Type a word or two to search for.")
+    expect(page.get_by_role("alert")).to_be_hidden()
+    search.fill("submarine")
+    search.press("Enter")
+    expect(page.locator("#search-note")).to_have_text("No conversation matches “submarine”.")
+    expect(results).to_have_count(0)
+
+
+def test_export_links_download_the_conversation(page, serve):
+    server, _ = serve()
+    page.goto(f"{server.origin}/demo")
+    pick_user(page, "gil")
+    expect(page.locator("#export")).to_be_hidden()  # nothing to export yet
+    send(page, "Add a task to buy milk", "/api/gil/chat")
+    expect(page.locator(".message.assistant").last).to_have_attribute("data-status", "completed")
+
+    link = page.get_by_role("link", name="Markdown")
+    expect(link).to_be_visible()
+    with page.expect_download() as download:
+        link.click()
+    saved = download.value
+    assert saved.suggested_filename.startswith(
+        "conversation-"
+    ) and saved.suggested_filename.endswith(".md")
+    text = Path(saved.path()).read_text(encoding="utf-8")
+    assert "Add a task to buy milk" in text and "`add_task`" in text
+
+    with page.expect_download() as download:
+        page.get_by_role("link", name="JSON").click()
+    exported = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
+    assert [m["role"] for m in exported["messages"]] == ["user", "assistant"]
+    assert exported["messages"][1]["tool_calls"][0]["tool"] == "add_task"
+
+
+def test_export_with_a_token_sends_it(page, serve):
+    secret = "d" * 40
+    server, _ = serve({"AUTH_MODE": "required", "JWT_SECRET": secret})
+    page.goto(f"{server.origin}/demo")
+    page.get_by_label("Bearer token").fill(auth.create_token("hal", secret=secret))
+    pick_user(page, "hal")
+    send(page, "Add a task to buy milk", "/api/hal/chat")
+    expect(page.locator(".message.assistant").last).to_have_attribute("data-status", "completed")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Markdown").click()
+    assert download.value.suggested_filename.endswith(".md")
+    assert "buy milk" in Path(download.value.path()).read_text(encoding="utf-8")
+    expect(page.get_by_role("alert")).to_be_hidden()
+
+
+def test_a_citation_without_a_url_opens_the_document(page, serve):
+    server, app = serve()
+    added = app.test_client().post(
+        "/api/documents",
+        json={"title": "Opening hours", "text": "The library opens at nine on weekdays."},
+    )
+    assert added.status_code == 201
+    page.goto(f"{server.origin}/demo")
+    page.get_by_label("Knowledge assistant (anonymous session)").check()
+    send(page, "When does the library open?", "/api/chat")
+    link = page.locator(".message.assistant .sources .source").first.get_by_role(
+        "link", name="Opening hours"
+    )
+    href = link.get_attribute("href")
+    assert href.startswith(f"{server.origin}/api/documents/{added.json['id']}")
+    assert page.request.get(href.split("#")[0]).json()["title"] == "Opening hours"

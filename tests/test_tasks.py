@@ -6,7 +6,17 @@ import threading
 
 from helpers import FORGED_INT_CURSORS, assert_problem, ok, tasks
 
-TASK_FIELDS = {"task_id", "title", "description", "completed", "created_at", "updated_at"}
+TASK_FIELDS = {
+    "task_id",
+    "title",
+    "description",
+    "completed",
+    "due_date",
+    "priority",
+    "created_at",
+    "updated_at",
+    "completed_at",
+}
 
 
 def create(client, user="alice", title="buy milk", **fields):

@@ -10,7 +10,7 @@ from .. import auth, db
 from ..models import Document
 from ..schemas import DocumentCreateSchema, DocumentPageSchema, DocumentSchema, PageArgsSchema
 from ..services import knowledge
-from . import body_limit, problems
+from . import body_limit, cached, problems
 
 bp = Blueprint("documents", __name__, url_prefix="/api/documents", description="Knowledge base.")
 
@@ -32,6 +32,7 @@ def create_document(body: dict[str, Any]) -> tuple[Document, int]:
 
 @bp.get("")
 @bp.arguments(PageArgsSchema, location="query")
+@cached(bp)
 @bp.response(200, DocumentPageSchema)
 @problems(bp, 401, 422, 429)
 def list_documents(args: dict[str, Any]) -> dict[str, Any]:
@@ -42,6 +43,7 @@ def list_documents(args: dict[str, Any]) -> dict[str, Any]:
 
 
 @bp.get("/<document_id>")
+@cached(bp)
 @bp.response(200, DocumentSchema)
 @problems(bp, 401, 404, 422, 429)
 def get_document(document_id: str) -> Document:

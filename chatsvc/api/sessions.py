@@ -10,13 +10,14 @@ from .. import auth, db
 from ..models import Conversation
 from ..schemas import HistoryArgsSchema, SessionStateSchema
 from ..services import conversations
-from . import problems
+from . import cached, problems
 
 bp = Blueprint("sessions", __name__, url_prefix="/api/session", description="Knowledge sessions.")
 
 
 @bp.get("/<session_id>")
 @bp.arguments(HistoryArgsSchema, location="query")
+@cached(bp)
 @bp.response(200, SessionStateSchema)
 @problems(bp, 401, 404, 410, 422, 429)
 def get_session(args: dict[str, Any], session_id: str) -> dict[str, Any]:

@@ -15,27 +15,27 @@ from ..schemas import (
     TaskSchema,
     TaskUpdateSchema,
 )
-from ..services import pages
 from ..services import tasks as task_service
-from . import problems
+from . import cached, problems
 
 bp = Blueprint("tasks", __name__, url_prefix="/api", description="Tasks.")
 
 
 @bp.get("/<user_id>/tasks")
 @bp.arguments(TaskListArgsSchema, location="query")
+@cached(bp)
 @bp.response(200, TaskPageSchema)
 @problems(bp, 401, 403, 404, 422, 429)
 def list_tasks(args: dict[str, Any], user_id: str) -> dict[str, Any]:
-    """The user's tasks by number, optionally only pending or completed ones."""
-    position = pages.decode(args["cursor"], int, maximum=pages.INT32_MAX)
-    found = task_service.list_tasks(
-        db.session(), auth.user_for_path(user_id), args["status"],
-        after=position[0] if position else 0, limit=args["limit"] + 1,
+    """The user's tasks, filtered and sorted (by number unless `sort` says otherwise)."""
+    where = task_service.TaskFilter(
+        args["status"], args["q"], args["due_before"], args["due_after"], args["priority"]
+    )
+    items, next_cursor = task_service.page_tasks(
+        db.session(), auth.user_for_path(user_id), where, args["sort"], args["limit"],
+        args["cursor"],
     )  # fmt: skip
-    items = found[: args["limit"]]
-    more = len(found) > args["limit"]
-    return {"items": items, "next_cursor": pages.encode(items[-1].task_id) if more else None}
+    return {"items": items, "next_cursor": next_cursor}
 
 
 @bp.post("/<user_id>/tasks")
@@ -45,10 +45,11 @@ def list_tasks(args: dict[str, Any], user_id: str) -> dict[str, Any]:
 def create_task(body: dict[str, Any], user_id: str) -> Task:
     """Add a task; it gets the user's next task number."""
     user = auth.user_for_path(user_id)
-    return task_service.create_task(db.session(), user, body["title"], body["description"])
+    return task_service.create_task(db.session(), user, **body)
 
 
 @bp.get("/<user_id>/tasks/<int:task_id>")
+@cached(bp)
 @bp.response(200, TaskSchema)
 @problems(bp, 401, 403, 404, 422, 429)
 def get_task(user_id: str, task_id: int) -> Task:
@@ -61,7 +62,7 @@ def get_task(user_id: str, task_id: int) -> Task:
 @bp.response(200, TaskSchema)
 @problems(bp, 400, 401, 403, 404, 413, 415, 422, 429)
 def update_task(body: dict[str, Any], user_id: str, task_id: int) -> Task:
-    """Change a task's title, description or completion."""
+    """Change a task's title, description, completion, due date or priority."""
     return task_service.update_task(db.session(), auth.user_for_path(user_id), task_id, **body)
 
 

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import and_, column, delete, select, text, update
 from sqlalchemy.orm import Session
 
 from ..db import utcnow
 from ..errors import NotFound, SessionExpired, TurnInProgress
 from ..models import Conversation, Message
-from . import pages
+from . import pages, quotas
+from .knowledge import STOPWORDS
+from .words import words
 
 USER, SESSION = "user", "session"
 ID_LENGTH = 36
@@ -95,6 +98,127 @@ def list_for_user(
     )
 
 
+MATCH_CHARS = 200
+
+
+def search_for_user(
+    session: Session, user_id: str, query: str, limit: int, cursor: str | None
+) -> tuple[list[tuple[Conversation, str]], str | None]:
+    """A user's conversations whose title or messages have every word of `query` (the
+    database's full-text search; only letters and digits reach it), newest activity first,
+    each with a short snippet of its best-ranked match."""
+    terms = [w for w in words(query) if w not in STOPWORDS]
+    if not terms:
+        session.commit()
+        return [], None
+    backend = _SEARCH[session.get_bind().dialect.name]
+    matching = backend.matching(user_id, terms).columns(column("id"))
+    found = select(Conversation).where(
+        Conversation.user_id == user_id, Conversation.id.in_(matching)
+    )
+    items, next_cursor = pages.newest_first(
+        session, found, Conversation.last_activity, Conversation.id, limit, cursor
+    )
+    snippets = backend.snippets(session, terms, [c.id for c in items]) if items else {}
+    session.commit()
+    matches = [(c, _cap(snippets.get(c.id) or c.title)) for c in items]
+    return matches, next_cursor
+
+
+def _cap(snippet: str) -> str:
+    snippet = " ".join(snippet.split())
+    return snippet if len(snippet) <= MATCH_CHARS else snippet[: MATCH_CHARS - 1] + "…"
+
+
+class _SqliteSearch:
+    # Every word quoted: FTS5 reads it as a string, never as an operator or a column filter;
+    # words side by side must all match.
+    @staticmethod
+    def _match(terms: list[str]) -> str:
+        return " ".join(f'"{term}"' for term in terms)
+
+    @classmethod
+    def matching(cls, user_id: str, terms: list[str]) -> Any:
+        return text(
+            "SELECT m.conversation_id AS id FROM messages_fts JOIN messages m"
+            " ON m.rowid = messages_fts.rowid JOIN conversations c ON c.id = m.conversation_id"
+            " WHERE messages_fts MATCH :match AND c.user_id = :user"
+            " UNION SELECT c.id FROM conversations_fts JOIN conversations c"
+            " ON c.rowid = conversations_fts.rowid"
+            " WHERE conversations_fts MATCH :match AND c.user_id = :user"
+        ).bindparams(match=cls._match(terms), user=user_id)
+
+    @classmethod
+    def snippets(cls, session: Session, terms: list[str], ids: list[str]) -> dict[str, str]:
+        best: dict[str, str] = {}
+        rows = session.execute(
+            text(
+                "SELECT m.conversation_id, snippet(messages_fts, 0, '', '', '…', 24)"
+                " FROM messages_fts JOIN messages m ON m.rowid = messages_fts.rowid"
+                " WHERE messages_fts MATCH :match AND m.conversation_id IN"
+                " (SELECT value FROM json_each(:ids)) ORDER BY bm25(messages_fts), m.seq"
+            ),
+            {"match": cls._match(terms), "ids": json.dumps(ids)},
+        )
+        for conversation_id, snippet in rows:
+            best.setdefault(conversation_id, snippet)
+        return best
+
+
+class _PostgresSearch:
+    # plainto_tsquery ANDs the words and never raises on syntax; the words are letters and
+    # digits. The expressions repeat those of the GIN indexes so that the indexes are used.
+    @staticmethod
+    def matching(user_id: str, terms: list[str]) -> Any:
+        return text(
+            "SELECT m.conversation_id AS id FROM messages m"
+            " JOIN conversations c ON c.id = m.conversation_id"
+            " WHERE to_tsvector('english'::regconfig, m.content)"
+            " @@ plainto_tsquery('english', :query) AND c.user_id = :user"
+            " UNION SELECT c.id FROM conversations c"
+            " WHERE to_tsvector('english'::regconfig, c.title)"
+            " @@ plainto_tsquery('english', :query) AND c.user_id = :user"
+        ).bindparams(query=" ".join(terms), user=user_id)
+
+    @staticmethod
+    def snippets(session: Session, terms: list[str], ids: list[str]) -> dict[str, str]:
+        rows = session.execute(
+            text(
+                "SELECT DISTINCT ON (m.conversation_id) m.conversation_id,"
+                ' ts_headline(\'english\', m.content, q, \'StartSel="", StopSel="",'
+                " MaxWords=24, MinWords=8')"
+                " FROM messages m, plainto_tsquery('english', :query) q"
+                " WHERE m.conversation_id = ANY(:ids)"
+                " AND to_tsvector('english'::regconfig, m.content) @@ q"
+                " ORDER BY m.conversation_id,"
+                " ts_rank_cd(to_tsvector('english'::regconfig, m.content), q) DESC, m.seq"
+            ),
+            {"query": " ".join(terms), "ids": ids},
+        )
+        return {conversation_id: snippet for conversation_id, snippet in rows}
+
+
+_SEARCH: dict[str, Any] = {"sqlite": _SqliteSearch, "postgresql": _PostgresSearch}
+
+
+def rename(session: Session, conversation_id: str, access: Access, title: str) -> Conversation:
+    conversation = find(session, conversation_id, access, lock=True)
+    conversation.title = title
+    session.commit()
+    return conversation
+
+
+def export(
+    session: Session, conversation_id: str, access: Access
+) -> tuple[Conversation, list[Message]]:
+    """A conversation and every one of its messages, oldest first."""
+    conversation = find(session, conversation_id, access)
+    query = select(Message).where(Message.conversation_id == conversation.id)
+    messages = list(session.scalars(query.order_by(Message.seq)))
+    session.commit()
+    return conversation, messages
+
+
 def messages_page(
     session: Session, conversation: Conversation, limit: int, cursor: str | None = None
 ) -> tuple[list[Message], str | None]:
@@ -147,6 +271,7 @@ class CleanupReport:
     sessions_deleted: int
     conversations_deleted: int
     turns_failed: int
+    quota_counters_deleted: int = 0
 
 
 def cleanup(session: Session, config: dict[str, Any], now: datetime | None = None) -> CleanupReport:
@@ -172,8 +297,10 @@ def cleanup(session: Session, config: dict[str, Any], now: datetime | None = Non
         )
         deleted[kind] = result.rowcount
     failed = fail_stale_turns(session, config, now)
+    # Quota counters of days before yesterday never count again.
+    counters = quotas.forget_before(session, now.date() - timedelta(days=1))
     session.commit()
-    return CleanupReport(deleted[SESSION], deleted[USER], failed)
+    return CleanupReport(deleted[SESSION], deleted[USER], failed, counters)
 
 
 def fail_stale_turns(

@@ -40,6 +40,81 @@ function showConversationLabel() {
   const id = conversationId();
   const what = mode() === "user" ? `Conversation of ${userId() || "?"}` : "Anonymous session";
   $("conversation-label").textContent = id ? `${what}: ${id}` : `${what}: new (starts with your first message)`;
+  showExport();
+}
+
+// ---- export -----------------------------------------------------------------
+
+function exportPath(format) {
+  return `/api/${enc(userId())}/conversations/${enc(conversationId())}/export?format=${format}`;
+}
+
+function showExport() {
+  const available = mode() === "user" && Boolean(conversationId()) && Boolean(userId());
+  $("export").hidden = !available;
+  if (!available) return;
+  $("export-markdown").href = apiBase + exportPath("markdown");
+  $("export-json").href = apiBase + exportPath("json");
+}
+
+// A plain link downloads the file; with a bearer token the browser would not send it, so the
+// file is fetched with the token and handed to the browser as a download.
+async function downloadWithToken(event, format) {
+  if (!$("token").value.trim()) return;
+  event.preventDefault();
+  try {
+    const response = await api.fetch("GET", exportPath(format), undefined, "*/*");
+    const link = element("a");
+    link.href = URL.createObjectURL(await response.blob());
+    link.download = `conversation-${conversationId()}.${format === "json" ? "json" : "md"}`;
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+  } catch (error) {
+    showError(asProblem(error));
+  }
+}
+
+// ---- search -----------------------------------------------------------------
+
+async function searchConversations(text) {
+  const results = $("search-results");
+  results.replaceChildren();
+  if (mode() !== "user" || !userId()) {
+    $("search-note").textContent = "Conversations belong to a user: pick the Todo assistant.";
+    return;
+  }
+  const q = text.trim();
+  const path = q
+    ? `/api/${enc(userId())}/conversations?limit=20&q=${enc(q)}`
+    : `/api/${enc(userId())}/conversations?limit=20`;
+  try {
+    const page = await api.json("GET", path);
+    results.replaceChildren(...page.items.map(searchResult));
+    $("search-note").textContent = page.items.length
+      ? `${page.items.length} conversation${page.items.length === 1 ? "" : "s"}${q ? ` matching “${q}”` : ""}`
+      : q ? `No conversation matches “${q}”.` : "No conversations yet.";
+  } catch (error) {
+    const problem = asProblem(error);
+    $("search-note").textContent = problem.status === 422
+      ? "Type a word or two to search for." : "The search failed.";
+    if (problem.status !== 422) showError(problem);
+  }
+}
+
+function searchResult(conversation) {
+  const item = element("li", "search-result");
+  item.dataset.id = conversation.id;
+  const open = element("button", "conversation-title", conversation.title || "(untitled)");
+  open.type = "button";
+  open.addEventListener("click", () => {
+    saved.conversations[userId()] = conversation.id;
+    save();
+    clearError();
+    loadHistory();
+  });
+  item.append(open);
+  if (conversation.match) item.append(element("p", "match", conversation.match));
+  return item;
 }
 
 // ---- rendering --------------------------------------------------------------
@@ -87,9 +162,10 @@ function addSources(item, sources) {
   for (const source of sources) {
     const entry = element("li", "source");
     const title = source.title || source.url || "untitled";
-    if (/^https?:\/\//i.test(source.url || "")) {
+    const href = citationHref(source);
+    if (href) {
       const link = element("a", "source-title", title);
-      link.href = source.url;
+      link.href = href;
       link.rel = "noopener noreferrer";
       link.target = "_blank";
       entry.append(link);
@@ -99,6 +175,16 @@ function addSources(item, sources) {
     if (source.snippet) entry.append(element("p", "snippet", source.snippet));
     list.append(entry);
   }
+}
+
+// A citation opens: the document's own web address, or the document in this API.
+function citationHref(source) {
+  if (/^https?:\/\//i.test(source.url || "")) return source.url;
+  if (/^\/api\//.test(source.url || "")) return apiBase + source.url;
+  if (!source.document_id) return null;
+  const ordinal = String(source.chunk_id || "").split(":").pop();
+  const anchor = ordinal ? `#chunk-${ordinal}` : "";
+  return `${apiBase}/api/documents/${enc(source.document_id)}` + anchor;
 }
 
 function setStatus(item, status, code) {
@@ -183,6 +269,18 @@ function taskItem(task) {
   const item = element("li", task.completed ? "task done" : "task");
   item.append(element("span", "task-id", `#${task.task_id}`), " ", element("span", "task-title", task.title));
   if (task.completed) item.append(" ", element("span", "badge", "done"));
+  if (task.priority && task.priority !== "normal") {
+    item.append(" ", element("span", `badge priority priority-${task.priority}`, task.priority));
+  }
+  if (task.due_date) {
+    const meta = element("span", "task-meta");
+    const overdue = !task.completed && task.due_date < new Date().toISOString().slice(0, 10);
+    const due = element("time", overdue ? "due overdue" : "due", `due ${task.due_date}${overdue ? " (overdue)" : ""}`);
+    due.dateTime = task.due_date;
+    meta.append(due);
+    item.append(meta);
+  }
+  item.dataset.priority = task.priority || "normal";
   return item;
 }
 
@@ -270,6 +368,8 @@ function applyMode() {
   $("user-field").hidden = mode() !== "user";
   $("message").placeholder = mode() === "user" ? "Add a task to buy milk" : "Ask a question about the documents";
   clearError();
+  $("search-results").replaceChildren();
+  $("search-note").textContent = "";
   loadHistory();
   refreshTasks();
 }
@@ -328,6 +428,14 @@ $("new-conversation").addEventListener("click", () => {
 });
 
 $("refresh-tasks").addEventListener("click", refreshTasks);
+
+$("search").addEventListener("submit", (event) => {
+  event.preventDefault();
+  searchConversations($("search-text").value);
+});
+
+$("export-markdown").addEventListener("click", (event) => downloadWithToken(event, "markdown"));
+$("export-json").addEventListener("click", (event) => downloadWithToken(event, "json"));
 
 $("api-base").textContent = apiBase;
 $("user-id").value = saved.userId;
