@@ -18,7 +18,6 @@ monkey.patch_all()
 
 import gunicorn.util  # noqa: E402  (after the monkey-patch, like everything else)
 
-
 # Prometheus multiprocess mode: each worker writes its samples under this directory and
 # /metrics adds them up. One directory per instance (several may run on one machine), made
 # here in the master before any worker imports prometheus_client.

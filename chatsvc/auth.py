@@ -116,7 +116,9 @@ def check_early() -> None:
     if request.url_rule is None or request.method == "OPTIONS":
         return
     path = request.view_args or {}
-    if "user_id" in path:
+    if request.path.startswith("/api/admin/"):
+        require_admin()
+    elif "user_id" in path:
         user_for_path(path["user_id"])
     elif request.blueprint in ("chat", "sessions"):
         session_access()

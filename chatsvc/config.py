@@ -205,6 +205,7 @@ class TurnSettings:
     idempotency_ttl_seconds: int
     session_ttl_seconds: int
     conversation_ttl_seconds: int
+    quota_tokens_per_day: int = 0  # 0: no quota (an admin's own cap for a user still applies)
 
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> TurnSettings:
@@ -215,6 +216,7 @@ class TurnSettings:
             idempotency_ttl_seconds=int(config["IDEMPOTENCY_TTL_SECONDS"]),
             session_ttl_seconds=int(config["SESSION_TTL_SECONDS"]),
             conversation_ttl_seconds=int(config["CONVERSATION_TTL_SECONDS"]),
+            quota_tokens_per_day=int(config["QUOTA_TOKENS_PER_DAY"]),
         )
 
     def lifetimes(self) -> dict[str, int]:
@@ -224,6 +226,8 @@ class TurnSettings:
             "CONVERSATION_TTL_SECONDS": self.conversation_ttl_seconds,
             "TURN_STALE_SECONDS": self.turn_stale_seconds,
         }
+
+
 DEV_SECRET_FILE = "jwt-secret.dev"
 
 

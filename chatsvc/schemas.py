@@ -15,8 +15,6 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 from .config import Config
 from .services.words import words as search_words
 
-MAX_TASK_ID = 2**31 - 1  # task numbers are 32-bit integers on every backend
-
 # NUL and C0 controls other than tab, LF and CR, and lone surrogates (JSON's "\ud800" escapes:
 # no text, and no database stores them); invalid UTF-8 never gets this far.
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
@@ -346,26 +344,17 @@ def tool_parameters(schema: type[Schema]) -> dict[str, Any]:
     }
 
 
-# Tool arguments: what the agent's tools accept, with the REST routes' own fields -----------
+class SearchToolSchema(Schema):
+    """search_knowledge(query, k?)"""
 
-
-class SearchArgsSchema(Schema):
-    query = fields.String(required=True, validate=[validate.Length(1, 500), no_control_chars])
-    k = fields.Integer(load_default=5, validate=validate.Range(1, 10), strict=True)
-
-
-class TaskRefArgsSchema(Schema):
-    task_id = fields.Integer(required=True, strict=True, validate=validate.Range(1, MAX_TASK_ID))
-
-
-class TaskUpdateArgsSchema(TaskRefArgsSchema):
-    title = Title(200)
-    description = fields.String(validate=[validate.Length(max=1000), no_control_chars])
-
-    @validates_schema
-    def not_empty(self, data: dict[str, Any], **kwargs: Any) -> None:
-        if "title" not in data and "description" not in data:
-            raise ValidationError("Give a new title or description.")
+    query = fields.String(
+        required=True, validate=[validate.Length(1, 500), no_control_chars],
+        metadata={"description": "Keywords or a question."},
+    )  # fmt: skip
+    k = fields.Integer(
+        load_default=5, validate=validate.Range(1, 10), strict=True,
+        metadata={"description": "How many passages to return (default 5)."},
+    )  # fmt: skip
 
 
 class DocumentText(fields.String):

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache
-from functools import wraps
+from functools import cache, wraps
 from http import HTTPStatus
 from typing import Any
 

@@ -63,13 +63,21 @@ def _turn(
     conversation_id: str | None = None,
 ) -> Any:  # fmt: skip
     idempotent = _idempotency(access, key, body, conversation_id)
-    handle = engine().take(TurnRequest(access, kind, body["message"], conversation_id, idempotent))
-    headers = REPLAYED if handle.replayed else {}
+    handle = engine().take(
+        TurnRequest(access, kind, body["message"], conversation_id, idempotent,
+                    client_address=request.remote_addr)
+    )  # fmt: skip
+    headers = dict(REPLAYED) if handle.replayed else {}
     if sse.wants_stream():
-        return sse.respond(handle, headers=headers)
+        return sse.respond(handle, headers={**headers, **_quota(handle.quota_remaining)})
     result = handle.result()
     record_timings(result.timings)
-    return sse.turn_body(result), 200, headers
+    return sse.turn_body(result), 200, {**headers, **_quota(result.quota_remaining)}
+
+
+def _quota(remaining: int | None) -> dict[str, str]:
+    """X-Quota-Remaining, when a quota applies (contract §10)."""
+    return {} if remaining is None else {"X-Quota-Remaining": str(remaining)}
 
 
 def _idempotency(

@@ -43,7 +43,7 @@ from ..config import TurnSettings
 from ..db import Database, utcnow
 from ..errors import ApiError, NotFound, TurnInProgress, UpstreamFailure, log_failure
 from ..models import Conversation, Message, MessageStatus, Role, new_id
-from . import conversations, idempotency
+from . import conversations, idempotency, quotas
 from .conversations import Access
 from .toolbox import ToolBox, tools_for
 
@@ -71,6 +71,7 @@ class TurnRequest:
     message: str
     conversation_id: str | None = None
     idempotency: IdempotencyKey | None = None
+    client_address: str | None = None  # whom an anonymous caller's quota counts against
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class TurnResult:
     context: Context
     timings: dict[str, float] = field(default_factory=dict)
     error_code: str | None = None  # why a failed turn failed
+    quota_remaining: int | None = None  # tokens left today after this turn, when a quota applies
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,8 @@ class _Pending:
     turn: Turn
     context: Context
     idempotent: bool
+    quota_subject: str
+    quota_remaining: int | None  # at admission
     timings: dict[str, float] = field(default_factory=lambda: {"db": 0.0, "agent": 0.0})
 
 
@@ -199,7 +203,10 @@ class TurnEngine:
         retry = attempt.retry if attempt else None
         conversation_id = retry.conversation_id if retry else request.conversation_id
         kind = request.kind
+        who = quotas.subject(request.access.user_id, request.client_address)
         with self.database.transaction() as session:
+            # Before any model call, after the idempotency look-up (a replay costs nothing).
+            quota = quotas.admit(session, who, self.settings.quota_tokens_per_day)
             if conversation_id is None:
                 conversation_id = _create(
                     session, request.access, kind, request.message, assistant_id, now
@@ -245,6 +252,8 @@ class TurnEngine:
             Turn(user_id, conversation_id, request.message, history),
             context,
             idempotent=attempt is not None,
+            quota_subject=who,
+            quota_remaining=quota.remaining,
         )
         pending.timings["db"] += _ms_since(started)
         return pending
@@ -352,12 +361,14 @@ class TurnEngine:
             )  # fmt: skip
             if pending.idempotent:
                 idempotency.settle(session, message_id, status == MessageStatus.COMPLETED)
+            quotas.settle(session, pending.quota_subject, usage["total_tokens"])
         pending.timings["db"] += _ms_since(started)
         result = TurnResult(
             conversation_id=pending.started.conversation_id, message_id=message_id,
             kind=pending.started.kind, text=reply.text, tool_calls=tool_calls, sources=sources,
             usage=usage, model=reply.model, status=str(status), created_at=now,
             context=pending.context, timings=pending.timings, error_code=error_code,
+            quota_remaining=_less(pending.quota_remaining, usage["total_tokens"]),
         )  # fmt: skip
         if self._observe is not None:
             self._observe(result, [call.tool for call in reply.tool_calls])
@@ -376,6 +387,14 @@ class TurnHandle:
     @property
     def replayed(self) -> bool:
         return self._replay is not None
+
+    @property
+    def quota_remaining(self) -> int | None:
+        """Tokens left today as the turn starts (a replay: as it ended); None: no quota."""
+        if self._replay is not None:
+            return self._replay.quota_remaining
+        assert self._pending is not None
+        return self._pending.quota_remaining
 
     @property
     def started(self) -> TurnStarted:
@@ -587,6 +606,10 @@ def _title(message: str) -> str:
         return line
     cut = line[: TITLE_CHARS - 1].rsplit(" ", 1)[0] or line[: TITLE_CHARS - 1]
     return cut + "…"
+
+
+def _less(remaining: int | None, tokens: int) -> int | None:
+    return None if remaining is None else max(0, remaining - tokens)
 
 
 def _ms_since(started: float) -> float:
