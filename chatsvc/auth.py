@@ -142,7 +142,14 @@ def user_for_path(user_id: str) -> str:
 
 
 def user_access(user_id: str) -> Access:
-    return Access(user_for_path(user_id))
+    return Access(user_for_path(user_id), rules=lifetimes())
+
+
+def lifetimes() -> dict[str, int]:
+    """The conversation rules a service applies, from the running config."""
+    config = current_app.config
+    names = ("SESSION_TTL_SECONDS", "CONVERSATION_TTL_SECONDS", "TURN_STALE_SECONDS")
+    return {name: config[name] for name in names}
 
 
 def session_access() -> Access:
@@ -155,7 +162,7 @@ def session_access() -> Access:
         and not config["ALLOW_ANONYMOUS_SESSIONS"]
     ):
         raise Unauthorized("Sessions need a token on this service.")
-    return Access(subject, kind=SESSION)
+    return Access(subject, kind=SESSION, rules=lifetimes())
 
 
 def require_reader() -> None:

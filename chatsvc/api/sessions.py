@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import current_app
 from flask_smorest import Blueprint
 
 from .. import auth, db
@@ -41,7 +42,7 @@ def _state(session: Conversation, limit: int) -> dict[str, Any]:
         "session_id": session.id,
         "created_at": session.created_at,
         "last_activity": session.last_activity,
-        "expires_at": conversations.expires_at(session),
+        "expires_at": conversations.expires_at(session, current_app.config),
         "message_count": session.message_count,
         "messages": messages,
     }

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from flask import current_app
 from sqlalchemy import and_, column, delete, select, text, update
 from sqlalchemy.orm import Session
 
@@ -29,16 +28,16 @@ class Access:
 
     user_id: str | None
     kind: str | None = None  # session routes serve sessions only
+    # The lifetimes that apply (SESSION_TTL_SECONDS, CONVERSATION_TTL_SECONDS,
+    # TURN_STALE_SECONDS), handed in by the transport: services read no app config.
+    rules: Mapping[str, Any] | None = None
 
 
-def ttl_seconds(kind: str, config: Mapping[str, Any] | None = None) -> int:
-    config = config or current_app.config
+def ttl_seconds(kind: str, config: Mapping[str, Any]) -> int:
     return config["SESSION_TTL_SECONDS"] if kind == SESSION else config["CONVERSATION_TTL_SECONDS"]
 
 
-def expires_at(
-    conversation: Conversation, config: Mapping[str, Any] | None = None
-) -> datetime | None:
+def expires_at(conversation: Conversation, config: Mapping[str, Any]) -> datetime | None:
     ttl = ttl_seconds(conversation.kind, config)
     return conversation.last_activity + timedelta(seconds=ttl) if ttl else None
 
@@ -59,7 +58,7 @@ def find(
     if conversation is None or not _visible(conversation, access):
         session.rollback()
         raise NotFound("The conversation does not exist.")
-    deadline = expires_at(conversation, config)
+    deadline = expires_at(conversation, config or access.rules or {})
     if deadline is not None and deadline <= utcnow():
         session.rollback()
         raise SessionExpired(
@@ -236,7 +235,7 @@ def messages_page(
 
 def delete_conversation(session: Session, conversation_id: str, access: Access) -> None:
     conversation = find(session, conversation_id, access, lock=True)
-    _require_idle(session, conversation)
+    _require_idle(session, conversation, access)
     session.execute(delete(Message).where(Message.conversation_id == conversation.id))
     session.delete(conversation)
     session.commit()
@@ -245,7 +244,7 @@ def delete_conversation(session: Session, conversation_id: str, access: Access) 
 def reset(session: Session, conversation_id: str, access: Access) -> Conversation:
     """Clear a session's history and keep its id."""
     conversation = find(session, conversation_id, access, lock=True)
-    _require_idle(session, conversation)
+    _require_idle(session, conversation, access)
     session.execute(delete(Message).where(Message.conversation_id == conversation.id))
     conversation.message_count = 0
     conversation.active_turn_id = None
@@ -255,12 +254,12 @@ def reset(session: Session, conversation_id: str, access: Access) -> Conversatio
     return conversation
 
 
-def _require_idle(session: Session, conversation: Conversation) -> None:
+def _require_idle(session: Session, conversation: Conversation, access: Access) -> None:
     """409 while a turn runs: its reply would land in a cleared (or deleted) conversation, and a
     second turn could start beside it. A turn stale after a crash does not count."""
     if conversation.active_turn_id is None:
         return
-    fail_stale_turns(session, current_app.config, utcnow(), conversation.id)
+    fail_stale_turns(session, access.rules or {}, utcnow(), conversation.id)
     if conversation.active_turn_id is not None:
         session.rollback()
         raise TurnInProgress()
