@@ -167,10 +167,6 @@ class Chunk(Base):
 
     document: Mapped[Document] = relationship(back_populates="chunks")
 
-    @property
-    def public_id(self) -> str:
-        return f"{self.document_id}:{self.ordinal}"
-
 
 class IdempotencyRecord(Base):
     """A chat POST sent with an Idempotency-Key: claimed with the turn's first unit of work,

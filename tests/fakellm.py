@@ -2,7 +2,7 @@
 
 Tests script it with a queue of responses (`say`, `call`, `fail`, `garbage`, `drop`,
 `endless`, `slow`) and read back what the model was sent (`requests`). With nothing queued it
-echoes the last user message. The benchmark harness reuses it (`FakeLLM(latency=…)`).
+echoes the last user message. (The benchmarks have their own, bench/fakellm.py.)
 """
 
 from __future__ import annotations
@@ -69,10 +69,9 @@ def slow(seconds: float, text: str = "late") -> Response:
 
 
 class FakeLLM:
-    """The server. `url` is the OPENAI_BASE_URL; `latency` delays every unscripted answer."""
+    """The server. `url` is the OPENAI_BASE_URL."""
 
-    def __init__(self, latency: float = 0.0) -> None:
-        self.latency = latency
+    def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.peers: list[tuple[str, int]] = []  # each request's client address: its connection
@@ -103,7 +102,7 @@ class FakeLLM:
                 return self._script.pop(0)
         users = [m for m in body.get("messages", []) if m.get("role") == "user"]
         last = users[-1]["content"] if users else ""
-        return Response(text=f"fake: {last}", delay=self.latency)
+        return Response(text=f"fake: {last}")
 
     def close(self) -> None:
         self.stopped.set()
