@@ -46,10 +46,20 @@ ADD_FILLER = re.compile(
     r"(?:(?:to|called|named|titled)\b\s*|:\s*)?",
     re.I,
 )
-WITH_DESCRIPTION = re.compile(r"\s+with (?:the )?(?:description|note|details)(?::\s*|\s+)", re.I)
+# `(?<!\s)\s+`: a run of spaces is tried from its start only, not again from each space in it
+# (which made a long run quadratic).
+WITH_DESCRIPTION = re.compile(
+    r"(?<!\s)\s+with (?:the )?(?:description|note|details)(?::\s*|\s+)", re.I
+)
+ON_LIST = re.compile(r"(?<!\s)\s+(to|on|in) (my|the) (task |todo |to-do )?(list|tasks)\b", re.I)
+UPDATE_TARGET = re.compile(r"^(?P<ref>.*?)(?<!\s)\s+(?:to|into|as)\s+(?P<new>.+)$", re.I | re.S)
 GREETING = re.compile(r"^\s*(hi|hello|hey|help|good (morning|afternoon|evening))\b[\s!.?]*$", re.I)
 # Paired quotes; a single quote opens/closes only outside a word, so apostrophes ("mom's") don't.
-QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”|«([^»]+)»|(?<!\w)['‘](.+?)['’](?!\w)")
+# A quotation never contains another opening quote of its kind: each opening quote then scans
+# only up to the next one, so an unclosed run of them costs linear, not quadratic, time.
+QUOTED = re.compile(
+    r"\"([^\"]+)\"|“([^“”]+)”|«([^«»]+)»|(?<!\w)['‘]((?:(?!(?<!\w)['‘]).)+?)['’](?!\w)"
+)
 TASK_NUMBER = re.compile(r"(?:\btask\s*(?:number\s*|no\.?\s*)?#?|#|\bnumber\s+)(\d+)\b", re.I)
 BARE_NUMBER = re.compile(r"\b(\d+)\b")
 STOPWORDS = frozenset(
@@ -205,7 +215,7 @@ class _Run:
 
     def update(self, message: str) -> str:
         quoted = _quotes(message)
-        match = re.search(r"^(?P<ref>.*?)\s+(?:to|into|as)\s+(?P<new>.+)$", message, re.I | re.S)
+        match = UPDATE_TARGET.search(message)
         if len(quoted) >= 2:
             reference, new_text = f"“{quoted[0]}”", quoted[1]
         elif match:
@@ -290,9 +300,7 @@ def _new_task_text(message: str) -> tuple[str, str]:
     text = re.sub(ADD_FILLER, "", text, count=1)
     title, *rest = WITH_DESCRIPTION.split(text, maxsplit=1)
     description = rest[0] if rest else ""
-    title = re.sub(
-        r"\s+(to|on|in) (my|the) (task |todo |to-do )?(list|tasks)\b", "", title, flags=re.I
-    )
+    title = ON_LIST.sub("", title)
     return title.strip().rstrip(".!?").strip(), description.strip().rstrip(".")
 
 

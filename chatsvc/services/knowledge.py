@@ -15,10 +15,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..errors import NotFound
-from ..models import Chunk, Document
+from ..models import Chunk, Document, Section
 from . import chunking, pages
 
 MAX_K = 10
+# What a search hit carries: a passage is at most chunking.CAPACITY[1] characters and a
+# section path at most chunking.MAX_SECTION_CHARS; the caps hold whatever the stored rows say.
+MAX_SNIPPET_CHARS = chunking.CAPACITY[1]
 MAX_TERMS = 32
 MAX_TERM_CHARS = 64
 # Words that say nothing about what a question is about; FTS5 has no stop list of its own.
@@ -80,14 +83,9 @@ def ingest(
     if existing is not None:
         session.commit()
         return existing, False
-    passages = chunking.split(title, normalise(body))
-    document = Document(
-        title=title, url=url, meta=meta or {}, content_hash=digest, text=normalise(body),
-        chunk_count=len(passages),
-    )  # fmt: skip
-    document.chunks = [
-        Chunk(ordinal=n, heading=p.heading, text=p.text) for n, p in enumerate(passages)
-    ]
+    document = Document(title=title, url=url, meta=meta or {}, content_hash=digest)
+    document.text = normalise(body)
+    _add_passages(document, chunking.split(title, document.text))
     session.add(document)
     try:
         session.commit()
@@ -99,6 +97,17 @@ def ingest(
         session.commit()
         return winner, False
     return document, True
+
+
+def _add_passages(document: Document, parts: list[chunking.Section]) -> None:
+    """Each section path once, each passage pointing at its section."""
+    for n, part in enumerate(parts):
+        section = Section(ordinal=n, path=part.path)
+        document.sections.append(section)
+        for passage in part.passages:
+            chunk = Chunk(ordinal=len(document.chunks), section=section, text=passage)
+            document.chunks.append(chunk)
+    document.chunk_count = len(document.chunks)
 
 
 def _by_hash(session: Session, digest: str) -> Document | None:
@@ -131,7 +140,9 @@ def count_documents(session: Session) -> int:
 def delete_document(session: Session, document_id: str) -> None:
     """Delete a document; its passages leave the index in the same transaction."""
     document = get_document(session, document_id)
+    # Passages first: the SQLite index's trigger reads their section's path.
     session.execute(delete(Chunk).where(Chunk.document_id == document.id))
+    session.execute(delete(Section).where(Section.document_id == document.id))
     session.execute(delete(Document).where(Document.id == document.id))
     session.commit()
 
@@ -142,11 +153,14 @@ def delete_document(session: Session, document_id: str) -> None:
 def terms(query: str) -> list[str]:
     """The words of a query that can be matched: letters and digits only, so that no input is
     ever read as full-text query syntax; stop words dropped, duplicates removed."""
-    found: list[str] = []
-    for word in TERM.findall(query.casefold()):
-        if word not in STOPWORDS and len(word) <= MAX_TERM_CHARS and word not in found:
-            found.append(word)
-    return found[:MAX_TERMS]
+    found: dict[str, None] = {}  # ordered, with constant-time membership
+    for match in TERM.finditer(query.casefold()):
+        word = match.group()
+        if word not in STOPWORDS and len(word) <= MAX_TERM_CHARS:
+            found[word] = None
+            if len(found) == MAX_TERMS:
+                break
+    return list(found)
 
 
 def search(session: Session, query: str, k: int = 5) -> list[Hit]:
@@ -163,8 +177,9 @@ def search(session: Session, query: str, k: int = 5) -> list[Hit]:
     return [
         Hit(
             document_id=row.document_id, title=row.title, url=row.url,
-            chunk_id=f"{row.document_id}:{row.ordinal}", snippet=row.text,
-            score=round(float(row.score), 4), section=row.heading,
+            chunk_id=f"{row.document_id}:{row.ordinal}",
+            snippet=chunking.cap(row.text, MAX_SNIPPET_CHARS), score=round(float(row.score), 4),
+            section=chunking.cap(row.heading, chunking.MAX_SECTION_CHARS),
         )
         for row in rows
     ]  # fmt: skip
@@ -176,10 +191,10 @@ def _sqlite(session: Session, words: list[str], k: int) -> list[Any]:
     return list(
         session.execute(
             text(
-                "SELECT c.document_id, c.ordinal, c.heading, c.text, d.title, d.url,"
+                "SELECT c.document_id, c.ordinal, s.path AS heading, c.text, d.title, d.url,"
                 " -bm25(chunks_fts, 2.0, 1.0) AS score"
                 " FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid"
-                " JOIN documents d ON d.id = c.document_id"
+                " JOIN sections s ON s.id = c.section_id JOIN documents d ON d.id = c.document_id"
                 " WHERE chunks_fts MATCH :match ORDER BY bm25(chunks_fts, 2.0, 1.0), c.id"
                 " LIMIT :k"
             ),
@@ -193,9 +208,10 @@ def _postgres(session: Session, words: list[str], k: int) -> list[Any]:
     return list(
         session.execute(
             text(
-                "SELECT c.document_id, c.ordinal, c.heading, c.text, d.title, d.url,"
+                "SELECT c.document_id, c.ordinal, s.path AS heading, c.text, d.title, d.url,"
                 " ts_rank_cd(c.fts, q, 1) AS score"
-                " FROM chunks c JOIN documents d ON d.id = c.document_id,"
+                " FROM chunks c JOIN sections s ON s.id = c.section_id"
+                " JOIN documents d ON d.id = c.document_id,"
                 " websearch_to_tsquery('english', :query) q"
                 " WHERE c.fts @@ q ORDER BY score DESC, c.id LIMIT :k"
             ),
