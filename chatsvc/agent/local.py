@@ -24,6 +24,7 @@ from .base import (
 from .tools import ToolBox
 
 MODEL = "local"
+MAX_LISTED_TASKS = 50  # tasks named in one answer; the rest are counted
 
 # Each intent's trigger words; the earliest trigger in the message decides.
 INTENTS: list[tuple[str, re.Pattern[str]]] = [
@@ -195,17 +196,24 @@ class _Run:
             status = "pending"
         elif re.search(r"\b(completed|done|finished)\b", lowered):
             status = "completed"
-        tasks = self.call("list_tasks", status=status)["tasks"]
+        result = self.call("list_tasks", status=status)
+        tasks = result["tasks"]
         label = {"all": "", "pending": "pending ", "completed": "completed "}[status]
         if not tasks:
             return f"You have no {label}tasks."
         lines = [
             f"{t['task_id']}. {t['title']}"
             + (" (done)" if t["completed"] and status == "all" else "")
-            for t in tasks
+            for t in tasks[:MAX_LISTED_TASKS]
         ]
+        more = len(tasks) - len(lines)
+        if result.get("truncated"):
+            lines.append("… and more: the list was cut. Ask for pending or completed ones.")
+        elif more:
+            lines.append(f"… and {more} more.")
+        count = f"{len(tasks)}{'+' if result.get('truncated') else ''}"
         noun = "task" if len(tasks) == 1 else "tasks"
-        return f"You have {len(tasks)} {label}{noun}:\n" + "\n".join(lines)
+        return f"You have {count} {label}{noun}:\n" + "\n".join(lines)
 
     def complete(self, message: str) -> str:
         return self._on_task(message, "complete_task", "Marked task {task_id} “{title}” as done.")

@@ -19,9 +19,14 @@ CAPACITY = (400, 1000)
 OVERLAP = 150
 # The longest piece of a section handed to the splitter at once (≈1 ms per kB at worst).
 BLOCK_CHARS = 4000
+# Characters split between two cooperative pauses (≈30 ms of work at worst; see pause()).
+PAUSE_CHARS = 64 * 1024
 # Caps on what every passage of a section repeats in search results and citations.
 MAX_HEADING_CHARS = 200  # one heading's name
 MAX_SECTION_CHARS = 300  # the whole path, title included
+# Headings read per document; later heading lines are text of the last section. Each section
+# ends in a passage of its own, however short: 2 MiB of "# h" lines made 89 000 rows.
+MAX_SECTIONS = 2000
 SEPARATOR = " › "
 ELLIPSIS = "…"
 FENCES = ("```", "~~~")
@@ -38,16 +43,26 @@ class Section:
 def split(title: str, text: str) -> list[Section]:
     """The document's sections in order, each with its passages; never empty."""
     sections: list[Section] = []
+    unpaused = 0
     for path, body in _sections(text):
         passages: list[str] = []
         for block in blocks(body, BLOCK_CHARS):
             passages.extend(_splitter().chunks(block))
-            # A cooperative pause: under gunicorn's gevent worker (time is monkey-patched)
-            # other requests are served while a large document is split.
-            time.sleep(0)
+            unpaused += len(block)
+            if unpaused >= PAUSE_CHARS:
+                pause()
+                unpaused = 0
         if passages:
             sections.append(Section(section_path([title, *path]), passages))
     return sections or [Section(section_path([title]), [title])]
+
+
+def pause() -> None:
+    """Let other requests run. Splitting and storing a large document is CPU work that never
+    waits; under gunicorn's gevent worker (where `time` is monkey-patched) this switches to
+    them, so the worker keeps answering while a 2 MiB document is ingested. The sleep is not 0:
+    gevent may resume a zero sleep before its loop has polled for I/O (new connections)."""
+    time.sleep(0.001)
 
 
 def section_path(names: list[str]) -> str:
@@ -89,7 +104,7 @@ def _splitter() -> MarkdownSplitter:
 
 def _sections(text: str) -> list[tuple[list[str], str]]:
     """(heading path, body) for each run of text between headings; fenced code is not scanned
-    for headings."""
+    for headings, nor anything after the first `MAX_SECTIONS` headings."""
     sections: list[tuple[list[str], str]] = []
     path: list[tuple[int, str]] = []
     lines: list[str] = []
@@ -101,13 +116,15 @@ def _sections(text: str) -> list[tuple[list[str], str]]:
             sections.append(([name for _, name in path], body))
         lines.clear()
 
+    headings = 0
     for line in text.splitlines():
         if line.lstrip().startswith(FENCES):
             fenced = not fenced
-        heading = None if fenced else _heading(line)
+        heading = None if fenced or headings == MAX_SECTIONS else _heading(line)
         if heading is None:
             lines.append(line)
             continue
+        headings += 1
         close()
         level, name = heading
         path = [(lvl, known) for lvl, known in path if lvl < level] + [(level, name)]

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -19,6 +19,7 @@ from ..models import Chunk, Document, Section
 from . import chunking, pages
 
 MAX_K = 10
+INSERT_BATCH = 500  # passages per INSERT statement
 # What a search hit carries: a passage is at most chunking.CAPACITY[1] characters and a
 # section path at most chunking.MAX_SECTION_CHARS; the caps hold whatever the stored rows say.
 MAX_SNIPPET_CHARS = chunking.CAPACITY[1]
@@ -83,12 +84,15 @@ def ingest(
     if existing is not None:
         session.commit()
         return existing, False
-    document = Document(title=title, url=url, meta=meta or {}, content_hash=digest)
-    document.text = normalise(body)
-    _add_passages(document, chunking.split(title, document.text))
+    text = normalise(body)
+    parts = chunking.split(title, text)
+    document = Document(
+        title=title, url=url, meta=meta or {}, content_hash=digest, text=text,
+        chunk_count=sum(len(part.passages) for part in parts),
+    )  # fmt: skip
     session.add(document)
     try:
-        session.commit()
+        session.flush()
     except IntegrityError:  # the same text, stored concurrently by another request
         session.rollback()
         winner = _by_hash(session, digest)
@@ -96,18 +100,30 @@ def ingest(
             raise
         session.commit()
         return winner, False
+    _store_passages(session, document.id, parts)
+    session.commit()
     return document, True
 
 
-def _add_passages(document: Document, parts: list[chunking.Section]) -> None:
-    """Each section path once, each passage pointing at its section."""
-    for n, part in enumerate(parts):
-        section = Section(ordinal=n, path=part.path)
-        document.sections.append(section)
-        for passage in part.passages:
-            chunk = Chunk(ordinal=len(document.chunks), section=section, text=passage)
-            document.chunks.append(chunk)
-    document.chunk_count = len(document.chunks)
+def _store_passages(session: Session, document_id: str, parts: list[chunking.Section]) -> None:
+    """Each section path once, each passage pointing at its section; inserted in batches
+    (thousands of ORM objects took 6 s for a 2 MiB document, these statements well under 1 s),
+    with a cooperative pause between batches (see chunking.pause)."""
+    section_ids = session.scalars(
+        insert(Section).returning(Section.id, sort_by_parameter_order=True),
+        [{"document_id": document_id, "ordinal": n, "path": p.path} for n, p in enumerate(parts)],
+    ).all()
+    rows = [
+        {"document_id": document_id, "section_id": section_id, "text": passage}
+        for section_id, part in zip(section_ids, parts, strict=True)
+        for passage in part.passages
+    ]
+    for start in range(0, len(rows), INSERT_BATCH):
+        batch = rows[start : start + INSERT_BATCH]
+        for n, row in enumerate(batch, start):
+            row["ordinal"] = n
+        session.execute(insert(Chunk.__table__), batch)  # Core: no ORM bookkeeping per row
+        chunking.pause()
 
 
 def _by_hash(session: Session, digest: str) -> Document | None:
