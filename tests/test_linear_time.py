@@ -156,8 +156,8 @@ CRAFTED_MESSAGES = {
     "rename, spaces without to": "rename x" + " " * (N - 10) + "y",
     "rename, mixed whitespace": "rename x" + " \t\n" * ((N - 10) // 3) + "y",
     "delete, ‘ runs": "delete " + " ‘a" * ((N - 7) // 3),
-    "complete, task and spaces": "complete " + "task " * ((N - 9) // 5),
-    "question, spaces": "what" + " " * (N - 6) + "?!",
+    "remind, spaces before with the note": "remind me to x" + " " * (N - 30) + "with the",
+    "change description, newlines": "change the description of x" + "\n" * (N - 30) + "y",
 }
 PLAIN = "add " + ("buy milk " * N)[: N - 4]
 PARSER_SLACK_SECONDS = 0.1  # 25 ms per kB of message
