@@ -14,7 +14,7 @@ from helpers import chat, ok
 from sqlalchemy import text
 
 from chatsvc.agent.local import MAX_LISTED_TASKS
-from chatsvc.agent.tools import MAX_TOOL_RESULT_CHARS
+from chatsvc.agent.tools import MAX_SOURCES, MAX_TOOL_RESULT_CHARS
 from chatsvc.db import database
 from chatsvc.services.chunking import MAX_HEADING_CHARS, MAX_SECTION_CHARS, MAX_SECTIONS
 from chatsvc.services.knowledge import MAX_SNIPPET_CHARS
@@ -123,6 +123,22 @@ def test_a_model_asking_for_ten_passages_gets_a_capped_tool_result(llm_app, fake
     # The model is sent the same capped result.
     sent = [m for m in fake_llm.requests[-1]["messages"] if m["role"] == "tool"]
     assert len(sent[0]["content"]) <= MAX_TOOL_RESULT_CHARS + 1000
+
+
+def test_an_answer_citing_nothing_lists_at_most_ten_sources(llm_app, fake_llm):
+    client = llm_app().test_client()
+    for n in range(30):
+        subject = ("marmot", "hawk", "noon")[n % 3]
+        text = f"Note {n} is about the {subject}, and only the {subject}."
+        ok(client.post("/api/documents", json={"title": f"Note {n}", "text": text}), 201)
+    searches = [("search_knowledge", {"query": q, "k": 10}) for q in ("marmot", "hawk", "noon")]
+    fake_llm.script(*(call(s) for s in searches), say("Marmots whistle."))  # cites nothing
+    response = client.post("/api/chat", json={"message": "marmots?"})
+    body = ok(response)
+    shown = {hit["chunk_id"] for c in body["tool_calls"] for hit in c["result"]["results"]}
+    assert len(shown) > MAX_SOURCES
+    assert 0 < len(body["sources"]) <= MAX_SOURCES
+    assert response_chars(response) < 4 * MAX_TOOL_RESULT_CHARS
 
 
 # Database growth -----------------------------------------------------------------------------

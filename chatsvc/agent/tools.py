@@ -111,12 +111,13 @@ class ToolBox:
                 if ref in by_ref and ref not in cited:
                     cited.append(ref)
         chosen = [by_ref[ref] for ref in cited] or self.hits
-        return [_source(hit) for hit in chosen]
+        return [_source(hit) for hit in chosen[:MAX_SOURCES]]
 
 
 # The largest tool result (characters of JSON) a turn sends to the model and stores; a list
 # that does not fit (tasks, passages) is cut from its end and the result says `truncated`.
 MAX_TOOL_RESULT_CHARS = 16_000
+MAX_SOURCES = 10  # citations in one answer (a turn may be shown 5 rounds × 10 passages)
 _REF_ROOM = 16  # per item: the `ref` a citing tool's passages get after the cut
 
 
