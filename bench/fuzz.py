@@ -1,7 +1,7 @@
 """`make fuzz`: Hypothesis searches for text that makes the chunker or the local agent's parser
 slow, and reports the worst time per kB it found (contract §1, "Bounded work": < 50 ms/kB).
 
-    python -m bench.fuzz [--minutes 10] [--max-ms-per-kb 50]
+    python -m bench.fuzz [--minutes 10] [--max-ms-per-kb 50] [--max-chars N] [--out DIR]
 
 Inputs are built from runs of short units repeated many times (a run of `#`, of spaces, of
 unclosed quotes…) between Markdown-ish pieces, up to the service's limits: 2 MiB documents,
@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings, target
 from hypothesis import strategies as st
@@ -46,6 +48,7 @@ class Worst:
     size: int = 0
     sample: str = ""
     examples: int = 0
+    text: str = ""  # the worst input itself, written out to be replayed
 
     def record(self, text: str, work: Callable[[], object]) -> float:
         """Time `work` on `text`; a new worst is timed twice more and the fastest run counts,
@@ -57,6 +60,7 @@ class Worst:
             ms_per_kb = min(ms_per_kb, *(_seconds(work) * 1e3 / kb for _ in range(2)))
         if ms_per_kb > self.ms_per_kb:
             self.ms_per_kb, self.size, self.sample = ms_per_kb, len(text), _describe(text)
+            self.text = text
         return ms_per_kb
 
 
@@ -126,9 +130,9 @@ def _fake_box() -> Callable[[str], ToolBox]:
     return box
 
 
-def fuzz_chunker(worst: Worst) -> None:
+def fuzz_chunker(worst: Worst, max_chars: int = DOCUMENT_CHARS) -> None:
     @settings(**SETTINGS)
-    @given(texts(DOCUMENT_CHARS, WORDS))
+    @given(texts(max_chars, WORDS))
     def run(text: str) -> None:
         target(worst.record(text, lambda: chunking.split("fuzz", text)), label="ms per kB")
 
@@ -166,14 +170,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--max-ms-per-kb", type=float, default=50.0)
+    parser.add_argument("--max-chars", type=int, default=DOCUMENT_CHARS, help="chunker inputs")
+    parser.add_argument("--out", default=tempfile.gettempdir(), help="where worst inputs go")
     args = parser.parse_args()
     results = {"chunker (chunking.split)": Worst(), "local agent (parse + answer)": Worst()}
-    for (name, worst), fuzz in zip(results.items(), (fuzz_chunker, fuzz_agent), strict=True):
+    runs = (lambda w: fuzz_chunker(w, args.max_chars), fuzz_agent)
+    for (name, worst), fuzz, label in zip(results.items(), runs, ("chunker", "agent"), strict=True):
         ends = time.monotonic() + args.minutes * 30
         while time.monotonic() < ends:
             fuzz(worst)
+        saved = Path(args.out) / f"chatsvc-fuzz-worst-{label}.txt"
+        saved.write_text(worst.text)
         print(f"{name}: {worst.examples} inputs, worst {worst.ms_per_kb:.2f} ms/kB "
-              f"({worst.size} chars: {worst.sample})", flush=True)  # fmt: skip
+              f"({worst.size} chars: {worst.sample}; saved in {saved})", flush=True)  # fmt: skip
     missed = [name for name, worst in results.items() if worst.ms_per_kb > args.max_ms_per_kb]
     for name in missed:
         print(f"MISSED: {name} above {args.max_ms_per_kb} ms/kB")
