@@ -2,7 +2,7 @@
 
 Crafted worst cases at the size limits — a 2 MiB document, a 4000-character message — are sent
 over HTTP; each must finish within a per-kB time bound generous enough for a loaded 2-core
-machine (ours runs them at about 1 ms per kB) but far below what a quadratic pattern takes
+machine (measured: 0.06-2.8 ms per kB) but far below what a quadratic pattern takes
 (a heading line of 40 kB of `#` took 13 s before). While a document is ingested,
 `/health/live` on the same gunicorn worker keeps answering."""
 
