@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export CHATSVC_ENV ?= development
 
-.PHONY: install run migrate seed test lint format bench clean token
+.PHONY: install run migrate seed test lint format bench fuzz clean token
 
 install: $(STAMP)
 
@@ -44,6 +44,10 @@ format: install
 bench: install
 	command -v wrk >/dev/null || apt-get install -y -q wrk
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Hypothesis against the chunker and the local agent's parser: the worst ms per kB (< 50).
+fuzz: install
+	$(BIN)/python -m bench.fuzz $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache

@@ -147,25 +147,48 @@ class Document(Base):
     chunk_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
+    sections: Mapped[list[Section]] = relationship(
+        back_populates="document", passive_deletes=True, order_by="Section.ordinal"
+    )
     chunks: Mapped[list[Chunk]] = relationship(
         back_populates="document", passive_deletes=True, order_by="Chunk.ordinal"
     )
 
 
+class Section(Base):
+    """A heading path of a document (capped, see services/chunking.py), stored once for all
+    the passages under it."""
+
+    __tablename__ = "sections"
+    __table_args__ = (UniqueConstraint("document_id", "ordinal"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    document_id: Mapped[str] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+
+    document: Mapped[Document] = relationship(back_populates="sections")
+    chunks: Mapped[list[Chunk]] = relationship(back_populates="section", passive_deletes=True)
+
+
 class Chunk(Base):
-    """A passage of a document. The full-text index over `heading` and `text` is not mapped
-    here: an FTS5 table on SQLite, a generated tsvector column on PostgreSQL (see migrations)."""
+    """A passage of a document. The full-text index over its section's path and its `text` is
+    not mapped here: an FTS5 table on SQLite, a tsvector column filled by a trigger on
+    PostgreSQL (see migrations)."""
 
     __tablename__ = "chunks"
     __table_args__ = (UniqueConstraint("document_id", "ordinal"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     document_id: Mapped[str] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"))
+    section_id: Mapped[int] = mapped_column(
+        ForeignKey("sections.id", ondelete="CASCADE"), index=True
+    )
     ordinal: Mapped[int] = mapped_column(Integer)
-    heading: Mapped[str] = mapped_column(Text, default="")
     text: Mapped[str] = mapped_column(Text)
 
     document: Mapped[Document] = relationship(back_populates="chunks")
+    section: Mapped[Section] = relationship(back_populates="chunks")
 
 
 class IdempotencyRecord(Base):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ MAX_CHARS = 700
 SUFFIXES = ("ations", "ation", "ings", "ing", "ies", "ied", "es", "ed", "ly", "e", "s")
 SENTENCE_END = re.compile(r"(?<=[.!?])(?<!e\.g\.)(?<!i\.e\.)\s+(?=[A-Z0-9`\"'(*_\[])")
 TABLE_RULE = re.compile(r"^\|?\s*:?-{2,}")
+LIST_MARK = re.compile(r"^([-*+]|\d+[.)])\s+")
 
 
 @dataclass(frozen=True)
@@ -84,10 +86,8 @@ def extractive_answer(
 def _weights(wanted: frozenset[str], sentences: list[_Sentence]) -> dict[str, float]:
     """Rarer question words count more (an inverse frequency over the candidate sentences)."""
     total = len(sentences) or 1
-    return {
-        term: 1.0 + math.log(total / (1 + sum(term in s.stems for s in sentences)) + 1)
-        for term in wanted
-    }
+    counts = Counter(term for s in sentences for term in s.stems & wanted)
+    return {term: 1.0 + math.log(total / (1 + counts[term]) + 1) for term in wanted}
 
 
 def _sentences(hit: int, passage: str) -> list[_Sentence]:
@@ -125,9 +125,9 @@ def _blocks(passage: str) -> list[str]:
             close()
             cells = [c.strip() for c in stripped.strip("|").split("|") if c.strip()]
             blocks.append(" — ".join(cells))
-        elif re.match(r"^([-*+]|\d+[.)])\s+", stripped):
+        elif mark := LIST_MARK.match(stripped):
             close()
-            paragraph.append(re.sub(r"^([-*+]|\d+[.)])\s+", "", stripped))
+            paragraph.append(stripped[mark.end() :])
         else:
             paragraph.append(stripped)
     close()

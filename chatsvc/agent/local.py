@@ -23,6 +23,7 @@ from .base import (
 )
 
 MODEL = "local"
+MAX_LISTED_TASKS = 50  # tasks named in one answer; the rest are counted
 
 # Each intent's trigger words; the earliest trigger in the message decides.
 INTENTS: list[tuple[str, re.Pattern[str]]] = [
@@ -45,10 +46,20 @@ ADD_FILLER = re.compile(
     r"(?:(?:to|called|named|titled)\b\s*|:\s*)?",
     re.I,
 )
-WITH_DESCRIPTION = re.compile(r"\s+with (?:the )?(?:description|note|details)(?::\s*|\s+)", re.I)
+# `(?<!\s)\s+`: a run of spaces is tried from its start only, not again from each space in it
+# (which made a long run quadratic).
+WITH_DESCRIPTION = re.compile(
+    r"(?<!\s)\s+with (?:the )?(?:description|note|details)(?::\s*|\s+)", re.I
+)
+ON_LIST = re.compile(r"(?<!\s)\s+(to|on|in) (my|the) (task |todo |to-do )?(list|tasks)\b", re.I)
+UPDATE_TARGET = re.compile(r"^(?P<ref>.*?)(?<!\s)\s+(?:to|into|as)\s+(?P<new>.+)$", re.I | re.S)
 GREETING = re.compile(r"^\s*(hi|hello|hey|help|good (morning|afternoon|evening))\b[\s!.?]*$", re.I)
 # Paired quotes; a single quote opens/closes only outside a word, so apostrophes ("mom's") don't.
-QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”|«([^»]+)»|(?<!\w)['‘](.+?)['’](?!\w)")
+# A quotation never contains another opening quote of its kind: each opening quote then scans
+# only up to the next one, so an unclosed run of them costs linear, not quadratic, time.
+QUOTED = re.compile(
+    r"\"([^\"]+)\"|“([^“”]+)”|«([^«»]+)»|(?<!\w)['‘]((?:(?!(?<!\w)['‘]).)+?)['’](?!\w)"
+)
 TASK_NUMBER = re.compile(r"(?:\btask\s*(?:number\s*|no\.?\s*)?#?|#|\bnumber\s+)(\d+)\b", re.I)
 BARE_NUMBER = re.compile(r"\b(\d+)\b")
 STOPWORDS = frozenset(
@@ -181,17 +192,24 @@ class _Run:
             status = "pending"
         elif re.search(r"\b(completed|done|finished)\b", lowered):
             status = "completed"
-        tasks = self.call("list_tasks", status=status)["tasks"]
+        result = self.call("list_tasks", status=status)
+        tasks = result["tasks"]
         label = {"all": "", "pending": "pending ", "completed": "completed "}[status]
         if not tasks:
             return f"You have no {label}tasks."
         lines = [
             f"{t['task_id']}. {t['title']}"
             + (" (done)" if t["completed"] and status == "all" else "")
-            for t in tasks
+            for t in tasks[:MAX_LISTED_TASKS]
         ]
+        more = len(tasks) - len(lines)
+        if result.get("truncated"):
+            lines.append("… and more: the list was cut. Ask for pending or completed ones.")
+        elif more:
+            lines.append(f"… and {more} more.")
+        count = f"{len(tasks)}{'+' if result.get('truncated') else ''}"
         noun = "task" if len(tasks) == 1 else "tasks"
-        return f"You have {len(tasks)} {label}{noun}:\n" + "\n".join(lines)
+        return f"You have {count} {label}{noun}:\n" + "\n".join(lines)
 
     def complete(self, message: str) -> str:
         return self._on_task(message, "complete_task", "Marked task {task_id} “{title}” as done.")
@@ -201,7 +219,7 @@ class _Run:
 
     def update(self, message: str) -> str:
         quoted = _quotes(message)
-        match = re.search(r"^(?P<ref>.*?)\s+(?:to|into|as)\s+(?P<new>.+)$", message, re.I | re.S)
+        match = UPDATE_TARGET.search(message)
         if len(quoted) >= 2:
             reference, new_text = f"“{quoted[0]}”", quoted[1]
         elif match:
@@ -285,9 +303,7 @@ def _new_task_text(message: str) -> tuple[str, str]:
     text = re.sub(ADD_FILLER, "", text, count=1)
     title, *rest = WITH_DESCRIPTION.split(text, maxsplit=1)
     description = rest[0] if rest else ""
-    title = re.sub(
-        r"\s+(to|on|in) (my|the) (task |todo |to-do )?(list|tasks)\b", "", title, flags=re.I
-    )
+    title = ON_LIST.sub("", title)
     return title.strip().rstrip(".!?").strip(), description.strip().rstrip(".")
 
 

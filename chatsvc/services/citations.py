@@ -8,6 +8,7 @@ from typing import Any
 
 CITATION = re.compile(r"\[(\d{1,4}(?:[ \t]{0,4},[ \t]{0,4}\d{1,4}){0,31})\]")
 SOURCE_FIELDS = ("document_id", "title", "url", "chunk_id", "snippet", "score")
+MAX_SOURCES = 10  # citations in one answer (a turn may be shown 5 rounds × 10 passages)
 
 
 class Citations:
@@ -34,7 +35,9 @@ class Citations:
             chosen = _unique(ref for ref in marked if ref in by_ref) or list(by_ref)
         else:
             chosen = _unique(ref for ref in cited if ref in by_ref)
-        return [{name: by_ref[ref].get(name) for name in SOURCE_FIELDS} for ref in chosen]
+        return [
+            {name: by_ref[ref].get(name) for name in SOURCE_FIELDS} for ref in chosen[:MAX_SOURCES]
+        ]
 
 
 def _unique(refs: Any) -> list[int]:

@@ -31,7 +31,10 @@ from .citations import Citations
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Session, dict[str, Any]], dict[str, Any]]
-MAX_RESULT_CHARS = 16_000  # a result the model (and the stored message) sees at most
+# The largest tool result (characters of JSON) a turn sends to the model and stores; a list
+# that does not fit (tasks, passages) is cut from its end and the result says `truncated`.
+MAX_TOOL_RESULT_CHARS = 16_000
+_REF_ROOM = 16  # per item: the `ref` a citing tool's passages get after the cut
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class ToolBox:
             result = {"error": "invalid_arguments", "detail": str(exc)}
         except NotFound:
             result = {"error": "task_not_found", "task_id": parameters.get("task_id")}
+        result = _fit(result)
         if tool is not None and tool.cites:
             self.citations.number(result.get("results", []))
         return ToolCall(tool=name, parameters=parameters, result=result)
@@ -174,6 +178,24 @@ def _shown(task: Any) -> dict[str, Any]:
     if task.priority != "normal":
         shown["priority"] = task.priority
     return shown
+
+
+def _fit(result: dict[str, Any]) -> dict[str, Any]:
+    def size(value: Any) -> int:
+        return len(json.dumps(value, ensure_ascii=False))
+
+    total = size(result)
+    key = next((k for k, v in result.items() if isinstance(v, list)), None)
+    if key is None or total + _REF_ROOM * len(result[key]) <= MAX_TOOL_RESULT_CHARS:
+        return result
+    budget = MAX_TOOL_RESULT_CHARS - (total - size(result[key])) - len(', "truncated": true')
+    kept: list[Any] = []
+    for item in result[key]:
+        budget -= size(item) + 2 + _REF_ROOM
+        if budget < 0:
+            break
+        kept.append(item)
+    return {**result, key: kept, "truncated": True}
 
 
 def _decode(arguments: dict[str, Any] | str | None) -> dict[str, Any]:
