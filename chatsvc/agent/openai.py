@@ -55,6 +55,9 @@ UNTRUSTED_PASSAGES = (
 )
 GENERAL_PROMPT = "You are a helpful assistant. Keep answers short; say so when you do not know."
 NO_ANSWER = "I could not put an answer into words; please try again."
+# The longest answer a turn stores and sends (characters); a model that goes on is cut off there
+# and its stream closed. Documented with the other caps (README "Caps on derived data").
+MAX_REPLY_CHARS = 32_000
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_BACKOFF_SECONDS = 8.0
 # Connection pools per worker, each behind its own SDK client (see _ConnectionPools and
@@ -197,16 +200,28 @@ class OpenAIAgent(Agent):
         specs = tools.specs()
         usage = Usage()
         said: list[str] = []
+        length = 0  # characters said so far
         calls: list[ToolCall] = []
         for round_number in range(self._max_tool_rounds + 1):
             offer = specs if specs and round_number < self._max_tool_rounds else None
             step = _Step()
             gap = "\n\n" if said and not said[-1][-1:].isspace() else ""
-            for piece in self._complete(messages, offer, deadline, step, stream_provider):
+            pieces = self._complete(messages, offer, deadline, step, stream_provider)
+            for piece in pieces:
                 for text in (gap, piece) if gap else (piece,):
-                    said.append(text)
-                    yield TextDelta(text)
+                    room = MAX_REPLY_CHARS - length
+                    text = text[:room]
+                    length += len(text)
+                    if text:
+                        said.append(text)
+                        yield TextDelta(text)
                 gap = ""  # a later round's words start a new paragraph
+                if length >= MAX_REPLY_CHARS:
+                    pieces.close()  # the provider's stream too: the answer is long enough
+                    step.calls = []
+                    if not step.usage.total_tokens:
+                        step.usage = _estimated_usage(messages, step)
+                    break
             usage.add(step.usage)
             if not step.calls or offer is None:
                 break
