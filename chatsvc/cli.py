@@ -51,7 +51,7 @@ def create_token(user_id: str, admin: bool, hours: int) -> None:
     if not config["JWT_SECRET"]:
         raise click.ClickException("JWT_SECRET is not set")
     if not auth.USER_ID.match(user_id):
-        raise click.ClickException("USER_ID may hold 1-128 of A-Z a-z 0-9 . _ @ : -")
+        raise click.ClickException("USER_ID may hold 1-128 of A-Z a-z 0-9 . _ @ -")
     click.echo(
         auth.create_token(
             user_id, secret=config["JWT_SECRET"], admin=admin, ttl=timedelta(hours=hours),
@@ -143,7 +143,7 @@ def chat(user: str | None, conversation_id: str | None, stream: bool) -> None:
     """Chat in the terminal through the same turn service as the API; an empty line or EOF
     ends it."""
     if user is not None and not auth.USER_ID.match(user):
-        raise click.ClickException("--user may hold 1-128 of A-Z a-z 0-9 . _ @ : -")
+        raise click.ClickException("--user may hold 1-128 of A-Z a-z 0-9 . _ @ -")
     access = Access(user) if user else Access(None, kind=SESSION)
     while True:
         click.echo("you> ", nl=False)

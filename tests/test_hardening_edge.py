@@ -126,7 +126,11 @@ def test_metric_labels_come_from_fixed_sets(make_app):
 # Finding 9: a provider's Retry-After is passed on, the limiter's is not added -----------
 
 
-@pytest.mark.parametrize(("given", "expected"), [("7", "7"), ("120", "120"), (None, None)])
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [("7", "7"), ("120", "120"), (None, None), ("inf", None), ("nan", None),
+     ("1e30", "86400"), ("9" * 5000, None), ("Wed, 21 Oct 2026 07:28:00 GMT", None)],
+)  # fmt: skip
 def test_a_provider_retry_after_reaches_the_client_as_given(
     llm_app, fake_llm, storage_uri, given, expected
 ):

@@ -532,12 +532,22 @@ def _translate(exc: openai.APIError) -> AgentError:
     return UpstreamError("The language model answered something that is no answer.")
 
 
+MAX_RETRY_AFTER_SECONDS = 86_400  # a provider's Retry-After passed on is at most a day
+
+
 def _retry_after(exc: openai.APIStatusError) -> int | None:
+    """The provider's Retry-After in whole seconds (1..a day); None when absent or unreadable
+    (an HTTP date, "inf", "nan", a 5,000-digit number)."""
     raw = exc.response.headers.get("retry-after", "")
+    if len(raw) > 16:
+        return None
     try:
-        return max(1, round(float(raw)))
+        seconds = float(raw)
     except ValueError:
         return None
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        return None
+    return min(MAX_RETRY_AFTER_SECONDS, max(1, round(seconds)))
 
 
 def _retry_wait(exc: openai.APIError, attempt: int) -> float | None:
