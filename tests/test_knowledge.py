@@ -312,3 +312,22 @@ def test_migrations_match_the_models_with_the_full_text_index_in_place(app, runn
     """The FTS5 table / tsvector column live only in the migrations; autogenerate sees no drift."""
     result = runner.invoke(args=["db", "check"])
     assert result.exit_code == 0, result.output
+
+
+def test_every_citation_can_be_opened(client):
+    """A citation's url is the document's own, or a link into GET /api/documents/{id}."""
+    own = client.post(
+        "/api/documents",
+        json={"title": "Returns", "text": "Items can be returned within 30 days of delivery.",
+              "url": "https://example.com/returns"},
+    ).json  # fmt: skip
+    bare = client.post(
+        "/api/documents",
+        json={"title": "Refunds", "text": "Refunds are paid within 30 days of a return."},
+    ).json
+    body = client.post("/api/chat", json={"message": "How many days for returns and refunds?"}).json
+    urls = {source["document_id"]: source["url"] for source in body["sources"]}
+    assert urls[own["id"]] == "https://example.com/returns"
+    link = urls[bare["id"]]
+    assert link.startswith(f"/api/documents/{bare['id']}#chunk-")
+    assert client.get(link.split("#")[0]).json["title"] == "Refunds"

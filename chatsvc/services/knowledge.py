@@ -181,7 +181,8 @@ def search(session: Session, query: str, k: int = 5) -> list[Hit]:
     session.commit()
     return [
         Hit(
-            document_id=row.document_id, title=row.title, url=row.url,
+            document_id=row.document_id, title=row.title,
+            url=row.url or f"/api/documents/{row.document_id}#chunk-{row.ordinal}",
             chunk_id=f"{row.document_id}:{row.ordinal}",
             snippet=chunking.cap(row.text, MAX_SNIPPET_CHARS), score=round(float(row.score), 4),
             section=chunking.cap(row.heading, chunking.MAX_SECTION_CHARS),
