@@ -29,6 +29,8 @@ EXPOSED_HEADERS = [
     "Retry-After",
     "Idempotent-Replayed",
     "Server-Timing",
+    "ETag",
+    "X-Quota-Remaining",
 ]
 
 

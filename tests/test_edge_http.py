@@ -62,6 +62,8 @@ def test_cors_allows_the_configured_frontends_with_credentials(client):
         "x-ratelimit-limit",
         "x-ratelimit-remaining",
         "x-ratelimit-reset",
+        "etag",
+        "x-quota-remaining",
     } <= exposed
 
 
