@@ -95,6 +95,25 @@ class Unavailable(ApiError):
     status, code, detail = 503, "unavailable", "A dependency is unavailable; retry later."
 
 
+# When to retry a request that met a lost database: soon (a blip, a failover), not after
+# some other window (the rate limiter's).
+DATABASE_RETRY_AFTER = "2"
+
+
+def database_unavailable(error: BaseException) -> Unavailable | None:
+    """The contract's 503 for an error that means the database went away (a refused or broken
+    connection, an exhausted pool), wherever it happened — a view, a stream, a worker; None for
+    any other error."""
+    lost = isinstance(error, OperationalError | PoolTimeout) or (
+        isinstance(error, DBAPIError) and error.connection_invalidated
+    )
+    if not lost:
+        return None
+    return Unavailable(
+        "The database is unavailable; retry later.", headers={"Retry-After": DATABASE_RETRY_AFTER}
+    )
+
+
 class UpstreamFailure(ApiError):
     """The language model failed to answer: 502 `upstream_error`, 503 `upstream_busy` (with the
     provider's Retry-After, when it sent one) or 504 `upstream_timeout`."""
@@ -177,7 +196,10 @@ def _http_exception(error: HTTPException) -> Response:
 
 def _database_unavailable(error: Exception) -> Response:
     log.error("database unavailable: %s", type(error).__name__)
-    return problem(503, "unavailable", "The database is unavailable; retry later.")
+    return problem(
+        503, "unavailable", "The database is unavailable; retry later.",
+        headers={"Retry-After": DATABASE_RETRY_AFTER},
+    )  # fmt: skip
 
 
 def _database_error(error: DBAPIError) -> Response:

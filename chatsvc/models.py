@@ -191,6 +191,21 @@ class Chunk(Base):
     section: Mapped[Section] = relationship(back_populates="chunks")
 
 
+class ToolExecution(Base):
+    """A tool call that changed something, committed in the same transaction as its effect and
+    keyed to the turn (its user message): a retry of that turn finds every effect of the
+    attempts before it and reuses the result instead of executing the call again."""
+
+    __tablename__ = "tool_executions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    turn_key: Mapped[str] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    tool: Mapped[str] = mapped_column(String(64))
+    arguments_hash: Mapped[str] = mapped_column(String(64))
+    result: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class IdempotencyRecord(Base):
     """A chat POST sent with an Idempotency-Key: claimed with the turn's first unit of work,
     settled with its second; a completed one is replayed from its stored reply."""

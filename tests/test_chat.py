@@ -181,11 +181,13 @@ def test_failing_agent_keeps_the_message_and_the_conversation_usable(make_app, e
     assert messages[3]["error_code"] == code
     retried = ok(chat(client, "alice", "again", conversation_id=conversation))
     assert retried["status"] == "completed"
-    # The failed reply is not sent back to the model; what the user typed is.
-    assert [m.content for m in agent.turns[-1].history] == [
-        "hello",
-        "echo: hello",
+    # Neither the failed reply nor the message it failed to answer goes to the model (issue
+    # 23): the next turn must not silently carry out what the user may have given up on. The
+    # history a person reads keeps both.
+    assert [m.content for m in agent.turns[-1].history] == ["hello", "echo: hello"]
+    assert [m["content"] for m in history(client, "alice", conversation)][2:4] == [
         "are you there?",
+        "",
     ]
 
 

@@ -97,14 +97,18 @@ def test_a_worker_killed_mid_turn_is_replaced_and_its_turns_end_failed(
         assert status[1]["code"] == "turn_in_progress"
         assert time.monotonic() < deadline, "the stuck turn never went stale"
         time.sleep(0.1)
-    # The interrupted message goes to the model with the next one (one user message in a row).
-    assert status[0] == 200 and status[1]["response"] == "fake: crash b\n\nafter b"
+    # The interrupted exchange stays in the history but is not sent to the model (issue 23).
+    assert status[0] == 200 and status[1]["response"] == "fake: after b"
+    assert [m["content"] for m in fake_llm.requests[-1]["messages"] if m["role"] == "user"] == [
+        "first b",
+        "after b",
+    ]
     stored = read(conversation + b)["messages"]
     assert [(m["content"], m["status"], m["error_code"]) for m in stored[2:]] == [
         ("crash b", "completed", None),
         ("", "failed", "interrupted"),
         ("after b", "completed", None),
-        ("fake: crash b\n\nafter b", "completed", None),
+        ("fake: after b", "completed", None),
     ]
 
     # a: the cleanup job fails it; a retry with the same key then completes the turn once.

@@ -323,3 +323,36 @@ class _Records(logging.Handler):
 def _counted_in_redis(user: str) -> bool:
     connection = redis.Redis.from_url(os.environ["TEST_REDIS_URL"])
     return any(True for _ in connection.scan_iter(match=f"LIMITS:*{user}*"))
+
+
+@POSTGRES_ONLY
+def test_the_database_lost_during_a_stream_is_a_503_error_event(llm_app, fake_llm, proxied):
+    """Issue 23 (3): the database goes away while a streamed turn runs: its `error` event is the
+    same 503 `unavailable` a JSON request gets — never 500 — and the user's message is kept."""
+    proxy, url = proxied
+    app = llm_app(DATABASE_URL=url, AGENT_TIMEOUT_SECONDS=5.0, **DB_FAULT_SETTINGS)
+    client = app.test_client()
+    conversation = ok(post_chat(client, "first", None))["conversation_id"]
+    fake_llm.script(slow(1.0, "an answer with nowhere to go"))
+    outcome: dict[str, Any] = {}
+
+    def stream() -> None:
+        outcome["response"] = app.test_client().post(
+            "/api/alice/chat",
+            json={"message": "keep me", "conversation_id": conversation},
+            headers={"Accept": "text/event-stream", **keyed("k-stream")},
+        )
+        outcome["events"] = sse_events(outcome["response"])
+
+    turn = threading.Thread(target=stream)
+    turn.start()
+    wait_for(lambda: len(fake_llm.requests) == 2, what="unit of work 1 and the model call")
+    proxy.cut()  # unit of work 2 will find no database
+    turn.join(timeout=15)
+    assert not turn.is_alive()
+    name, _, data = outcome["events"][-1]
+    assert name == "error", outcome["events"]
+    assert (data["status"], data["code"]) == (503, "unavailable")
+    proxy.restore()
+    stored = history(client, "alice", conversation)
+    assert [(m["role"], m["content"]) for m in stored][-2] == ("user", "keep me")

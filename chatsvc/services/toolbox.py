@@ -4,6 +4,7 @@ a bad call is an error result for the model, never an exception."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -11,11 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from marshmallow import Schema, ValidationError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..agent.base import ToolCall
 from ..db import Database
 from ..errors import NotFound
+from ..models import ToolExecution
 from ..schemas import (
     AddTaskToolSchema,
     ListTasksToolSchema,
@@ -45,6 +48,7 @@ class Tool:
     arguments: Schema  # what validates a call (the REST routes' own fields)
     handler: Handler
     cites: bool = False  # its result lists passages ("results") an answer may cite
+    changes: bool = False  # it changes state: executed at most once per turn, retries included
 
     def spec(self) -> dict[str, Any]:
         """The OpenAI-style function declaration the model sees."""
@@ -58,12 +62,35 @@ class Tool:
         }
 
 
-class ToolBox:
-    """The tools of one turn (the agent port's `Tools`), with the turn's citations."""
+@dataclass(frozen=True)
+class Done:
+    """A call an earlier attempt of the turn executed (a ToolExecution)."""
 
-    def __init__(self, database: Database, tools: list[Tool]) -> None:
+    tool: str
+    arguments_hash: str
+    result: dict[str, Any]
+
+
+class ToolBox:
+    """The tools of one turn (the agent port's `Tools`), with the turn's citations.
+
+    A call that changes state is recorded (ToolExecution) in the same transaction as its
+    effect, keyed to the turn (`turn_key`, its user message). An idempotent retry of the turn
+    gets the earlier attempts' executions (`done`): the same call (tool and arguments) then
+    returns the result it had, and is not executed again."""
+
+    def __init__(
+        self,
+        database: Database,
+        tools: list[Tool],
+        *,
+        turn_key: str | None = None,
+        done: list[Done] | None = None,
+    ) -> None:
         self._database = database
         self._tools = {tool.name: tool for tool in tools}
+        self._turn_key = turn_key
+        self._done = list(done or ())
         self.citations = Citations()
 
     @property
@@ -85,8 +112,7 @@ class ToolBox:
                 valid = tool.arguments.load(parameters)
             except ValidationError as exc:
                 raise _Invalid(_first_error(exc.messages)) from exc
-            with self._database.transaction() as session:
-                result = tool.handler(session, valid)
+            result = self._run(tool, parameters, valid)
         except _Invalid as exc:
             result = {"error": "invalid_arguments", "detail": str(exc)}
         except NotFound:
@@ -96,15 +122,54 @@ class ToolBox:
             self.citations.number(result.get("results", []))
         return ToolCall(tool=name, parameters=parameters, result=result)
 
+    def _run(self, tool: Tool, parameters: dict[str, Any], valid: dict[str, Any]) -> dict[str, Any]:
+        """Execute the call as one unit of work — or, when an earlier attempt of this turn
+        already did, return what it returned."""
+        if not (tool.changes and self._turn_key):
+            with self._database.transaction() as session:
+                return tool.handler(session, valid)
+        digest = arguments_hash(parameters)
+        for earlier in self._done:
+            if earlier.tool == tool.name and earlier.arguments_hash == digest:
+                self._done.remove(earlier)
+                return earlier.result
+        with self._database.transaction() as session:
+            result = tool.handler(session, valid)
+            session.add(
+                ToolExecution(
+                    turn_key=self._turn_key, tool=tool.name, arguments_hash=digest, result=result
+                )
+            )
+        return result
+
+
+def arguments_hash(parameters: dict[str, Any]) -> str:
+    canonical = json.dumps(parameters, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def executed(session: Session, turn_key: str) -> list[Done]:
+    """What earlier attempts of the turn executed, in order (part of the caller's unit of work)."""
+    rows = session.scalars(
+        select(ToolExecution).where(ToolExecution.turn_key == turn_key).order_by(ToolExecution.id)
+    )
+    return [Done(row.tool, row.arguments_hash, row.result) for row in rows]
+
 
 class _Invalid(ValueError):
     """The model called a tool with arguments that do not fit its schema."""
 
 
-def tools_for(database: Database, user_id: str | None) -> ToolBox:
+def tools_for(
+    database: Database,
+    user_id: str | None,
+    *,
+    turn_key: str | None = None,
+    done: list[Done] | None = None,
+) -> ToolBox:
     """A turn's tools: the task tools only when the turn has a user; knowledge search always."""
     tasks = task_tools(user_id) if user_id is not None else []
-    return ToolBox(database, [*tasks, *knowledge_tools()])
+    return ToolBox(database, [*tasks, *knowledge_tools()], turn_key=turn_key, done=done)
 
 
 def knowledge_tools() -> list[Tool]:
@@ -167,7 +232,12 @@ def task_tools(user_id: str) -> list[Tool]:
 def _tool(
     name: str, description: str, schema: type[Schema], handler: Handler, cites: bool = False
 ) -> Tool:
-    return Tool(name, description, tool_parameters(schema), schema(), handler, cites)
+    changes = name in CHANGING_TOOLS
+    return Tool(name, description, tool_parameters(schema), schema(), handler, cites, changes)
+
+
+# The tools whose calls change state: each runs at most once per turn, retries included.
+CHANGING_TOOLS = frozenset({"add_task", "complete_task", "update_task", "delete_task"})
 
 
 def _shown(task: Any) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, or_, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from ..agent.base import (
@@ -41,11 +41,18 @@ from ..agent.base import (
 )
 from ..config import TurnSettings
 from ..db import Database, utcnow
-from ..errors import ApiError, NotFound, TurnInProgress, UpstreamFailure, log_failure
+from ..errors import (
+    ApiError,
+    NotFound,
+    TurnInProgress,
+    UpstreamFailure,
+    database_unavailable,
+    log_failure,
+)
 from ..models import Conversation, Message, MessageStatus, Role, new_id
 from . import conversations, idempotency, quotas
 from .conversations import Access
-from .toolbox import ToolBox, tools_for
+from .toolbox import Done, ToolBox, executed, tools_for
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +140,7 @@ class _Pending:
     idempotent: bool
     quota_subject: str
     quota_remaining: int | None  # at admission
+    done: list[Done] = field(default_factory=list)  # tool calls earlier attempts executed
     timings: dict[str, float] = field(default_factory=lambda: {"db": 0.0, "agent": 0.0})
 
 
@@ -241,6 +249,7 @@ class TurnEngine:
                 user_message_id = retry.user_message_id
             rows.append(_message_row(assistant_id, conversation_id, seq, Role.ASSISTANT, "", now))
             session.execute(_INSERT_MESSAGES, rows)
+            done = executed(session, user_message_id) if retry is not None else []
             if attempt is not None:
                 idempotency.claim(
                     session, attempt, conversation_id=conversation_id,
@@ -254,6 +263,7 @@ class TurnEngine:
             idempotent=attempt is not None,
             quota_subject=who,
             quota_remaining=quota.remaining,
+            done=done,
         )
         pending.timings["db"] += _ms_since(started)
         return pending
@@ -264,7 +274,9 @@ class TurnEngine:
         """The agent's events as they happen, then the stored TurnResult. An agent failure
         stores a `failed` reply and raises the contract's error; a consumer that stops early
         (the client has gone) stores what was said so far as `cancelled`."""
-        tools = tools_for(self.database, pending.turn.user_id)
+        tools = tools_for(
+            self.database, pending.turn.user_id, turn_key=pending.user_message_id, done=pending.done
+        )
         text: list[str] = []
         calls: list[ToolCall] = []
         started = time.perf_counter()
@@ -461,8 +473,13 @@ class TurnHandle:
         except ApiError as error:
             feed.put(TurnFailed(error))
         except Exception as error:
-            log_failure("turn failed", error)
-            feed.put(TurnFailed(ApiError()))
+            lost = database_unavailable(error)
+            if lost is not None:  # the database went away: 503, as for any other request
+                log.error("database unavailable in a stream: %s", type(error).__name__)
+                feed.put(TurnFailed(lost))
+            else:
+                log_failure("turn failed", error)
+                feed.put(TurnFailed(ApiError()))
         finally:
             feed.put(_END)
 
@@ -490,10 +507,10 @@ _CLAIM = (
 # The context: the newest messages a model may see (a pending or failed reply is not one);
 # b_skip is a retried turn's own user message ("" matches no id).
 _NEWEST_MESSAGES = (
-    select(_MESSAGES.c.role, _MESSAGES.c.content, _MESSAGES.c.tool_calls)
+    select(_MESSAGES.c.role, _MESSAGES.c.content, _MESSAGES.c.tool_calls, _MESSAGES.c.status)
     .where(
         _MESSAGES.c.conversation_id == bindparam("b_conversation"),
-        or_(_MESSAGES.c.role == Role.USER.value, _MESSAGES.c.status.in_(_ANSWERED)),
+        _MESSAGES.c.status != MessageStatus.PENDING.value,
         _MESSAGES.c.id != bindparam("b_skip"),
     )
     .order_by(_MESSAGES.c.seq.desc())
@@ -562,21 +579,39 @@ def _context(
     message: str,
     skip: str | None = None,
 ) -> tuple[tuple[HistoryMessage, ...], Context]:
-    """The newest HISTORY_LIMIT messages (oldest first), trimmed from the oldest end so they
-    and the new message fit HISTORY_MAX_TOKENS. An assistant message carries its tool calls
-    and their results, so it is kept or dropped whole: a call never loses its result. The
-    history starts with a user message, as strict chat templates demand."""
+    """The newest HISTORY_LIMIT messages of the conversation's answered exchanges (oldest
+    first), trimmed from the oldest end so they and the new message fit HISTORY_MAX_TOKENS.
+
+    A user message goes to the model only with the answer it got (completed, or cancelled with
+    what was said): one whose turn failed stays in the history a person sees, but the model is
+    not sent it — the next turn must not silently carry out a request the user may have given
+    up on (a retry with the same Idempotency-Key runs that turn again). An assistant message
+    carries its tool calls and their results, so it is kept or dropped whole. The history
+    starts with a user message, as strict chat templates demand."""
     limit = settings.history_limit
+    window = 2 * limit + 2  # failed exchanges take room in the window, not in the context
     newest = session.execute(
         _NEWEST_MESSAGES,
-        {"b_conversation": conversation_id, "b_skip": skip or "", "b_limit": limit + 1},
+        {"b_conversation": conversation_id, "b_skip": skip or "", "b_limit": window},
     ).all()
-    truncated = len(newest) > limit
+    truncated = len(newest) == window
     budget = settings.history_max_tokens - estimate_tokens(message)
     kept: list[HistoryMessage] = []
-    for row in newest[:limit]:
-        if row.role == Role.ASSISTANT and not row.content and not row.tool_calls:
-            continue
+    answered = False  # the exchange being walked (newest first) got an answer
+    for row in newest:
+        if row.role == Role.ASSISTANT:
+            if row.status not in _ANSWERED:
+                continue
+            answered = True
+            if not row.content and not row.tool_calls:
+                continue
+        elif not answered:
+            continue  # its turn failed: not sent to the model
+        else:
+            answered = False
+        if len(kept) == limit:
+            truncated = True
+            break
         item = HistoryMessage(
             row.role, row.content, tuple(ToolCall(**call) for call in row.tool_calls or ())
         )
