@@ -148,7 +148,10 @@ def user_access(user_id: str) -> Access:
 def lifetimes() -> dict[str, int]:
     """The conversation rules a service applies, from the running config."""
     config = current_app.config
-    names = ("SESSION_TTL_SECONDS", "CONVERSATION_TTL_SECONDS", "TURN_STALE_SECONDS")
+    names = (
+        "SESSION_TTL_SECONDS", "CONVERSATION_TTL_SECONDS", "TURN_STALE_SECONDS",
+        "TURN_LEASE_SECONDS",
+    )  # fmt: skip
     return {name: config[name] for name in names}
 
 

@@ -42,6 +42,9 @@ class Config:
     SESSION_RETENTION_SECONDS = 86400
     CONVERSATION_TTL_SECONDS = 0  # 0: user conversations never expire
     TURN_STALE_SECONDS = 300  # a turn still pending after this is failed by cleanup
+    # A running turn renews its claim every third of this; a claim not renewed for this long
+    # (its worker died) is failed by the next request on the conversation, or by cleanup.
+    TURN_LEASE_SECONDS = 15.0
     SSE_PING_SECONDS = 15.0
 
     # Auth.
@@ -202,6 +205,7 @@ class TurnSettings:
     history_limit: int
     history_max_tokens: int
     turn_stale_seconds: int
+    turn_lease_seconds: float
     idempotency_ttl_seconds: int
     session_ttl_seconds: int
     conversation_ttl_seconds: int
@@ -213,6 +217,7 @@ class TurnSettings:
             history_limit=int(config["HISTORY_LIMIT"]),
             history_max_tokens=int(config["HISTORY_MAX_TOKENS"]),
             turn_stale_seconds=int(config["TURN_STALE_SECONDS"]),
+            turn_lease_seconds=float(config["TURN_LEASE_SECONDS"]),
             idempotency_ttl_seconds=int(config["IDEMPOTENCY_TTL_SECONDS"]),
             session_ttl_seconds=int(config["SESSION_TTL_SECONDS"]),
             conversation_ttl_seconds=int(config["CONVERSATION_TTL_SECONDS"]),
@@ -225,6 +230,7 @@ class TurnSettings:
             "SESSION_TTL_SECONDS": self.session_ttl_seconds,
             "CONVERSATION_TTL_SECONDS": self.conversation_ttl_seconds,
             "TURN_STALE_SECONDS": self.turn_stale_seconds,
+            "TURN_LEASE_SECONDS": self.turn_lease_seconds,
         }
 
 

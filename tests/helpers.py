@@ -57,10 +57,13 @@ def history(client: Any, user: str, conversation_id: str, limit: int = 100) -> l
 
 
 def age(app: Flask, conversation_id: str, seconds: float) -> None:
-    """Move a conversation's clock (last activity, turn start, messages) `seconds` back."""
+    """Move a conversation's clock (last activity, turn start, messages) `seconds` back. A turn
+    in flight on it stops renewing its lease first: as if its worker had died."""
     shift = timedelta(seconds=seconds)
     with database(app).sessions() as session:
         conversation = session.get(Conversation, conversation_id)
+        if conversation.active_turn_id is not None:
+            app.extensions["chatsvc.turns"].leases.release(conversation.active_turn_id)
         conversation.last_activity -= shift
         if conversation.turn_started_at is not None:
             conversation.turn_started_at -= shift

@@ -53,7 +53,7 @@ def test_a_worker_killed_mid_turn_is_replaced_and_its_turns_end_failed(
     server = gunicorn(
         WEB_CONCURRENCY="1", AGENT_PROVIDER="openai", OPENAI_BASE_URL=fake_llm.url,
         OPENAI_MODEL="fake-model", OPENAI_API_KEY="sk-test", AGENT_TIMEOUT_SECONDS="30",
-        AGENT_MAX_RETRIES="0", TURN_STALE_SECONDS="2", RATELIMIT_ENABLED="false",
+        AGENT_MAX_RETRIES="0", TURN_LEASE_SECONDS="2", RATELIMIT_ENABLED="false",
     )  # fmt: skip
     chat = f"{server.url}/api/alice/chat"
     a = post(chat, {"message": "first a"})[1]["conversation_id"]
@@ -91,7 +91,8 @@ def test_a_worker_killed_mid_turn_is_replaced_and_its_turns_end_failed(
             ("assistant", "", "pending"),
         ], "the user's message survived the crash"
 
-    # b: the next request that finds the turn stale (TURN_STALE_SECONDS) fails it and goes on.
+    # b: the next request that finds the lease lapsed (TURN_LEASE_SECONDS, not the 300 s of
+    # TURN_STALE_SECONDS: nobody renewed it) fails the turn and goes on.
     deadline = time.monotonic() + 15
     while (status := post(chat, {"message": "after b", "conversation_id": b}))[0] == 409:
         assert status[1]["code"] == "turn_in_progress"

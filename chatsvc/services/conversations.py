@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, column, delete, select, text, update
+from sqlalchemy import and_, column, delete, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from ..db import utcnow
@@ -302,25 +302,48 @@ def cleanup(session: Session, config: dict[str, Any], now: datetime | None = Non
     return CleanupReport(deleted[SESSION], deleted[USER], failed, counters)
 
 
+def lease_seconds(config: Mapping[str, Any]) -> float:
+    """How long a claimed conversation stays claimed without its turn renewing the claim (the
+    running turn renews it every third of this): TURN_LEASE_SECONDS, or TURN_STALE_SECONDS when
+    that is shorter."""
+    return min(config["TURN_LEASE_SECONDS"], config["TURN_STALE_SECONDS"])
+
+
 def fail_stale_turns(
     session: Session, config: Mapping[str, Any], now: datetime, conversation_id: str | None = None
 ) -> int:
-    """Mark turns pending for longer than TURN_STALE_SECONDS failed and free their conversations.
-    Part of the caller's unit of work: it does not commit."""
+    """Fail the turns whose worker is gone and free their conversations: a claim whose lease was
+    not renewed (a crashed worker: seconds, not minutes), and any reply pending for longer than
+    TURN_STALE_SECONDS that no live claim holds. Part of the caller's unit of work: it does not
+    commit."""
+    expired = now - timedelta(seconds=lease_seconds(config))
     stale = now - timedelta(seconds=config["TURN_STALE_SECONDS"])
-    pending = and_(Message.status == "pending", Message.created_at < stale)
-    conversations = and_(
-        Conversation.active_turn_id.is_not(None), Conversation.turn_started_at < stale
+    claimed = Conversation.active_turn_id.is_not(None)
+    if conversation_id is not None:
+        claimed = and_(claimed, Conversation.id == conversation_id)
+    lapsed = and_(claimed, Conversation.turn_started_at < expired)
+    live = select(Conversation.active_turn_id).where(
+        Conversation.active_turn_id.is_not(None), Conversation.turn_started_at >= expired
+    )
+    pending = and_(
+        Message.status == "pending",
+        or_(
+            Message.id.in_(select(Conversation.active_turn_id).where(lapsed)),
+            and_(Message.created_at < stale, Message.id.not_in(live)),
+        ),
     )
     if conversation_id is not None:
         pending = and_(pending, Message.conversation_id == conversation_id)
-        conversations = and_(conversations, Conversation.id == conversation_id)
     result = session.execute(
         update(Message)
         .where(pending)
         .values(status="failed", error_code="interrupted", completed_at=now)
+        .execution_options(synchronize_session="fetch")
     )
     session.execute(
-        update(Conversation).where(conversations).values(active_turn_id=None, turn_started_at=None)
+        update(Conversation)
+        .where(lapsed)
+        .values(active_turn_id=None, turn_started_at=None)
+        .execution_options(synchronize_session="fetch")
     )
     return result.rowcount

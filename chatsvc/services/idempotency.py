@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from ..db import utcnow
 from ..errors import IdempotencyMismatch, TurnInProgress
-from ..models import IdempotencyRecord, Message, MessageStatus
+from ..models import Conversation, IdempotencyRecord, Message, MessageStatus
 
 RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
 
@@ -44,7 +44,7 @@ class Attempt:
     key: str
     fingerprint: str
     ttl_seconds: int
-    stale_seconds: int  # TURN_STALE_SECONDS: a first attempt running longer than this crashed
+    stale_seconds: float  # the turn lease: a first attempt not renewing its claim this long died
     retry: Retry | None = None
 
     @classmethod
@@ -147,12 +147,18 @@ def _expired(now: datetime) -> Any:
     return IdempotencyRecord.expires_at <= now
 
 
-def _still_running(session: Session, record: IdempotencyRecord, stale_seconds: int) -> bool:
-    """A running record whose turn was failed meanwhile (a crashed worker, cleaned up), or is
-    pending past TURN_STALE_SECONDS (the retry's own turn then fails it), may be retried."""
+def _still_running(session: Session, record: IdempotencyRecord, lease_seconds: float) -> bool:
+    """A running record's turn still holds its conversation, and renewed the claim within the
+    lease: its worker is alive. A crashed worker's turn (the lease lapsed) may be retried in
+    seconds; the retry's own unit of work fails the stuck turn."""
     found = session.execute(
-        select(Message.status, Message.created_at).where(Message.id == record.assistant_message_id)
+        select(Message.status, Conversation.turn_started_at)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .where(
+            Message.id == record.assistant_message_id,
+            Conversation.active_turn_id == record.assistant_message_id,
+        )
     ).first()
     if found is None or found.status != MessageStatus.PENDING.value:
         return False
-    return found.created_at >= utcnow() - timedelta(seconds=stale_seconds)
+    return found.turn_started_at >= utcnow() - timedelta(seconds=lease_seconds)

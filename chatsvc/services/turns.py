@@ -160,6 +160,7 @@ class TurnEngine:
         self.agent = agent
         self.settings = settings
         self._observe = observe
+        self.leases = Leases(database, conversations.lease_seconds(settings.lifetimes()))
 
     def take(self, request: TurnRequest) -> TurnHandle:
         """Replay the turn an idempotent retry asks for, or start a new one: 409 while another
@@ -196,8 +197,8 @@ class TurnEngine:
         if key is None:
             return None
         return idempotency.Attempt.of(
-            key.scope, key.route, key.key, key.body,
-            self.settings.idempotency_ttl_seconds, self.settings.turn_stale_seconds,
+            key.scope, key.route, key.key, key.body, self.settings.idempotency_ttl_seconds,
+            conversations.lease_seconds(self.settings.lifetimes()),
         )  # fmt: skip
 
     # Unit of work 1 ------------------------------------------------------------------------
@@ -290,6 +291,7 @@ class TurnEngine:
             self._finish(pending, tools, partial, status=status, error_code=code)
 
         events = self.agent.stream(pending.turn, tools, watched=watched)
+        self.leases.hold(pending.started.message_id)
         try:
             for event in events:
                 if isinstance(event, ReplyDone):
@@ -324,6 +326,7 @@ class TurnEngine:
                 settle(MessageStatus.FAILED, "internal_error")
             raise
         finally:
+            self.leases.release(pending.started.message_id)
             close = getattr(events, "close", None)
             if close is not None:
                 close()  # stops the provider's stream when the client has gone
@@ -385,6 +388,46 @@ class TurnEngine:
         if self._observe is not None:
             self._observe(result, [call.tool for call in reply.tool_calls])
         return result
+
+
+class Leases:
+    """The claims of the turns running in this process, renewed together (one UPDATE every
+    third of the lease) while any runs: a worker that dies stops renewing, and its turns are
+    failed in seconds by the next request on their conversation (or by cleanup)."""
+
+    def __init__(self, database: Database, seconds: float) -> None:
+        self._database = database
+        self._interval = max(0.1, seconds / 3)
+        self._running: set[str] = set()
+        self._lock = threading.Lock()
+        self._renewer: threading.Thread | None = None
+
+    def hold(self, message_id: str) -> None:
+        with self._lock:
+            self._running.add(message_id)
+            if self._renewer is None:
+                self._renewer = threading.Thread(
+                    target=self._renew, name="turn-leases", daemon=True
+                )
+                self._renewer.start()
+
+    def release(self, message_id: str) -> None:
+        with self._lock:
+            self._running.discard(message_id)
+
+    def _renew(self) -> None:
+        while True:
+            time.sleep(self._interval)
+            with self._lock:  # held while renewing: a released turn is never renewed after
+                running = list(self._running)
+                if not running:
+                    self._renewer = None
+                    return
+                try:
+                    with self._database.transaction() as session:
+                        session.execute(_RENEW, {"b_turns": running, "turn_started_at": utcnow()})
+                except Exception as error:  # the next round tries again; the turns go on
+                    log.warning("turn leases not renewed: %s", type(error).__name__)
 
 
 class TurnHandle:
@@ -518,6 +561,9 @@ _NEWEST_MESSAGES = (
 )
 _STORE_REPLY = update(_MESSAGES).where(
     _MESSAGES.c.id == bindparam("b_id"), _MESSAGES.c.status == MessageStatus.PENDING.value
+)
+_RENEW = update(_CONVERSATIONS).where(
+    _CONVERSATIONS.c.active_turn_id.in_(bindparam("b_turns", expanding=True))
 )
 _RELEASE = update(_CONVERSATIONS).where(
     _CONVERSATIONS.c.id == bindparam("b_id"), _CONVERSATIONS.c.active_turn_id == bindparam("b_turn")
