@@ -323,28 +323,35 @@ class _Receiver:
         self.server.server_close()
 
 
-def test_gunicorn_exports_the_turn_over_otlp_http(gunicorn):
+def test_gunicorn_exports_json_and_streamed_turns_over_otlp_http(gunicorn):
+    """gevent workers: the streamed turn's greenlet continues the trace too."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
         ExportTraceServiceRequest,
     )
 
+    streamed_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
     receiver = _Receiver()
     try:
         server = gunicorn(
             OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_BSP_SCHEDULE_DELAY="200",
             OTEL_SERVICE_NAME="chatsvc-test",
         )  # fmt: skip
-        request = Request(
-            server.url + "/api/chat",
-            data=json.dumps({"message": "add a task to buy milk"}).encode(),
-            headers={"Content-Type": "application/json", "traceparent": TRACEPARENT},
-        )
-        with urlopen(request, timeout=30) as response:
-            assert response.status == 200
-            assert response.headers["traceparent"].split("-")[1] == CALLER_TRACE
+        for trace_id, accept in ((CALLER_TRACE, "application/json"),
+                                 (streamed_trace, "text/event-stream")):  # fmt: skip
+            request = Request(
+                server.url + "/api/chat",
+                data=json.dumps({"message": "add a task to buy milk"}).encode(),
+                headers={"Content-Type": "application/json", "Accept": accept,
+                         "traceparent": f"00-{trace_id}-{CALLER_SPAN}-01"},
+            )  # fmt: skip
+            with urlopen(request, timeout=30) as response:
+                assert response.status == 200
+                assert response.headers["Content-Type"].startswith(accept)
+                assert response.headers["traceparent"].split("-")[1] == trace_id
+                assert b"event: done" in response.read() or accept == "application/json"
 
-        def exported() -> dict[str, Any] | None:
-            spans: dict[str, Any] = {}
+        def exported() -> dict[str, dict[str, Any]] | None:
+            traces: dict[str, dict[str, Any]] = {CALLER_TRACE: {}, streamed_trace: {}}
             for path, content_type, body in list(receiver.posts):
                 assert path == "/v1/traces" and content_type == "application/x-protobuf"
                 export = ExportTraceServiceRequest.FromString(body)
@@ -354,15 +361,20 @@ def test_gunicorn_exports_the_turn_over_otlp_http(gunicorn):
                     }
                     for scope in resource_spans.scope_spans:
                         for span in scope.spans:
-                            if span.trace_id.hex() == CALLER_TRACE:
-                                spans[span.name] = (span, service["service.name"])
-            return spans if "chatsvc.turn.finish" in spans else None
+                            if span.trace_id.hex() in traces:
+                                traces[span.trace_id.hex()][span.name] = (span, service)
+            done = all("chatsvc.turn.finish" in spans for spans in traces.values())
+            return traces if done else None
 
-        spans = wait_for(exported, timeout=30, what="the turn's spans at the receiver")
+        traces = wait_for(exported, timeout=30, what="the turns' spans at the receiver")
     finally:
         receiver.close()
-    # (an anonymous session turn: no task tools; the tool spans are checked above)
-    assert {"chatsvc.turn.begin", "invoke_agent local", "chatsvc.turn.finish"} <= set(spans)
-    assert {service for _, service in spans.values()} == {"chatsvc-test"}
-    servers = [span for span, _ in spans.values() if span.kind == span.SPAN_KIND_SERVER]
-    assert servers and servers[0].parent_span_id.hex() == CALLER_SPAN
+    for spans in traces.values():
+        # (an anonymous session turn: no task tools; the tool spans are checked above)
+        assert {"chatsvc.turn.begin", "invoke_agent local", "chatsvc.turn.finish"} <= set(spans)
+        assert {service["service.name"] for _, service in spans.values()} == {"chatsvc-test"}
+        servers = [span for span, _ in spans.values() if span.kind == span.SPAN_KIND_SERVER]
+        assert len(servers) == 1 and servers[0].parent_span_id.hex() == CALLER_SPAN
+        agent, _ = spans["invoke_agent local"]
+        finish, _ = spans["chatsvc.turn.finish"]
+        assert agent.parent_span_id == servers[0].span_id == finish.parent_span_id
