@@ -106,9 +106,10 @@ logging.getLogger("gunicorn.error").addFilter(_NoRequestDetails())
 
 def post_worker_init(worker):
     """The worker has loaded the app: chatsvc/speedups.py says what this buys, and by how much."""
-    from chatsvc import speedups
+    from chatsvc import speedups, tracing
 
     speedups.tune_worker()
+    tracing.worker_started()  # tracing's provider and BatchSpanProcessor are this worker's own
 
 
 def on_starting(server):
@@ -130,3 +131,6 @@ def worker_exit(server, worker):
     app = getattr(worker, "wsgi", None)
     if app is not None and hasattr(app, "extensions"):
         close_app(app)
+    from chatsvc import tracing
+
+    tracing.shutdown()  # export the spans still in the batch (a no-op when tracing is off)

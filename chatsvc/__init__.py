@@ -9,7 +9,7 @@ from flask import Flask
 from flask_smorest import Api
 
 from . import api as rest
-from . import cli, db, errors, extensions, observability, schemas
+from . import cli, db, errors, extensions, observability, schemas, tracing
 from . import config as settings
 from .agent import build_agent
 from .agent.base import Agent
@@ -39,6 +39,8 @@ def create_app(config: dict[str, Any] | None = None, *, agent: Agent | None = No
     extensions.init_app(app)  # proxies, rate limits, CORS: after request ids, before the views
     db.init_app(app)
     observability.watch_pool(db.database(app).engine)
+    # OpenTelemetry, when OTEL_* asks for it (TRACER_PROVIDER: a provider handed in by tests)
+    tracing.init_app(app, app.config.get("TRACER_PROVIDER"))
     migrate.init_app(app, db.database(app), directory=MIGRATIONS)
     app.extensions["chatsvc.turns"] = TurnEngine(
         db.database(app),

@@ -142,7 +142,10 @@ def test_provider_faults_map_to_problems_and_store_a_failed_turn(
     assert messages[3]["status"] == "failed" and messages[3]["error_code"] == code
     again = chat(client, "third", conversation_id)
     assert again.status_code == 200, "the conversation is usable at once"
-    assert again.json["response"] == "fake: second\n\nthird"
+    # The failed exchange is not sent to the model with the next message (issue 23).
+    assert again.json["response"] == "fake: third"
+    sent = [m["content"] for m in fake_llm.requests[-1]["messages"] if m["role"] == "user"]
+    assert sent == ["first", "third"]
 
 
 def test_max_tokens_is_sent_only_when_configured(llm_app, fake_llm):

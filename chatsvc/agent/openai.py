@@ -18,6 +18,7 @@ from typing import Any
 import httpx2
 import openai
 
+from .. import tracing
 from .base import (
     Agent,
     AgentError,
@@ -63,6 +64,8 @@ MAX_BACKOFF_SECONDS = 8.0
 # Connection pools per worker, each behind its own SDK client (see _ConnectionPools and
 # chatsvc/speedups.py).
 CONNECTION_POOLS = 8
+# gen_ai.system of the LLM-call spans: the OpenAI wire protocol, whichever server speaks it.
+GEN_AI_SYSTEM = "openai"
 
 
 @dataclass
@@ -97,6 +100,8 @@ class _Step:
     calls: list[_PendingCall] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     finished: bool = False
+    finish_reason: str = ""  # as the provider said it (for the trace)
+    model: str = ""  # the provider's name for the model that answered (for the trace)
 
 
 class _ConnectionPools:
@@ -206,22 +211,25 @@ class OpenAIAgent(Agent):
             offer = specs if specs and round_number < self._max_tool_rounds else None
             step = _Step()
             gap = "\n\n" if said and not said[-1][-1:].isspace() else ""
-            pieces = self._complete(messages, offer, deadline, step, stream_provider)
-            for piece in pieces:
-                for text in (gap, piece) if gap else (piece,):
-                    room = MAX_REPLY_CHARS - length
-                    text = text[:room]
-                    length += len(text)
-                    if text:
-                        said.append(text)
-                        yield TextDelta(text)
-                gap = ""  # a later round's words start a new paragraph
-                if length >= MAX_REPLY_CHARS:
-                    pieces.close()  # the provider's stream too: the answer is long enough
-                    step.calls = []
-                    if not step.usage.total_tokens:
-                        step.usage = _estimated_usage(messages, step)
-                    break
+            with tracing.llm_call(GEN_AI_SYSTEM, self.name) as traced:
+                pieces = self._complete(messages, offer, deadline, step, stream_provider)
+                for piece in pieces:
+                    for text in (gap, piece) if gap else (piece,):
+                        room = MAX_REPLY_CHARS - length
+                        text = text[:room]
+                        length += len(text)
+                        if text:
+                            said.append(text)
+                            yield TextDelta(text)
+                    gap = ""  # a later round's words start a new paragraph
+                    if length >= MAX_REPLY_CHARS:
+                        pieces.close()  # the provider's stream too: the answer is long enough
+                        step.calls = []
+                        if not step.usage.total_tokens:
+                            step.usage = _estimated_usage(messages, step)
+                        break
+                traced.done(step.model, step.usage.prompt_tokens, step.usage.completion_tokens,
+                            [step.finish_reason])  # fmt: skip
             usage.add(step.usage)
             if not step.calls or offer is None:
                 break
@@ -309,6 +317,8 @@ class OpenAIAgent(Agent):
                         _merge_call_delta(calls, position, part)
                     if choice.get("finish_reason"):
                         step.finished = True
+                        step.finish_reason = str(choice["finish_reason"])
+                step.model = step.model or str(chunk.get("model") or "")
         finally:
             response.close()  # also when the client has gone: the provider stops too
         if not step.finished:
@@ -435,6 +445,8 @@ def _read_completion(completion: Any, step: _Step) -> Iterator[str]:
     if completion.get("usage"):
         step.usage = _usage(completion["usage"])
     step.text = _text(message.get("content"))
+    step.finish_reason = str(choices[0].get("finish_reason") or "")
+    step.model = str(completion.get("model") or "")
     step.calls = _named_calls(_pending_call(call) for call in message.get("tool_calls") or ())
     step.finished = True
     if step.text:

@@ -15,6 +15,7 @@ from marshmallow import Schema, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from .. import tracing
 from ..agent.base import ToolCall
 from ..db import Database
 from ..errors import NotFound
@@ -101,6 +102,13 @@ class ToolBox:
         return [tool.spec() for tool in self._tools.values()]
 
     def call(self, name: str, arguments: dict[str, Any] | str | None) -> ToolCall:
+        with tracing.span(*_tool_span(name, self._tools)) as span:
+            call = self._call(name, arguments)
+            if span is not None and "error" in call.result:
+                span.set_attribute("error.type", str(call.result["error"]))
+            return call
+
+    def _call(self, name: str, arguments: dict[str, Any] | str | None) -> ToolCall:
         parameters: dict[str, Any] = {}
         tool = self._tools.get(name)
         try:
@@ -154,6 +162,14 @@ def executed(session: Session, turn_key: str) -> list[Done]:
         select(ToolExecution).where(ToolExecution.turn_key == turn_key).order_by(ToolExecution.id)
     )
     return [Done(row.tool, row.arguments_hash, row.result) for row in rows]
+
+
+def _tool_span(name: str, tools: dict[str, Tool]) -> tuple[str, dict[str, Any]]:
+    """A tool call's span: named after the tool when it is one (a name the model made up is
+    an attribute, never a span name)."""
+    known = name in tools
+    attributes = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name}
+    return ("execute_tool " + name if known else "execute_tool"), attributes
 
 
 class _Invalid(ValueError):

@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from .. import tracing
 from ..agent.base import (
     Agent,
     AgentError,
@@ -213,7 +214,7 @@ class TurnEngine:
         conversation_id = retry.conversation_id if retry else request.conversation_id
         kind = request.kind
         who = quotas.subject(request.access.user_id, request.client_address)
-        with self.database.transaction() as session:
+        with tracing.span("chatsvc.turn.begin"), self.database.transaction() as session:
             # Before any model call, after the idempotency look-up (a replay costs nothing).
             quota = quotas.admit(session, who, self.settings.quota_tokens_per_day)
             if conversation_id is None:
@@ -290,7 +291,12 @@ class TurnEngine:
             partial = Reply("".join(text), self.agent.name, list(calls))
             self._finish(pending, tools, partial, status=status, error_code=code)
 
-        events = self.agent.stream(pending.turn, tools, watched=watched)
+        events = tracing.steps(
+            self.agent.stream(pending.turn, tools, watched=watched),
+            f"invoke_agent {self.agent.name}",
+            _agent_attributes(self.agent.name, pending),
+            last=_is_reply,
+        )
         self.leases.hold(pending.started.message_id)
         try:
             for event in events:
@@ -348,7 +354,11 @@ class TurnEngine:
         sources = sources or []
         usage = reply.usage.as_dict()
         message_id = pending.started.message_id
-        with self.database.transaction() as session:
+        attributes = {"chatsvc.turn.status": str(status)}
+        with (
+            tracing.span("chatsvc.turn.finish", attributes),
+            self.database.transaction() as session,
+        ):
             session.execute(
                 _STORE_REPLY,
                 {
@@ -438,6 +448,7 @@ class TurnHandle:
         self._engine = engine
         self._replay = replay
         self._pending = pending
+        self._trace = tracing.capture()  # continued in the thread that runs a watched turn
 
     @property
     def replayed(self) -> bool:
@@ -503,31 +514,46 @@ class TurnHandle:
 
     def _feed(self, feed: queue.SimpleQueue[Any], stop: threading.Event) -> None:
         assert self._pending is not None
-        run = self._engine._run(self._pending, watched=True)
-        try:
-            for event in run:
-                feed.put(event)
-                # Let the reader send it now: when the provider's chunks arrive together, the
-                # run would otherwise read them all (and store the reply) first.
-                time.sleep(0)
-                if stop.is_set():
-                    break
-            run.close()  # after a break: the run stores the partial answer as cancelled
-        except ApiError as error:
-            feed.put(TurnFailed(error))
-        except Exception as error:
-            lost = database_unavailable(error)
-            if lost is not None:  # the database went away: 503, as for any other request
-                log.error("database unavailable in a stream: %s", type(error).__name__)
-                feed.put(TurnFailed(lost))
-            else:
-                log_failure("turn failed", error)
-                feed.put(TurnFailed(ApiError()))
-        finally:
-            feed.put(_END)
+        with tracing.attached(self._trace):
+            run = self._engine._run(self._pending, watched=True)
+            try:
+                for event in run:
+                    feed.put(event)
+                    # Let the reader send it now: when the provider's chunks arrive together,
+                    # the run would otherwise read them all (and store the reply) first.
+                    time.sleep(0)
+                    if stop.is_set():
+                        break
+                run.close()  # after a break: the run stores the partial answer as cancelled
+            except ApiError as error:
+                feed.put(TurnFailed(error))
+            except Exception as error:
+                lost = database_unavailable(error)
+                if lost is not None:  # the database went away: 503, as for any other request
+                    log.error("database unavailable in a stream: %s", type(error).__name__)
+                    feed.put(TurnFailed(lost))
+                else:
+                    log_failure("turn failed", error)
+                    feed.put(TurnFailed(ApiError()))
+            finally:
+                feed.put(_END)
 
 
 _END = object()  # the feed is over
+
+
+def _is_reply(event: Any) -> bool:
+    return isinstance(event, ReplyDone)
+
+
+def _agent_attributes(name: str, pending: _Pending) -> dict[str, Any]:
+    """The agent span's attributes (ids, never the message's text)."""
+    return {
+        "gen_ai.operation.name": "invoke_agent",
+        "gen_ai.agent.name": name,
+        "gen_ai.conversation.id": pending.started.conversation_id,
+        "chatsvc.message_id": pending.started.message_id,
+    }
 
 
 # The turn's own statements, built once. Building SQLAlchemy statements (ORM ones above all)
