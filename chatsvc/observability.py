@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -141,11 +142,20 @@ class _CountStorageErrors(logging.Filter):
 trace_id_hook: Any = None
 
 
+# The request's id for code that runs outside its app context but in a copy of its context
+# (a streamed turn's own greenlet): contextvars travel where Flask's `g` does not.
+REQUEST_ID_VAR: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "chatsvc_request_id", default=None
+)
+
+
 def log_context() -> dict[str, str]:
     """The ids that tie a log line to its request: `request_id`, and `trace_id` when traced."""
     context: dict[str, str] = {}
     if has_app_context() and g.get("request_id"):  # set by each request's before_request
         context["request_id"] = g.request_id
+    elif (carried := REQUEST_ID_VAR.get()) is not None:
+        context["request_id"] = carried
     if trace_id_hook is not None:
         trace_id = trace_id_hook()
         if trace_id:
@@ -226,6 +236,7 @@ def _start() -> None:
     g.started = time.perf_counter()
     incoming = request.headers.get("X-Request-ID", "")
     g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    REQUEST_ID_VAR.set(g.request_id)
 
 
 def record_timings(timings: dict[str, float]) -> None:

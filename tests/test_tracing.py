@@ -257,10 +257,9 @@ def test_every_log_line_of_the_request_carries_the_trace_id(traced, exporter, fa
     messages = [line.get("message") or line.get("path") for line in lines.lines]
     assert any(m and m.startswith("retrying the language model") for m in messages), messages
     assert "/api/chat" in messages
-    for line in lines.lines:
+    for line in lines.lines:  # the streamed turn's own greenlet's lines too
         assert line["trace_id"] == CALLER_TRACE, line
-    # (request_id: the request thread's lines; the streamed turn's thread has no request)
-    assert lines.lines[-1 if not streamed else 0]["request_id"] == response.headers["X-Request-ID"]
+        assert line["request_id"] == response.headers["X-Request-ID"], line
 
 
 def test_off_by_default_nothing_of_opentelemetry_is_loaded(database_url):

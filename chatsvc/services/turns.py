@@ -14,6 +14,7 @@ A transport turns its input into a TurnRequest and the handle's events into its 
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import queue
@@ -492,8 +493,9 @@ class TurnHandle:
         assert self._pending is not None
         feed: queue.SimpleQueue[Any] = queue.SimpleQueue()
         stop = threading.Event()
+        # The run goes on in a copy of the caller's context (its request id for the logs).
         worker = threading.Thread(
-            target=self._feed, args=(feed, stop), daemon=True,
+            target=contextvars.copy_context().run, args=(self._feed, feed, stop), daemon=True,
             name=f"turn-{self._pending.started.message_id}",
         )  # fmt: skip
         worker.start()
