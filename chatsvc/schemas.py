@@ -199,7 +199,10 @@ class SearchText(fields.String):
     """A search: at most MAX_SEARCH_CHARS, with at least one word (letters or digits)."""
 
     def __init__(self, **kwargs: Any) -> None:
-        metadata = {"maxLength": MAX_SEARCH_CHARS, **kwargs.pop("metadata", {})}
+        # The document states the rule: at least one letter or digit somewhere (unanchored).
+        metadata = {
+            "maxLength": MAX_SEARCH_CHARS, "pattern": r"[^\W_]", **kwargs.pop("metadata", {})
+        }  # fmt: skip
         super().__init__(metadata=metadata, **kwargs)
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
