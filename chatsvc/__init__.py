@@ -13,7 +13,7 @@ from . import cli, db, errors, extensions, observability, schemas
 from . import config as settings
 from .agent import build_agent
 from .agent.base import Agent
-from .api import docs
+from .api import docs, websocket
 from .extensions import migrate
 from .services.turns import TurnEngine
 
@@ -51,6 +51,7 @@ def create_app(config: dict[str, Any] | None = None, *, agent: Agent | None = No
     schemas.document_running_limits(api, app.config)
     _register_blueprints(api)
     app.register_blueprint(docs.bp)
+    websocket.init_app(app)
     errors.register(app)
     cli.init_app(app)
     return app

@@ -43,6 +43,7 @@ class Config:
     CONVERSATION_TTL_SECONDS = 0  # 0: user conversations never expire
     TURN_STALE_SECONDS = 300  # a turn still pending after this is failed by cleanup
     SSE_PING_SECONDS = 15.0
+    WS_IDLE_SECONDS = 300.0  # a WebSocket with no frame from its client for this long is closed
 
     # Auth.
     AUTH_MODE = "optional"

@@ -383,6 +383,7 @@ class TurnHandle:
         self._engine = engine
         self._replay = replay
         self._pending = pending
+        self._stop = threading.Event()  # set: the run streamed by `events()` stops
 
     @property
     def replayed(self) -> bool:
@@ -425,7 +426,7 @@ class TurnHandle:
             return
         assert self._pending is not None
         feed: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        stop = threading.Event()
+        stop = self._stop
         worker = threading.Thread(
             target=self._feed, args=(feed, stop), daemon=True,
             name=f"turn-{self._pending.started.message_id}",
@@ -445,6 +446,12 @@ class TurnHandle:
                     return
         finally:
             stop.set()  # a no-op when the run is over; otherwise the client has gone
+
+    def cancel(self) -> None:
+        """Stop the run `events()` streams, as a client that has gone would (what was said so
+        far is stored `cancelled`), while its reader stays: `events()` then ends without a
+        result once the reply is stored. For transports that outlive a turn (the WebSocket)."""
+        self._stop.set()
 
     def _feed(self, feed: queue.SimpleQueue[Any], stop: threading.Event) -> None:
         assert self._pending is not None
