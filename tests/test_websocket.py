@@ -20,7 +20,19 @@ from helpers import wait_for
 from chatsvc.auth import create_token
 
 SECRET = "s" * 40
-NO_LIMITS = {"RATELIMIT_ENABLED": "false"}
+# Open sockets hold a stopping worker for its graceful timeout: the tests close theirs, and
+# keep that timeout short in case one stays open.
+QUICK_STOP = {"GUNICORN_GRACEFUL_TIMEOUT": "3"}
+NO_LIMITS = {"RATELIMIT_ENABLED": "false", **QUICK_STOP}
+OPENED: list[websocket.WebSocket] = []
+
+
+@pytest.fixture(autouse=True)
+def close_sockets(gunicorn):
+    """Before the servers stop (this fixture depends on theirs, so it is torn down first)."""
+    yield
+    while OPENED:
+        OPENED.pop().close()
 
 
 def someone() -> str:
@@ -29,7 +41,9 @@ def someone() -> str:
 
 def connect(server, path: str, **options: Any) -> websocket.WebSocket:
     url = server.url.replace("http://", "ws://", 1) + path
-    return websocket.create_connection(url, timeout=10, **options)
+    ws = websocket.create_connection(url, timeout=10, **options)
+    OPENED.append(ws)
+    return ws
 
 
 def refused(server, path: str, **options: Any) -> int:
@@ -358,7 +372,7 @@ def test_each_message_spends_the_chat_budget_the_posts_share(gunicorn):
     (then shared by every worker)."""
     redis_url = os.environ.get("TEST_REDIS_URL")
     storage = {"RATELIMIT_STORAGE_URI": redis_url} if redis_url else {}
-    server = gunicorn(RATELIMIT_CHAT="3 per minute", **storage)
+    server = gunicorn(RATELIMIT_CHAT="3 per minute", **QUICK_STOP, **storage)
     user = someone()
     assert http(server, "POST", f"/api/{user}/chat", {"message": "hi"})[0] == 200
     ws = connect(server, f"/api/{user}/chat/ws")

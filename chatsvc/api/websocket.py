@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import queue
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ sock = Sock()
 
 AUTH_SECONDS = 5.0  # a socket that must authenticate by frame has this long to do it
 NORMAL_CLOSURE, POLICY_VIOLATION = 1000, 1008
+LINGER_SECONDS = 2.0  # a closed socket's last reads (_LingeringSocket)
 PUMP_WAIT = 15.0  # a pump forwards events only: it has nothing to do on silence
 CHAT_SCOPE = "chat"  # the chat routes' shared rate-limit bucket (extensions._scope)
 
@@ -97,12 +99,38 @@ def _before_upgrade() -> None:
     """Refused before the handshake, as HTTP problems: a foreign Origin (403: no cross-site
     WebSocket hijacking), a bad token in the header (401), another user's path (403)."""
     _check_origin()
+    raw = request.environ.get("gunicorn.socket")
+    if raw is not None:
+        request.environ["gunicorn.socket"] = _LingeringSocket(raw)
     if _needs_auth_frame():
         user_id = (request.view_args or {}).get("user_id")
         if user_id is not None and not auth.USER_ID.fullmatch(user_id):
             raise NotFound()
         return
     _access()
+
+
+class _LingeringSocket:
+    """gunicorn's client socket, closed as RFC 6455 §7.1.1 asks: the client may still be
+    sending after the server's close frame (the rest of a frame over the size limit), and
+    closing with unread data sends a reset that can destroy the close frame (1009) before
+    the client reads it. So: stop writing, read what still comes for up to LINGER_SECONDS
+    (the client's own close ends it at once), then close."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def close(self) -> None:
+        deadline = time.monotonic() + LINGER_SECONDS
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+            self._sock.settimeout(LINGER_SECONDS)
+            while time.monotonic() < deadline and self._sock.recv(65536):
+                pass
+        self._sock.close()
 
 
 @sock.route("/<user_id>/chat/ws", bp=bp)
