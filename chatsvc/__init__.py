@@ -50,8 +50,8 @@ def create_app(config: dict[str, Any] | None = None, *, agent: Agent | None = No
     api = Api(app)  # flask-smorest keeps one spec per Api: one Api per app
     schemas.document_running_limits(api, app.config)
     _register_blueprints(api)
+    websocket.init_app(app, api)
     app.register_blueprint(docs.bp)
-    websocket.init_app(app)
     errors.register(app)
     cli.init_app(app)
     return app

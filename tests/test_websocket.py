@@ -449,7 +449,14 @@ def test_idle_sockets_get_pings_and_are_closed(gunicorn):
     assert 1.5 <= idle < 6
 
 
-def test_a_plain_get_of_the_socket_route_is_a_problem(gunicorn):
+def test_a_plain_get_of_the_socket_route_is_426_and_other_routes_open_no_socket(gunicorn):
     server = gunicorn(**NO_LIMITS)
-    status, body = http(server, "GET", f"/api/{someone()}/chat/ws")
-    assert status == 400 and body["code"] == "bad_request"
+    try:
+        urlopen(f"{server.url}/api/{someone()}/chat/ws", timeout=10)
+    except HTTPError as error:
+        assert error.code == 426
+        assert error.headers["Upgrade"] == "websocket"
+        assert json.loads(error.read())["code"] == "upgrade_required"
+    else:
+        pytest.fail("a plain GET opened nothing and must say so")
+    assert refused(server, f"/api/{someone()}/tasks") in (400, 405)  # opens nothing

@@ -25,12 +25,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, current_app, g, request
+from flask import Flask, Response, current_app, g, request
+from flask_smorest import Blueprint
 from flask_sock import ConnectionClosed, Sock
 from limits import parse_many
 from marshmallow import Schema, ValidationError, fields
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from werkzeug.routing import WebsocketMismatch
 
 from .. import auth, observability
 from ..errors import (
@@ -41,14 +43,22 @@ from ..errors import (
     Unauthorized,
     Unavailable,
     log_failure,
+    problem,
     problem_body,
 )
 from ..schemas import SessionChatSchema, UserChatSchema
 from ..services.conversations import SESSION, USER, Access
 from ..services.turns import TurnFailed, TurnHandle, TurnRequest, TurnResult
-from . import sse
+from . import problems, sse
 
-bp = Blueprint("websocket", __name__, url_prefix="/api")
+bp = Blueprint(
+    "websocket", __name__, url_prefix="/api",
+    description="Chat turns over a WebSocket (contract §5): see the README's WebSocket section.",
+)  # fmt: skip
+UPGRADE_ERRORS = (401, 403, 404, 422, 426, 429)  # 422: an unknown query parameter
+OPENED = {
+    "101": {"description": "Switching Protocols: the socket is open; frames as the README says."}
+}
 sock = Sock()
 
 AUTH_SECONDS = 5.0  # a socket that must authenticate by frame has this long to do it
@@ -80,7 +90,7 @@ class RateLimited(ApiError):
     status, code = 429, "rate_limited"
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask, api: Any) -> None:
     """The socket's frame limits and keep-alive pings (simple-websocket closes a socket
     whose client stops answering them), then the routes."""
     idle = app.config["WS_IDLE_SECONDS"]
@@ -91,7 +101,19 @@ def init_app(app: Flask) -> None:
             "max_message_size": app.config["MAX_CONTENT_LENGTH"],  # larger: closed with 1009
         },
     )
-    app.register_blueprint(bp)
+    api.register_blueprint(bp)
+    app.register_error_handler(WebsocketMismatch, _mismatch)
+
+
+def _mismatch(error: WebsocketMismatch) -> Response:
+    """A plain request to a socket route: 426 (with `Upgrade: websocket`); an upgrade asked
+    of a route that is not a socket: 400."""
+    if request.environ.get("HTTP_UPGRADE", "").lower() == "websocket":
+        return problem(400, "bad_request", "This route does not open a WebSocket.")
+    return problem(
+        426, "upgrade_required", "This route opens a WebSocket: send an Upgrade request.",
+        headers={"Upgrade": "websocket"},
+    )  # fmt: skip
 
 
 @bp.before_request
@@ -134,12 +156,16 @@ class _LingeringSocket:
 
 
 @sock.route("/<user_id>/chat/ws", bp=bp)
+@bp.doc(responses=OPENED)
+@problems(bp, *UPGRADE_ERRORS)
 def user_socket(ws: Any, user_id: str) -> None:
     """Turns with the Todo assistant over one WebSocket."""
     _Socket(ws, USER).serve()
 
 
 @sock.route("/chat/ws", bp=bp)
+@bp.doc(responses=OPENED)
+@problems(bp, *UPGRADE_ERRORS)
 def session_socket(ws: Any) -> None:
     """Knowledge-session turns over one WebSocket."""
     _Socket(ws, SESSION).serve()
