@@ -13,7 +13,7 @@ from . import cli, db, errors, extensions, observability, schemas, tracing
 from . import config as settings
 from .agent import build_agent
 from .agent.base import Agent
-from .api import docs
+from .api import docs, websocket
 from .extensions import migrate
 from .services.turns import TurnEngine
 
@@ -52,6 +52,7 @@ def create_app(config: dict[str, Any] | None = None, *, agent: Agent | None = No
     api = Api(app)  # flask-smorest keeps one spec per Api: one Api per app
     schemas.document_running_limits(api, app.config)
     _register_blueprints(api)
+    websocket.init_app(app, api)
     app.register_blueprint(docs.bp)
     errors.register(app)
     cli.init_app(app)

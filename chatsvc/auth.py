@@ -74,6 +74,16 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def authenticate(token: Any) -> dict[str, Any]:
+    """A token sent other than in the Authorization header (a WebSocket's first frame),
+    checked exactly as the header's; its subject is then the request's caller."""
+    if not isinstance(token, str) or not token.strip():
+        raise Unauthorized("The token must be a non-empty string.")
+    g.auth_claims = _verify(f"Bearer {token.strip()}")
+    g.user_id = g.auth_claims["sub"]
+    return g.auth_claims
+
+
 def caller_id() -> str | None:
     found = claims()
     return found["sub"] if found else None
@@ -114,6 +124,8 @@ def check_early() -> None:
     valid token where one is needed is 401 at once, whatever its Content-Length. The views
     check again (cached); this runs the same checks, chosen by the route's blueprint."""
     if request.url_rule is None or request.method == "OPTIONS":
+        return
+    if request.url_rule.websocket:  # a socket may authenticate by frame (api/websocket.py)
         return
     path = request.view_args or {}
     if request.path.startswith("/api/admin/"):

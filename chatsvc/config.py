@@ -46,6 +46,7 @@ class Config:
     # (its worker died) is failed by the next request on the conversation, or by cleanup.
     TURN_LEASE_SECONDS = 15.0
     SSE_PING_SECONDS = 15.0
+    WS_IDLE_SECONDS = 300.0  # a WebSocket with no frame from its client for this long is closed
 
     # Auth.
     AUTH_MODE = "optional"

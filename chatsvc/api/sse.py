@@ -68,7 +68,7 @@ def _frames(events: Iterator[TurnEvent | None]) -> Iterator[str]:
             if event is None:
                 yield PING
                 continue
-            named = _named(event)
+            named = named_event(event)
             if named is not None:
                 counter += 1
                 yield frame(counter, *named)
@@ -78,7 +78,9 @@ def _frames(events: Iterator[TurnEvent | None]) -> Iterator[str]:
             close()  # the client has gone (or the turn is over): stops the run if it still goes
 
 
-def _named(event: TurnEvent) -> tuple[str, dict[str, Any]] | None:
+def named_event(event: TurnEvent) -> tuple[str, dict[str, Any]] | None:
+    """A turn event as the §5 event name and body: one mapping for every streaming transport
+    (SSE here, the WebSocket in websocket.py). None: the event has no wire form."""
     if isinstance(event, TextDelta):
         return "delta", {"text": event.text}
     if isinstance(event, ToolCallDone):

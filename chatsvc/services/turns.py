@@ -450,6 +450,7 @@ class TurnHandle:
         self._replay = replay
         self._pending = pending
         self._trace = tracing.capture()  # continued in the thread that runs a watched turn
+        self._stop = threading.Event()  # set: the run streamed by `events()` stops
 
     @property
     def replayed(self) -> bool:
@@ -492,7 +493,7 @@ class TurnHandle:
             return
         assert self._pending is not None
         feed: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        stop = threading.Event()
+        stop = self._stop
         # The run goes on in a copy of the caller's context (its request id for the logs).
         worker = threading.Thread(
             target=contextvars.copy_context().run, args=(self._feed, feed, stop), daemon=True,
@@ -513,6 +514,12 @@ class TurnHandle:
                     return
         finally:
             stop.set()  # a no-op when the run is over; otherwise the client has gone
+
+    def cancel(self) -> None:
+        """Stop the run `events()` streams, as a client that has gone would (what was said so
+        far is stored `cancelled`), while its reader stays: `events()` then ends without a
+        result once the reply is stored. For transports that outlive a turn (the WebSocket)."""
+        self._stop.set()
 
     def _feed(self, feed: queue.SimpleQueue[Any], stop: threading.Event) -> None:
         assert self._pending is not None
