@@ -7,6 +7,7 @@ import math
 import re
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flask import current_app
 from flask.json.provider import DefaultJSONProvider
@@ -177,6 +178,24 @@ class IdempotencyHeadersSchema(Schema):
             "instead of a second turn; scoped to the caller and the route."
         },
     )
+    timezone = fields.String(
+        data_key="X-Timezone",
+        load_default="UTC",
+        validate=[validate.Length(1, 64), lambda name: _known_zone(name)],
+        metadata={
+            "description": "The user's IANA time zone (e.g. `Europe/Paris`): what the agent "
+            'takes "today", "tomorrow" and "Friday" to mean. UTC when absent.'
+        },
+    )
+
+
+def _known_zone(name: str) -> bool:
+    """An IANA zone name the system knows ("Europe/Paris"); never a path."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        raise ValidationError("Not a known IANA time zone (e.g. Europe/Paris).") from exc
+    return True
 
 
 class SessionChatSchema(Schema):
