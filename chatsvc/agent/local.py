@@ -42,8 +42,9 @@ INTENTS: list[tuple[str, re.Pattern[str]]] = [
         r"\b(add|create|new task|remind me|remember to|i need to remember|put|note to self"
         r"|jot down|make a note|todo:|to-do:|schedule|write down)\b")),
     ("implied", re.compile(
-        r"\b((?:i|we) (?:really |still |also )?(?:need|have|want|ought|got|must|should|gotta)"
-        r"(?: to)?|i['’]?ve got to|i['’]?m going to have to|don['’]?t (?:let me )?forget(?: to)?"
+        r"\b((?:i|we) (?:really |still |also |just )?(?:need|have|want|ought|got|must|should"
+        r"|gotta)(?: really)?(?: to)?(?: remember to)?|i['’]?ve got to|i['’]?m going to have to"
+        r"|don['’]?t (?:let me )?forget(?: to)?"
         r"|must remember to|need to|have to|got to|gotta)\b")),
     ("list", re.compile(r"\b(show|list|display|view|see my|my tasks|my todos?|what'?s on)\b")),
     ("complete", re.compile(
@@ -69,6 +70,7 @@ QUESTION = re.compile(
 )
 TASKISH = re.compile(
     r"\b(tasks?|todos?|to-dos?|pending|completed|finished|left|remaining|outstanding|my list"
+    r"|do i have|have i got"
     r"|due|overdue|late|urgent|priority|important|to do|on my plate|agenda|behind)\b"
 )
 HOW_MANY = re.compile(r"\bhow many\b|\bcount\b|\bnumber of\b")
@@ -613,7 +615,10 @@ def _cut(text: str, start: int, end: int) -> str:
 def _new_task_texts(message: str, trigger: re.Pattern[str]) -> tuple[list[str], str]:
     text = trigger.sub("", message.strip(), count=1)
     counted = COUNTED.match(text)
-    text = text[counted.end() :] if counted else ADD_FILLER.sub("", text, count=1)
+    if counted:
+        text = text[counted.end() :]
+    elif trigger is ADD_TRIGGER:  # "add a task to …"; an implied add keeps its words ("the bins")
+        text = ADD_FILLER.sub("", text, count=1)
     title, *rest = WITH_DESCRIPTION.split(text, maxsplit=1)
     description = rest[0].strip().rstrip(".") if rest else ""
     listed = ON_LIST.search(title) is not None
