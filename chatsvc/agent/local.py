@@ -39,7 +39,8 @@ MAX_NEW_TASKS = 10  # tasks one message may add
 # Each intent's trigger phrases; the earliest trigger in the message decides.
 INTENTS: list[tuple[str, re.Pattern[str]]] = [
     ("add", re.compile(
-        r"\b(add|create|new task|remind me|remember to|i need to remember|put|note to self"
+        r"\b(add|create|new task|new todo|new to-do|new reminder|remind me|remember to"
+        r"|i need to remember|put|note to self"
         r"|jot down|make a note|todo:|to-do:|schedule|write down)\b")),
     ("implied", re.compile(
         r"\b((?:i|we) (?:really |still |also |just )?(?:need|have|want|ought|got|must|should"
@@ -49,17 +50,18 @@ INTENTS: list[tuple[str, re.Pattern[str]]] = [
     ("list", re.compile(r"\b(show|list|display|view|see my|my tasks|my todos?|what'?s on)\b")),
     ("complete", re.compile(
         r"\b(done|complete|completed|finish|finished|mark|tick|ticked|check off|checked off"
-        r"|cross off|crossed off|knock off)\b")),
+        r"|cross off|crossed off|knock off|(?:has|have) been \w+ed)\b")),
     ("delete", re.compile(
         r"\b(delete|remove|cancel|drop|scrap|forget about|get rid of|never ?mind|erase"
         r"|don['’]?t need to|no need to|no longer need to|not doing)\b")),
     ("update", re.compile(
         r"\b(change|update|rename|edit|modify|move|push|postpone|reschedule|bump|delay|set"
-        r"|make|bring forward|is due|are due|due date)\b")),
+        r"|make|bring forward|is due|are due|due date|can wait|hold off)\b")),
 ]  # fmt: skip
 # "I called mum", "I've paid the electricity bill": a past deed at the start completes a task.
 DEED = re.compile(
-    r"^(?:(?:ok|okay|so|yay|well),?\s+)?i(?:['’]ve| have)?\s+(?:just\s+|already\s+|finally\s+)?"
+    r"^(?:(?:ok|okay|so|yay|well),?\s+)?(?:i(?:['’]ve| have)?\s+)?(?:just\s+|already\s+"
+    r"|finally\s+)?"
     r"(bought|called|rang|paid|walked|did|got|picked up|sent|emailed|booked|cleaned|took out"
     r"|fed|washed|posted|returned|fixed|wrote|handed in|submitted|renewed|watered)\b(?!\s+to\b)",
     re.I,
@@ -70,7 +72,7 @@ QUESTION = re.compile(
 )
 TASKISH = re.compile(
     r"\b(tasks?|todos?|to-dos?|pending|completed|finished|left|remaining|outstanding|my list"
-    r"|do i have|have i got"
+    r"|do i have|have i got|did i (?:get|finish|complete|do)"
     r"|due|overdue|late|urgent|priority|important|to do|on my plate|agenda|behind)\b"
 )
 HOW_MANY = re.compile(r"\bhow many\b|\bcount\b|\bnumber of\b")
@@ -95,7 +97,7 @@ PRIORITY = re.compile(
     re.I,
 )
 ADD_TRIGGER = re.compile(
-    r"^.*?\b(add|create|put|remind me(?: to| about| that i (?:need|have) to)?"
+    r"^.*?\b(add|create|new todo|new to-do|put|remind me(?: to| about| that i (?:need|have) to)?"
     r"|i need to remember to|remember to|note to self:?|jot down|make a note to|make a note of"
     r"|todo:|to-do:|schedule|write down)\b:?\s*",
     re.I | re.S,
@@ -103,7 +105,7 @@ ADD_TRIGGER = re.compile(
 IMPLIED_TRIGGER = re.compile(INTENTS[1][1].pattern + r"\s*", re.I)
 ADD_FILLER = re.compile(
     r"^(?:(?:a|an|the)\s+)?(?:new\s+)?(?:(?:task|todo|to-do|item|reminder)\b\s*)?"
-    r"(?:(?:to|called|named|titled|for|that says|saying)\b\s*|:\s*)?",
+    r"(?:(?:to|called|named|titled|for|that says|saying)\b\s*|[:-]\s*)?",
     re.I,
 )
 COUNTED = re.compile(
@@ -120,6 +122,9 @@ WITH_DESCRIPTION = re.compile(
 ON_LIST = re.compile(
     r"(?<!\s)\s+(?:to|on|in|onto) (?:my|the) (?:[\w-]+ )?(?:list|tasks|todos?)\b", re.I
 )
+# `(?<!\s)`: a separator is tried from the start of a run of spaces only (see WITH_DESCRIPTION).
+LIST_SEPARATOR = re.compile(r"(?<!\s)\s*[,;]\s*|\n+")
+LAST_SEPARATOR = re.compile(r"(?<!\s)\s+(?:and|&|plus)\s+", re.I)
 UPDATE_TARGET = re.compile(
     r"^(?P<ref>.*?)(?<!\s)\s+(?:to|into|as|until|till)\s+(?P<new>.+)$", re.I | re.S
 )
@@ -632,10 +637,10 @@ def _new_task_texts(message: str, trigger: re.Pattern[str]) -> tuple[list[str], 
 def _split_list(text: str, likely: bool) -> list[str]:
     """ "milk, eggs and bread" → three; "call mom's dentist and dad's doctor" stays one, unless
     the message said it holds several ("add three tasks: …", "… to my shopping list")."""
-    parts = [p.strip() for p in re.split(r"\s*[,;]\s*|\n+", text) if p.strip()]
+    parts = [p.strip() for p in LIST_SEPARATOR.split(text) if p.strip()]
     if len(parts) < 2 and not likely:
         return [text]
-    last = re.split(r"\s+(?:and|&|plus)\s+", parts[-1]) if parts else []
+    last = LAST_SEPARATOR.split(parts[-1]) if parts else []
     if len(parts) >= 2 or likely:
         parts = parts[:-1] + [p for p in last if p.strip()]
     parts = [re.sub(r"^(?:and|&|plus|also)\s+", "", p, flags=re.I) for p in parts]

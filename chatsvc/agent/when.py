@@ -27,6 +27,7 @@ _DAY = (
 )
 _MONTH = (r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
           r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)")  # fmt: skip
+_PART = r"(?:\s+(?:morning|afternoon|evening|night|lunchtime))?"
 _ORDINAL = r"(\d{1,2})(?:st|nd|rd|th)?"
 _LEAD = r"(?:(?:due|by|on|for|until|till|before|from)\s+)?(?:(?:the|this|coming)\s+)?"
 _COUNT = r"(\d{1,3}|a|an|one|two|three|four|five|six|seven|eight|nine|ten|couple of|few)"
@@ -36,12 +37,12 @@ DATE = re.compile(
     r"\b" + _LEAD + r"(?:"
     r"(?P<today>today|tonight|this evening|this afternoon|this morning|end of (?:the )?day)"
     r"|(?P<overmorrow>(?:the )?day after tomorrow)"
-    r"|(?P<tomorrow>tomorrow|tmrw|tmr|tomorow)"
+    r"|(?P<tomorrow>(?:tomorrow|tmrw|tmr|tomorow)" + _PART + ")"
     r"|(?P<iso>(\d{4})-(\d{2})-(\d{2}))"
     r"|(?P<dm>" + _ORDINAL + r"(?:\s+of)?\s+(" + _MONTH + r"))"
     r"|(?P<md>(" + _MONTH + r")\s+" + _ORDINAL + r")"
-    r"|(?P<next_day>next\s+(" + _DAY + r"))"
-    r"|(?P<day>(" + _DAY + r"))"
+    r"|(?P<next_day>next\s+(" + _DAY + r")" + _PART + ")"
+    r"|(?P<day>(" + _DAY + r")" + _PART + ")"
     r"|(?P<within>in\s+" + _COUNT + r"\s+(days?|weeks?|months?))"
     r"|(?P<next_week>next\s+week)"
     r"|(?P<end_week>(?:the\s+)?(?:end of (?:the |this )?week|weekend))"
