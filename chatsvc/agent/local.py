@@ -53,7 +53,7 @@ INTENTS: list[tuple[str, re.Pattern[str]]] = [
         r"|cross off|crossed off|knock off|(?:has|have) been \w+ed)\b")),
     ("delete", re.compile(
         r"\b(delete|remove|cancel|drop|scrap|forget about|get rid of|never ?mind|erase"
-        r"|don['’]?t need to|no need to|no longer need to|not doing)\b")),
+        r"|don['’]?t need to|no need to|no longer need to|not doing|off my list|off the list)\b")),
     ("update", re.compile(
         r"\b(change|update|rename|edit|modify|move|push|postpone|reschedule|bump|delay|set"
         r"|make|bring forward|is due|are due|due date|can wait|hold off)\b")),
@@ -111,9 +111,17 @@ ADD_FILLER = re.compile(
 COUNTED = re.compile(
     r"^(?:(?:two|three|four|five|six|seven|eight|nine|ten|\d{1,2}|a few|some|these|the"
     r"|following|both)\s+)+(?:new\s+)?(?:tasks|things|items|todos|to-dos|reminders)\b"
-    r"(?:\s+to\s+my\s+list)?\s*(?::|-)?\s*",
+    r"(?:\s+to\s+my\s+list)?\s*(?::|-)?\s*|^(?:these|the following|following)\s*:\s*",
     re.I,
 )
+# "push the report back a day", "bring it forward two weeks": a due date moved by so much.
+SHIFT = re.compile(
+    r"\b(?:(back|forward|out|on)\s+)?(?:by\s+)?(a|an|one|two|three|four|five|six|seven|\d{1,3}"
+    r"|a couple of)\s+(days?|weeks?)\b",
+    re.I,
+)
+_COUNTS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
+           "seven": 7, "a couple of": 2}  # fmt: skip
 # `(?<!\s)\s+`: a run of spaces is tried from its start only, not again from each space in it
 # (which made a long run quadratic).
 WITH_DESCRIPTION = re.compile(
@@ -498,6 +506,15 @@ class _Run:
             due, reference = self._date(reference)
             if due is not None:
                 changes["due_date"] = due.isoformat()
+        shift = SHIFT.search(reference) if not changes and priority is None else None
+        if shift:
+            count = shift[2].lower()
+            days = int(count) if count.isdigit() else _COUNTS[count]
+            days *= 7 if shift[3].lower().startswith("week") else 1
+            days *= -1 if (shift[1] or "").lower() == "forward" else 1
+            reference = _cut(reference, *shift.span())
+            return self._on_task(_without_trigger(reference, "update"), "update_task",
+                                 done + ", now due {due}.", shift=days)  # fmt: skip
         if priority is not None:
             changes["priority"] = priority
         if not changes:
@@ -513,7 +530,9 @@ class _Run:
             done += f", {priority} priority"
         return self._on_task(reference, "update_task", done + ".", **changes)
 
-    def _on_task(self, message: str, tool: str, done: str, **extra: Any) -> str:
+    def _on_task(
+        self, message: str, tool: str, done: str, shift: int | None = None, **extra: Any
+    ) -> str:
         ref = _task_reference(message)
         if ref is None:
             return "Which task do you mean? Give its number (“task 2”) or words from its title."
@@ -523,6 +542,19 @@ class _Run:
         if task_id < 0:  # several fit equally well
             listing = " or ".join(f"{t['task_id']} “{t['title']}”" for t in candidates[:5])
             return f"I'm not sure which one you mean: {listing}? Tell me its number."
+        task = next((t for t in candidates if t["task_id"] == task_id), None)
+        if tool == "complete_task" and task is not None and task["completed"]:
+            return f"Task {task_id} “{task['title']}” is already done."
+        if shift is not None:  # moved from its due date (from today when it has none)
+            if task is None:
+                listed = self.call("list_tasks", status="all")["tasks"]
+                task = next((t for t in listed if t["task_id"] == task_id), None)
+                if task is None:
+                    return self._not_found(ref, [])
+            start = date.fromisoformat(task["due_date"]) if task.get("due_date") else self.today
+            due = start + timedelta(days=shift)
+            extra["due_date"] = due.isoformat()
+            done = done.replace("{due}", _say_date(due, self.today))
         result = self.call(tool, task_id=task_id, **extra)
         if result.get("error") == "task_not_found":
             return self._not_found(ref, [])
