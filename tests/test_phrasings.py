@@ -269,3 +269,41 @@ def test_a_day_that_does_not_exist_is_asked_about_kindly(client):
     assert body["tool_calls"] == []
     assert "February has no 31st" in body["response"]
     assert tasks(client, "alice") == []
+
+
+def test_a_reference_that_fits_two_tasks_is_asked_about(client):
+    for title in ("Buy oat milk", "Buy soy milk", "Walk the dog"):
+        ok(client.post("/api/alice/tasks", json={"title": title}), 201)
+    body = ok(turn(client, "alice", "the milk one is done"))
+    assert [call["tool"] for call in body["tool_calls"]] == ["list_tasks"]
+    assert "not sure which one" in body["response"]
+    assert "1 “Buy oat milk”" in body["response"] and "2 “Buy soy milk”" in body["response"]
+    assert tasks(client, "alice", "completed") == []
+    body = ok(turn(client, "alice", "the soy milk one is done"))
+    assert ("complete_task", {"task_id": 2}) in [
+        (call["tool"], call["parameters"]) for call in body["tool_calls"]
+    ]
+
+
+def test_several_tasks_in_one_message_share_its_date_and_priority(client):
+    before = today_in(ZONE)
+    body = ok(turn(client, "alice", "add milk, eggs and bread for tomorrow, it's urgent"))
+    tomorrow = {(day + timedelta(days=1)).isoformat() for day in (before, today_in(ZONE))}
+    assert [t["title"] for t in tasks(client, "alice")] == ["milk", "eggs", "bread"]
+    for task in tasks(client, "alice"):
+        assert task["priority"] == "high"
+        assert task["due_date"] in tomorrow
+    assert "Added task 1" in body["response"] and "task 3" in body["response"]
+
+
+def test_a_streamed_turn_reads_dates_in_the_users_zone(client):
+    before = today_in(EAST)
+    response = client.post(
+        "/api/alice/chat", json={"message": "remind me to call the bank tomorrow"},
+        headers={"X-Timezone": EAST, "Accept": "text/event-stream"},
+    )  # fmt: skip
+    assert response.status_code == 200
+    response.get_data()  # the stream runs to its end
+    due = tasks(client, "alice")[0]["due_date"]
+    assert due in {(day + timedelta(days=1)).isoformat() for day in (before, today_in(EAST))}
+    assert due != (today_in(WEST) + timedelta(days=1)).isoformat()
