@@ -350,4 +350,7 @@ KNOWLEDGE_PHRASINGS: list[Phrasing] = [
     P("What goes into a compost heap?", search(), says="green material"),
     P("how long does compost take?", search(), says="few months"),
     P("why do houseplants die?", search(), says="too much water"),
+    P("explain how to set up a compost heap", search(), says="green material"),
+    P("How do I make my password vault safer?", search(), says="passphrase"),
+    P("tell me about training for a marathon", search(), says="ten percent"),
 ]

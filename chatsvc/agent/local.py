@@ -30,7 +30,7 @@ from .base import (
     Tools,
     Turn,
 )
-from .when import end_of_week, find_date, today_in
+from .when import DATE, end_of_week, find_date, today_in
 
 MODEL = "local"
 MAX_LISTED_TASKS = 50  # tasks named in one answer; the rest are counted
@@ -67,7 +67,7 @@ DEED = re.compile(
     re.I,
 )
 QUESTION = re.compile(
-    r"^\s*(what|which|how many|how much|when|do i|have i|did i|is there|are there|is anything"
+    r"^\s*(what|which|how|why|where|who|when|do i|have i|did i|is there|are there|is anything"
     r"|anything|any|am i|what's|whats|got anything)\b"
 )
 TASKISH = re.compile(
@@ -120,6 +120,8 @@ SHIFT = re.compile(
     r"|a couple of)\s+(days?|weeks?)\b",
     re.I,
 )
+WEAK_TRIGGERS = frozenset(["make", "set", "move", "push", "bump", "delay", "drop", "edit",
+                           "change", "update", "modify"])  # fmt: skip
 _COUNTS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
            "seven": 7, "a couple of": 2}  # fmt: skip
 # `(?<!\s)\s+`: a run of spaces is tried from its start only, not again from each space in it
@@ -626,8 +628,13 @@ def _intent(message: str) -> str | None:
         return None
     if DEED.search(lowered):
         return "deed"
-    found = [(m.start(), order, name) for order, (name, rx) in enumerate(INTENTS)
+    found = [(m.start(), order, name, m[1]) for order, (name, rx) in enumerate(INTENTS)
              if (m := rx.search(lowered))]  # fmt: skip
+    # "make", "set", "move"… are everyday verbs: they change a task only when the message
+    # speaks of a task, a date or a priority ("explain how to set up a heap" does not).
+    backed = (taskish or PRIORITY.search(lowered) or DATE.search(lowered)
+              or SHIFT.search(lowered) or QUOTED.search(lowered))  # fmt: skip
+    found = [f for f in found if backed or f[3] not in WEAK_TRIGGERS]
     if found:
         return min(found)[2]
     if PRIORITY.search(lowered) and taskish:
