@@ -7,6 +7,7 @@ import math
 import re
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from flask import current_app
 from flask.json.provider import DefaultJSONProvider
@@ -164,6 +165,11 @@ class UserChatSchema(Schema):
     )
 
 
+# The IANA zones an `X-Timezone` may name (tzdata's list; documented as the header's enum).
+TIME_ZONES = sorted(available_timezones())
+_ZONE_SET = frozenset(TIME_ZONES)
+
+
 class IdempotencyHeadersSchema(Schema):
     class Meta:
         unknown = EXCLUDE  # every other header
@@ -177,6 +183,27 @@ class IdempotencyHeadersSchema(Schema):
             "instead of a second turn; scoped to the caller and the route."
         },
     )
+    timezone = fields.String(
+        data_key="X-Timezone",
+        load_default="UTC",
+        validate=[validate.Length(1, 64), lambda name: _known_zone(name)],
+        metadata={
+            "enum": TIME_ZONES,
+            "description": "The user's IANA time zone (e.g. `Europe/Paris`): what the agent "
+            'takes "today", "tomorrow" and "Friday" to mean. UTC when absent.',
+        },
+    )
+
+
+def _known_zone(name: str) -> bool:
+    """An IANA zone name the system knows ("Europe/Paris"); never a path."""
+    try:
+        known = name in _ZONE_SET and ZoneInfo(name) is not None
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        known = False
+    if not known:
+        raise ValidationError("Not a known IANA time zone (e.g. Europe/Paris).")
+    return True
 
 
 class SessionChatSchema(Schema):
@@ -195,14 +222,17 @@ class HistoryArgsSchema(PageArgsSchema):
 MAX_SEARCH_CHARS = 200
 
 
+# Documented: no control characters and at least one letter or digit (what is accepted is wider:
+# letters of any script count).
+SEARCH_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*[0-9A-Za-z][^\x00-\x08\x0b\x0c\x0e-\x1f]*$"
+
+
 class SearchText(fields.String):
     """A search: at most MAX_SEARCH_CHARS, with at least one word (letters or digits)."""
 
     def __init__(self, **kwargs: Any) -> None:
-        # The document states the rule: at least one letter or digit somewhere (unanchored).
-        metadata = {
-            "maxLength": MAX_SEARCH_CHARS, "pattern": r"[^\W_]", **kwargs.pop("metadata", {})
-        }  # fmt: skip
+        metadata = {"maxLength": MAX_SEARCH_CHARS, "pattern": SEARCH_PATTERN,
+                    **kwargs.pop("metadata", {})}  # fmt: skip
         super().__init__(metadata=metadata, **kwargs)
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:

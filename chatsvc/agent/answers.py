@@ -37,6 +37,18 @@ def stem(word: str) -> str:
     return word
 
 
+# How people frame a question ("how long do … last", "what happens when …"): words that say what
+# kind of answer is wanted, not what it is about. They are left out of what a passage must match
+# unless nothing else is left.
+FRAMING = frozenset(
+    stem(word)
+    for word in """long last lasts much many often take takes happen happens work works mean
+    means tell know explain best way exactly actually really anything something need get use
+    make does did can could would should there thing things before after usually normally
+    typically kind sort supposed""".split()  # noqa: SIM905
+)
+
+
 def stems(text: str) -> frozenset[str]:
     return frozenset(stem(w) for w in TERM.findall(text.casefold()) if w not in STOPWORDS)
 
@@ -46,6 +58,8 @@ def extractive_answer(
 ) -> tuple[str, list[dict[str, Any]]]:
     """(answer, sources): sources are the hits cited, in the order the answer cites them."""
     wanted = stems(question)
+    framed = frozenset(term for term in wanted if term not in FRAMING)
+    wanted = framed or wanted
     if not wanted:
         return DONT_KNOW, []
     needed = max(1, math.ceil(len(wanted) / 2))

@@ -38,6 +38,7 @@ class Turn:
     conversation_id: str
     message: str
     history: tuple[HistoryMessage, ...] = ()
+    timezone: str = "UTC"  # the user's IANA zone: what "today" and "tomorrow" mean to them
 
 
 @dataclass

@@ -31,7 +31,10 @@ REPLAYED = {"Idempotent-Replayed": "true"}
 def chat_as_user(body: dict[str, Any], headers: dict[str, Any], user_id: str) -> Any:
     """Send a message to the Todo assistant, in a new or an existing conversation."""
     access = auth.user_access(user_id)
-    return _turn(access, USER, body, headers["idempotency_key"], body["conversation_id"])
+    return _turn(
+        access, USER, body, headers["idempotency_key"], body["conversation_id"],
+        headers["timezone"],
+    )  # fmt: skip
 
 
 @bp.post("/chat")
@@ -41,7 +44,10 @@ def chat_as_user(body: dict[str, Any], headers: dict[str, Any], user_id: str) ->
 @problems(bp, *TURN_ERRORS)
 def start_session(body: dict[str, Any], headers: dict[str, Any]) -> Any:
     """Start a knowledge session with its first message."""
-    return _turn(auth.session_access(), SESSION, body, headers["idempotency_key"])
+    return _turn(
+        auth.session_access(), SESSION, body, headers["idempotency_key"],
+        timezone=headers["timezone"],
+    )  # fmt: skip
 
 
 @bp.post("/chat/<session_id>")
@@ -51,7 +57,10 @@ def start_session(body: dict[str, Any], headers: dict[str, Any]) -> Any:
 @problems(bp, *TURN_ERRORS, 410)
 def continue_session(body: dict[str, Any], headers: dict[str, Any], session_id: str) -> Any:
     """Send the next message of a knowledge session."""
-    return _turn(auth.session_access(), SESSION, body, headers["idempotency_key"], session_id)
+    return _turn(
+        auth.session_access(), SESSION, body, headers["idempotency_key"], session_id,
+        headers["timezone"],
+    )  # fmt: skip
 
 
 def engine() -> TurnEngine:
@@ -60,12 +69,12 @@ def engine() -> TurnEngine:
 
 def _turn(
     access: Access, kind: str, body: dict[str, Any], key: str | None,
-    conversation_id: str | None = None,
+    conversation_id: str | None = None, timezone: str = "UTC",
 ) -> Any:  # fmt: skip
     idempotent = _idempotency(access, key, body, conversation_id)
     handle = engine().take(
         TurnRequest(access, kind, body["message"], conversation_id, idempotent,
-                    client_address=request.remote_addr)
+                    client_address=request.remote_addr, timezone=timezone)
     )  # fmt: skip
     headers = dict(REPLAYED) if handle.replayed else {}
     if sse.wants_stream():

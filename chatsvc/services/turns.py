@@ -81,6 +81,7 @@ class TurnRequest:
     conversation_id: str | None = None
     idempotency: IdempotencyKey | None = None
     client_address: str | None = None  # whom an anonymous caller's quota counts against
+    timezone: str = "UTC"  # the caller's IANA zone (X-Timezone), for the agent's dates
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,7 @@ class TurnEngine:
         pending = _Pending(
             TurnStarted(conversation_id, assistant_id, kind),
             user_message_id,
-            Turn(user_id, conversation_id, request.message, history),
+            Turn(user_id, conversation_id, request.message, history, timezone=request.timezone),
             context,
             idempotent=attempt is not None,
             quota_subject=who,
