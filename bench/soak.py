@@ -719,10 +719,16 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(seed)
     faults = args.faults if args.faults is not None else max(4, round(args.seconds / 15))
     run = uuid.uuid4().hex[:6]
+    # a SIGTERM (a CI timeout) unwinds like Ctrl-C, so that everything below is cleaned up
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.default_int_handler(signum, frame))
     tmp = Path(tempfile.mkdtemp(prefix="chatsvc-soak-"))
     tally = Tally()
     started = time.monotonic()
-    topology = start(tmp, url, args.stale_seconds)
+    try:
+        topology = start(tmp, url, args.stale_seconds)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     stop_event = threading.Event()
     try:
         print(
@@ -800,4 +806,8 @@ def report(tally: Tally, elapsed: float, calls: collections.Counter) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: cleaned up on the way out
+        print("VERDICT: INTERRUPTED", flush=True)
+        sys.exit(130)

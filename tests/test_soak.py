@@ -31,10 +31,18 @@ def test_short_soak_passes() -> None:
     argv += ["--faults", "8", "--only", "tool_then_fail"]
     for kind in kinds:
         argv += ["--only", kind]
-    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=420)
-    lines = done.stdout.strip().splitlines()
-    assert lines, done.stderr[-3000:]
-    report = "\n".join(lines[-40:])
-    assert "fault:" in done.stdout, report  # faults were injected
+    soak = subprocess.Popen(
+        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        stdout, stderr = soak.communicate(timeout=420)
+    except subprocess.TimeoutExpired:
+        soak.terminate()  # the soak cleans up its processes and its database on SIGTERM
+        stdout, stderr = soak.communicate(timeout=60)
+        pytest.fail(f"the soak ran past 420 s:\n{stdout[-3000:]}")
+    lines = stdout.strip().splitlines()
+    assert lines, stderr[-3000:]
+    report = "\n".join(lines[-45:])
+    assert "fault:" in stdout, report  # faults were injected
     assert lines[-1] == "VERDICT: PASS", report
-    assert done.returncode == 0, report
+    assert soak.returncode == 0, report
