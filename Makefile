@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export CHATSVC_ENV ?= development
 
-.PHONY: install run migrate seed test lint format bench fuzz clean token
+.PHONY: install run migrate seed test lint format bench fuzz clean token soak
 
 install: $(STAMP)
 
@@ -48,6 +48,11 @@ bench: install
 # Hypothesis against the chunker and the local agent's parser: the worst ms per kB (< 50).
 fuzz: install
 	$(BIN)/python -m bench.fuzz $(FUZZ_ARGS)
+
+# The chaos soak (README "Chaos soak"): needs SOAK_DATABASE_URL or TEST_DATABASE_URL
+# (PostgreSQL) and redis-server; SOAK_ARGS="--seconds 60" is CI's short run.
+soak: install
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache
