@@ -774,7 +774,25 @@ def main(argv: list[str] | None = None) -> int:
         stop_event.set()
         stop(topology)
         shutil.rmtree(tmp, ignore_errors=True)
+    log_errors(topology.service.log)
     return report(tally, time.monotonic() - started, topology.model.calls)
+
+
+def log_errors(log: Path) -> None:
+    """What the service logged at level error or above, most frequent first (for diagnosis)."""
+    found = collections.Counter()
+    for line in log.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("level") in ("error", "critical"):
+            first = (str(entry.get("message")).splitlines() or [""])[0]
+            found[f"{entry.get('logger')}: {first[:80]}"] += 1
+    for message, n in found.most_common(6):
+        print(f"service log error x{n}: {message}")
 
 
 def report(tally: Tally, elapsed: float, calls: collections.Counter) -> int:
