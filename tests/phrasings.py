@@ -254,7 +254,7 @@ TASK_PHRASINGS: list[Phrasing] = [
     P("what's left?", listing(status="pending")),
     P("what's still pending?", listing(status="pending")),
     P("Which tasks are overdue?", listing(status="pending", due_before=YESTERDAY)),
-    P("any tasks due next week?", listing(status="pending", due_before=next_week("mon"))),
+    P("any tasks due next week?", listing(status="pending", due_before=next_week("sun"))),
     # Listing ---------------------------------------------------------------------------------
     P("show my tasks", listing(status="all"), says="1. Buy groceries"),
     P("list everything", listing(status="all")),

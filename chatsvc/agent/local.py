@@ -429,6 +429,9 @@ class _Run:
         elif THIS_WEEK.search(lowered):
             arguments.update(status="pending", due_before=end_of_week(self.today))
             label = "due this week, "
+        elif "next week" in lowered:  # a question about next week means all of it
+            arguments.update(status="pending", due_before=end_of_week(self.today + timedelta(7)))
+            label = "due by the end of next week, "
         else:
             due, _ = self._date(message)
             if due is not None:
