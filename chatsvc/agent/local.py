@@ -68,6 +68,11 @@ DEED = re.compile(
     r"|sorted out|dealt with|handled)\b(?!\s+to\b)",
     re.I,
 )
+# "electricity bill paid", "flights booked!": the deed said after the task.
+DEED_AFTER = re.compile(
+    r"\b(bought|called|paid|walked|booked|sorted|sent|posted|cleaned|fixed|handled|renewed"
+    r"|returned|submitted|watered|fed|washed)\W{0,3}$"
+)
 QUESTION = re.compile(
     r"^\s*(what|which|how|why|where|who|when|do i|have i|did i|is there|are there|is anything"
     r"|anything|any|am i|what's|whats|got anything)\b"
@@ -646,6 +651,8 @@ def _intent(message: str) -> str | None:
     found = [f for f in found if backed or f[3] not in WEAK_TRIGGERS]
     if found:
         return min(found)[2]
+    if DEED_AFTER.search(lowered):
+        return "deed"
     if PRIORITY.search(lowered) and taskish:
         return "update"  # "task 3 is urgent"
     if taskish and lowered.rstrip().endswith("?"):
