@@ -40,11 +40,12 @@ MAX_NEW_TASKS = 10  # tasks one message may add
 INTENTS: list[tuple[str, re.Pattern[str]]] = [
     ("add", re.compile(
         r"\b(add|create|new task|new todo|new to-do|new reminder|remind me|remember to"
-        r"|i need to remember|put|note to self"
+        r"|i need to remember|put|stick|pop|note to self"
         r"|jot down|make a note|todo:|to-do:|schedule|write down)\b")),
     ("implied", re.compile(
-        r"\b((?:i|we) (?:really |still |also |just )?(?:need|have|want|ought|got|must|should"
-        r"|gotta)(?: really)?(?: to)?(?: remember to)?|i['’]?ve got to|i['’]?m going to have to"
+        r"\b((?:i|we)(?:['’]ll| will)? (?:really |still |also |just )?"
+        r"(?:need|have|want|ought|got|must|should|gotta)(?: really)?(?: to)?(?: remember to)?"
+        r"|i['’]?ve got to|i['’]?m going to have to"
         r"|don['’]?t (?:let me )?forget(?: to)?"
         r"|must remember to|need to|have to|got to|gotta)\b")),
     ("list", re.compile(r"\b(show|list|display|view|see my|my tasks|my todos?|what'?s on)\b")),
@@ -63,8 +64,14 @@ DEED = re.compile(
     r"^(?:(?:ok|okay|so|yay|well),?\s+)?(?:i(?:['’]ve| have)?\s+)?(?:just\s+|already\s+"
     r"|finally\s+)?"
     r"(bought|called|rang|paid|walked|did|got|picked up|sent|emailed|booked|cleaned|took out"
-    r"|fed|washed|posted|returned|fixed|wrote|handed in|submitted|renewed|watered)\b(?!\s+to\b)",
+    r"|fed|washed|posted|returned|fixed|wrote|handed in|submitted|renewed|watered|sorted"
+    r"|sorted out|dealt with|handled)\b(?!\s+to\b)",
     re.I,
+)
+# "electricity bill paid", "flights booked!": the deed said after the task.
+DEED_AFTER = re.compile(
+    r"\b(bought|called|paid|walked|booked|sorted|sent|posted|cleaned|fixed|handled|renewed"
+    r"|returned|submitted|watered|fed|washed)\W{0,3}$"
 )
 QUESTION = re.compile(
     r"^\s*(what|which|how|why|where|who|when|do i|have i|did i|is there|are there|is anything"
@@ -72,7 +79,7 @@ QUESTION = re.compile(
 )
 TASKISH = re.compile(
     r"\b(tasks?|todos?|to-dos?|pending|completed|finished|left|remaining|outstanding|my list"
-    r"|do i have|have i got|did i (?:get|finish|complete|do)"
+    r"|what['’]?s on|on for|planned|scheduled|do i have|have i got|did i (?:get|finish|complete|do)"
     r"|due|overdue|late|urgent|priority|important|to do|on my plate|agenda|behind)\b"
 )
 HOW_MANY = re.compile(r"\bhow many\b|\bcount\b|\bnumber of\b")
@@ -85,11 +92,13 @@ SEARCH_ASK = re.compile(
     re.I,
 )
 _LEVELS = (
-    r"(?:(?P<high>urgent(?:ly)?|asap|a\.s\.a\.p|high[- ]priority|top priority|high prio"
+    r"(?:(?P<normal>(?:isn['’]?t|aren['’]?t|is not|are not|no longer) urgent(?: any ?more)?"
+    r"|not urgent any ?more|normal priority|medium priority|regular priority)"
+    r"|(?P<high>urgent(?:ly)?|asap|a\.s\.a\.p|high[- ]priority|top priority|high prio"
     r"|important|priority high|critical)"
     r"|(?P<low>low[- ]priority|not urgent|low prio|no rush|whenever|someday|some day"
     r"|priority low|not important)"
-    r"|(?P<normal>normal priority|medium priority|regular priority))"
+    r")"
 )
 PRIORITY = re.compile(
     r"\b(?:(?:and\s+)?(?:it['’]?s|it is|this is|that['’]?s|mark it|make it|set it|as|with|at"
@@ -97,14 +106,16 @@ PRIORITY = re.compile(
     re.I,
 )
 ADD_TRIGGER = re.compile(
-    r"^.*?\b(add|create|new todo|new to-do|put|remind me(?: to| about| that i (?:need|have) to)?"
+    r"^.*?\b(add|create|new todo|new to-do|put|stick|pop"
+    r"|remind me(?: to| about| that i (?:need|have) to)?"
     r"|i need to remember to|remember to|note to self:?|jot down|make a note to|make a note of"
     r"|todo:|to-do:|schedule|write down)\b:?\s*",
     re.I | re.S,
 )
 IMPLIED_TRIGGER = re.compile(INTENTS[1][1].pattern + r"\s*", re.I)
 ADD_FILLER = re.compile(
-    r"^(?:(?:a|an|the)\s+)?(?:new\s+)?(?:(?:task|todo|to-do|item|reminder)\b\s*)?"
+    r"^(?:(?:to|on|onto) (?:my|the) (?:[\w-]+ )?list\s*:?\s*)?"
+    r"(?:(?:a|an|the)\s+)?(?:new\s+)?(?:(?:task|todo|to-do|item|reminder)\b\s*)?"
     r"(?:(?:to|called|named|titled|for|that says|saying)\b\s*|[:-]\s*)?",
     re.I,
 )
@@ -423,6 +434,9 @@ class _Run:
         elif THIS_WEEK.search(lowered):
             arguments.update(status="pending", due_before=end_of_week(self.today))
             label = "due this week, "
+        elif "next week" in lowered:  # a question about next week means all of it
+            arguments.update(status="pending", due_before=end_of_week(self.today + timedelta(7)))
+            label = "due by the end of next week, "
         else:
             due, _ = self._date(message)
             if due is not None:
@@ -637,6 +651,8 @@ def _intent(message: str) -> str | None:
     found = [f for f in found if backed or f[3] not in WEAK_TRIGGERS]
     if found:
         return min(found)[2]
+    if DEED_AFTER.search(lowered):
+        return "deed"
     if PRIORITY.search(lowered) and taskish:
         return "update"  # "task 3 is urgent"
     if taskish and lowered.rstrip().endswith("?"):

@@ -27,9 +27,12 @@ _DAY = (
 )
 _MONTH = (r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
           r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)")  # fmt: skip
-_PART = r"(?:\s+(?:morning|afternoon|evening|night|lunchtime))?"
+_PART = r"(?:\s+(?:morning|afternoon|evening|night|lunchtime|first thing))?"
 _ORDINAL = r"(\d{1,2})(?:st|nd|rd|th)?"
-_LEAD = r"(?:(?:due|by|on|for|until|till|before|from)\s+)?(?:(?:the|this|coming)\s+)?"
+_LEAD = (
+    r"(?:first thing\s+)?(?:(?:due|by|on|for|until|till|before|from)\s+)?"
+    r"(?:(?:the|this|coming)\s+)?"
+)
 _COUNT = r"(\d{1,3}|a|an|one|two|three|four|five|six|seven|eight|nine|ten|couple of|few)"
 
 # One alternation, tried at word starts only: which group matched says which form it is.
