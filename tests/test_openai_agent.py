@@ -258,3 +258,19 @@ def test_concurrent_turns_spread_over_the_connection_pools_and_give_them_back(ll
     )
     assert events[-1].name == "error"
     assert agent.in_flight() == idle
+
+
+def test_the_model_is_told_the_users_day(llm_app, fake_llm):
+    """X-Timezone reaches the model's system prompt: "tomorrow" is the user's tomorrow."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    client = llm_app().test_client()
+    for zone in ("Pacific/Kiritimati", "Pacific/Pago_Pago", "UTC"):
+        response = client.post(
+            "/api/alice/chat", json={"message": "hi"}, headers={"X-Timezone": zone}
+        )
+        assert response.status_code == 200, response.json
+        system = fake_llm.requests[-1]["messages"][0]["content"]
+        today = datetime.now(UTC).astimezone(ZoneInfo(zone))
+        assert f"Today is {today:%A %Y-%m-%d} ({zone})." in system

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx2
 import openai
@@ -359,13 +360,14 @@ class OpenAIAgent(Agent):
     # What the model is sent ----------------------------------------------------------------
 
     def _messages(self, turn: Turn, tools: Tools) -> list[dict[str, Any]]:
-        messages: list[dict[str, Any]] = [{"role": "system", "content": self._prompt(tools)}]
+        prompt = self._prompt(tools, turn.timezone)
+        messages: list[dict[str, Any]] = [{"role": "system", "content": prompt}]
         for number, item in enumerate(turn.history):
             messages.extend(_replay(item, number))
         messages.append({"role": "user", "content": turn.message})
         return _merge_consecutive_users(messages)
 
-    def _prompt(self, tools: Tools) -> str:
+    def _prompt(self, tools: Tools, timezone: str = "UTC") -> str:
         if self._system_prompt:
             base = self._system_prompt
         elif "add_task" in tools.names:
@@ -376,7 +378,9 @@ class OpenAIAgent(Agent):
             base = GENERAL_PROMPT
         if "search_knowledge" in tools.names:
             base = f"{base}\n{UNTRUSTED_PASSAGES}"
-        return f"{base}\nToday is {datetime.now(UTC):%A %Y-%m-%d} (UTC)."
+        # The user's day (X-Timezone), so "tomorrow" in a request becomes the right due date.
+        now = datetime.now(UTC).astimezone(ZoneInfo(timezone))
+        return f"{base}\nToday is {now:%A %Y-%m-%d} ({timezone})."
 
 
 def _replay(item: HistoryMessage, number: int) -> list[dict[str, Any]]:
