@@ -314,7 +314,7 @@ _VERBS_SHARED = frozenset(
 
 HELP = (
     'I can manage your tasks: add one ("add a task to buy milk by Friday"), list them ("what\'s '
-    'due this week?"), complete ("task 2 is done"), change ("move the dentist task to next '
+    'due this week?"), complete ("task 2 is done"), change ("move the report task to next '
     'Monday") or delete them ("remove task 3").'
 )
 UNSURE = (
