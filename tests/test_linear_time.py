@@ -134,8 +134,9 @@ def test_crafted_documents_at_the_size_limit_are_ingested_in_linear_time(gunicor
         )
         assert status == 201, (name, status)
         assert ms_per_kb <= MS_PER_KB, report[-1]
-        # The one worker kept serving: /health/live answered while the document was split.
-        assert len(probes) >= 2, report[-1]
+        # The one worker kept serving: /health/live answered while the document was split
+        # (an ingest over in a fraction of a second leaves room for one probe only).
+        assert len(probes) >= (2 if seconds > 0.5 else 1), report[-1]
         assert max(probes) <= PROBE_SECONDS, (report[-1], max(probes))
     print("\n".join(report))
 

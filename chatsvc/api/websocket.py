@@ -55,7 +55,7 @@ bp = Blueprint(
     "websocket", __name__, url_prefix="/api",
     description="Chat turns over a WebSocket (contract §5): see the README's WebSocket section.",
 )  # fmt: skip
-UPGRADE_ERRORS = (401, 403, 404, 422, 426, 429)  # 422: an unknown query parameter
+UPGRADE_ERRORS = (401, 403, 404, 405, 422, 426, 429)  # 422: an unknown query parameter
 OPENED = {
     "101": {"description": "Switching Protocols: the socket is open; frames as the README says."}
 }
