@@ -369,6 +369,10 @@ def tool_parameters(schema: type[Schema]) -> dict[str, Any]:
     for field in properties.values():  # OpenAPI 3.0's `nullable` in JSON Schema's words
         if field.pop("nullable", False):
             field["type"] = [field["type"], "null"]
+        # A regular expression is for the server's validation (which every call passes), not
+        # for the model: servers that turn tool schemas into a grammar (llama.cpp) cannot read
+        # every pattern, and refused the whole request.
+        field.pop("pattern", None)
     return {
         "type": "object",
         "properties": properties,
