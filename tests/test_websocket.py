@@ -130,6 +130,7 @@ def test_many_turns_on_one_socket_send_the_sse_events_and_store_what_json_stores
     assert done["tool_calls"][0]["tool"] == "add_task"
     assert "".join(f["data"]["text"] for f in first if f["event"] == "delta") == done["response"]
     assert set(done["timing"]) == {"db", "agent", "total"}
+    assert done["timing"]["total"] >= done["timing"]["db"] + done["timing"]["agent"]
     conversation = done["conversation_id"]
 
     second = turn(ws, "show my tasks", conversation_id=conversation)

@@ -383,11 +383,11 @@ class _Socket:
                 "A turn is already running on this socket; wait for its done or error event."
             )
         assert self.access is not None
+        g.started = time.perf_counter()  # the `done` event's timing counts from here
         handle = current_app.extensions["chatsvc.turns"].take(
             TurnRequest(self.access, self.kind, body["message"], conversation_id,
                         client_address=request.remote_addr)
         )  # fmt: skip
-        g.started = time.perf_counter()  # the `done` event's timing counts from here
         self.turn = _Turn(handle, handle.started.message_id)
         threading.Thread(target=self._pump, args=(self.turn,), daemon=True, name="ws-turn").start()
 
