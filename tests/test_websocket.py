@@ -75,9 +75,12 @@ def until_end(ws: websocket.WebSocket) -> list[dict[str, Any]]:
 
 
 def closed_with(ws: websocket.WebSocket, within: float = 15) -> int:
-    """Read until the server closes the socket; its close code."""
-    ws.settimeout(within)
+    """Read until the server closes the socket (pings and frames skipped); its close code."""
+    deadline = time.monotonic() + within
     while True:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, "the server did not close the socket"
+        ws.settimeout(remaining)
         opcode, frame = ws.recv_data_frame(control_frame=True)
         if opcode == websocket.ABNF.OPCODE_CLOSE:
             return struct.unpack("!H", frame.data[:2])[0]
@@ -127,6 +130,7 @@ def test_many_turns_on_one_socket_send_the_sse_events_and_store_what_json_stores
     assert done["tool_calls"][0]["tool"] == "add_task"
     assert "".join(f["data"]["text"] for f in first if f["event"] == "delta") == done["response"]
     assert set(done["timing"]) == {"db", "agent", "total"}
+    assert done["timing"]["total"] >= done["timing"]["db"] + done["timing"]["agent"]
     conversation = done["conversation_id"]
 
     second = turn(ws, "show my tasks", conversation_id=conversation)
@@ -305,6 +309,28 @@ def test_a_first_auth_frame_authenticates_the_socket(secured):
     send(ws, type="auth", token=token(user))
     problem(receive(ws), 400, "bad_request")
     assert_well_formed(turn(ws, "show my tasks", conversation_id=done["data"]["conversation_id"]))
+    ws.close()
+    # Right after the first one too; and on a socket opened with the header.
+    ws = connect(secured, f"/api/{user}/chat/ws")
+    send(ws, type="auth", token=token(user))
+    send(ws, type="auth", token=token("mallory"))
+    problem(receive(ws), 400, "bad_request")
+    assert_well_formed(turn(ws, "show my tasks"))
+    ws = connect(secured, f"/api/{user}/chat/ws", header=[f"Authorization: Bearer {token(user)}"])
+    send(ws, type="auth", token=token("mallory"))
+    problem(receive(ws), 400, "bad_request")
+    assert turn(ws, "show my tasks")[-1]["event"] == "done"
+
+
+def test_an_optional_auth_frame_makes_the_token_the_caller(gunicorn):
+    server = gunicorn(JWT_SECRET=SECRET, **NO_LIMITS)  # AUTH_MODE=optional (development)
+    user = someone()
+    ws = connect(server, f"/api/{user}/chat/ws")
+    send(ws, type="auth", token=token("mallory"))
+    problem(receive(ws), 403, "forbidden")
+    assert closed_with(ws) == 1008
+    ws = connect(server, f"/api/{user}/chat/ws")
+    assert_well_formed(turn(ws, "no token needed here"))
 
 
 @pytest.mark.parametrize(

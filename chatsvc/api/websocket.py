@@ -55,7 +55,8 @@ bp = Blueprint(
     "websocket", __name__, url_prefix="/api",
     description="Chat turns over a WebSocket (contract §5): see the README's WebSocket section.",
 )  # fmt: skip
-UPGRADE_ERRORS = (401, 403, 404, 405, 422, 426, 429)  # 422: an unknown query parameter
+# 422: an unknown query parameter; 405: a plain GET of /api/chat/ws (a POST route has its path)
+UPGRADE_ERRORS = (401, 403, 404, 405, 422, 426, 429)
 OPENED = {
     "101": {"description": "Switching Protocols: the socket is open; frames as the README says."}
 }
@@ -250,12 +251,16 @@ class _Socket:
     def serve(self) -> None:
         threading.Thread(target=self._read, daemon=True, name="ws-reader").start()
         try:
+            # An auth frame may come first where no header was sent (where a token is
+            # required, it must); after the socket's first frame, none is accepted.
+            may_authenticate = request.headers.get("Authorization") is None
             if _needs_auth_frame():
                 if not self._authenticate():
                     return
+                may_authenticate = False
             else:
                 self.access = _access()
-            self._loop()
+            self._loop(may_authenticate)
         finally:
             if self.turn is not None and not self.turn.ended:
                 self.turn.handle.cancel()  # the client has gone: stored `cancelled`
@@ -279,8 +284,14 @@ class _Socket:
             return False
         if item[0] != "frame":
             return False
+        self.heard = time.monotonic()
+        return self._auth_frame(item[1])
+
+    def _auth_frame(self, data: Any) -> bool:
+        """The token of an auth frame becomes the caller; a bad one (or no auth frame where
+        one is required) gets an `error` event and closes the socket (1008)."""
         try:
-            frame = _parse(item[1])
+            frame = _parse(data)
             if frame.get("type") != "auth":
                 raise Unauthorized('Send {"type": "auth", "token"} first.')
             self._use_token(frame)
@@ -288,7 +299,6 @@ class _Socket:
             self._error(error)
             self._close(POLICY_VIOLATION, "authentication failed")
             return False
-        self.heard = time.monotonic()
         return True
 
     def _use_token(self, frame: dict[str, Any]) -> None:
@@ -297,8 +307,7 @@ class _Socket:
         auth.authenticate(frame.get("token"))
         self.access = _access()
 
-    def _loop(self) -> None:
-        first = True
+    def _loop(self, may_authenticate: bool) -> None:
         while True:
             try:
                 item = self.inbox.get(timeout=self._wait())
@@ -313,8 +322,12 @@ class _Socket:
             try:
                 if what == "frame":
                     self.heard = time.monotonic()
-                    self._on_frame(item[1], first)
-                    first = False
+                    if may_authenticate and _is_auth(item[1]):
+                        if not self._auth_frame(item[1]):
+                            return
+                    else:
+                        self._on_frame(item[1])
+                    may_authenticate = False
                 elif what == "event":
                     self._on_event(item[1], item[2])
                 elif what == "end":
@@ -329,7 +342,7 @@ class _Socket:
 
     # Frames from the client ----------------------------------------------------------------
 
-    def _on_frame(self, data: Any, first: bool) -> None:
+    def _on_frame(self, data: Any) -> None:
         try:
             frame = _parse(data)
             kind = frame.get("type")
@@ -339,10 +352,10 @@ class _Socket:
             elif kind == "cancel":
                 self._cancel(_load(CancelFrame(), frame))
             elif kind == "auth":
-                if not first or request.headers.get("Authorization") is not None:
-                    raise BadFrame("An auth frame is accepted only as the first frame of a "
-                                   "socket opened without an Authorization header.")  # fmt: skip
-                self._use_token(frame)
+                raise BadFrame(
+                    "An auth frame is accepted only as the first frame of a socket opened "
+                    "without an Authorization header."
+                )
             else:
                 raise FrameInvalid(
                     "type: Must be one of: auth, message, cancel.",
@@ -370,11 +383,11 @@ class _Socket:
                 "A turn is already running on this socket; wait for its done or error event."
             )
         assert self.access is not None
+        g.started = time.perf_counter()  # the `done` event's timing counts from here
         handle = current_app.extensions["chatsvc.turns"].take(
             TurnRequest(self.access, self.kind, body["message"], conversation_id,
                         client_address=request.remote_addr)
         )  # fmt: skip
-        g.started = time.perf_counter()  # the `done` event's timing counts from here
         self.turn = _Turn(handle, handle.started.message_id)
         threading.Thread(target=self._pump, args=(self.turn,), daemon=True, name="ws-turn").start()
 
@@ -439,6 +452,13 @@ class _Socket:
 
 class TurnFinished(ApiError):
     status, code, detail = 409, "turn_finished", "This turn has already finished."
+
+
+def _is_auth(data: Any) -> bool:
+    try:
+        return _parse(data).get("type") == "auth"
+    except ApiError:
+        return False
 
 
 def _parse(data: Any) -> dict[str, Any]:
