@@ -310,7 +310,7 @@ class EventLog:
         self._pending: deque[tuple[str, Event | None]] = deque()
         self._wake = threading.Condition()
         self._flusher: threading.Thread | None = None
-        self._expired_at = 0.0
+        self._expired_at = time.monotonic()
         self._flushing = threading.Lock()  # one batch at a time, in order
 
     @classmethod
@@ -473,13 +473,20 @@ class EventLog:
         self, message_id: str, last: int, ending: tuple[str, dict[str, Any], float]
     ) -> Event | None:
         """The ending of a settled turn whose log has none after `last`; None when the reader
-        has had it already (its Last-Event-ID is the ending's, or beyond)."""
+        has had its `done` already.
+
+        An `error` at or before `last` is sent again, numbered after it: a worker killed
+        mid-turn loses the events of its last batch, which its client may have read, so the
+        interrupted turn's `error` (numbered after the stored ones) can fall on an id that
+        client already had; it must still learn that the turn ended."""
         name, body, _age = ending
         tail = self.store.last(message_id)
         if tail is None:  # expired, or never kept: the ending alone
             return encode(last + 1, name, body)
         if tail.terminal:
-            return tail if tail.id > last else None
+            if tail.id > last:
+                return tail
+            return Event(last + 1, tail.name, tail.data) if tail.name == "error" else None
         event = self.append(message_id, name, body)
         # Someone else ended it first: theirs is the ending every reader gets.
         ended = [e for e in self.store.read(message_id, tail.id) if e.terminal]
