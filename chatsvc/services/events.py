@@ -280,15 +280,15 @@ class TurnWriter:
     def __init__(self, events: EventLog, message_id: str) -> None:
         self._log = events
         self.message_id = message_id
-        self._next = 1
+        self._count = 0
         self._lock = threading.Lock()
         self.ended = False  # a `done` or `error` was appended
         self._head = _Head(self)
 
     def append(self, name: str, body: dict[str, Any]) -> Event:
         with self._lock:
-            event = encode(self._next, name, body)
-            self._next += 1
+            self._count += 1
+            event = encode(self._count, name, body)
             self.ended = self.ended or event.terminal
             self._head.add(event)
             self._log._enqueue(self.message_id, event)
@@ -447,7 +447,8 @@ class EventLog:
                 quiet_since = time.monotonic()
                 continue
             now = time.monotonic()
-            if now >= check_at:
+            # A turn running in this process ends its log itself: nothing to ask.
+            if now >= check_at and not self._running_here(message_id):
                 check_at = now + STATUS_EVERY_SECONDS
                 ending = outcome()
                 if ending is not None and ending[2] >= SETTLE_GRACE_SECONDS:
@@ -460,6 +461,10 @@ class EventLog:
             if now - quiet_since >= wait:
                 yield None
                 quiet_since = now
+
+    def _running_here(self, message_id: str) -> bool:
+        head = self._live.get(message_id)
+        return head is not None and not head.closed
 
     def _next(self, message_id: str, last: int, timeout: float) -> list[Event]:
         head = self._live.get(message_id)

@@ -523,6 +523,7 @@ class TurnHandle:
         # request globals: the log renders events there), whichever thread reads the events.
         self._context = contextvars.copy_context()
         self._stop = threading.Event()  # set: the run streamed by `events()` stops
+        self._started = False
 
     @property
     def replayed(self) -> bool:
@@ -561,7 +562,7 @@ class TurnHandle:
         turn running, unless TURN_ON_DISCONNECT=cancel: then what was said so far is stored
         `cancelled` (its log ends with that `done`). Not for a replay (see `events`)."""
         assert self._pending is not None and self._engine.events is not None
-        self._start(None)
+        self.start()
         reader = self._engine.follow(self._pending.started.message_id, 0, wait)
         try:
             yield from reader
@@ -605,10 +606,16 @@ class TurnHandle:
         result once the reply is stored. For transports that outlive a turn (the WebSocket)."""
         self._stop.set()
 
+    def start(self) -> None:
+        """Run the turn with nobody watching but its event log (a background turn): read it
+        with `engine.follow`. Once per handle, as `stream`, `events` and `result` are."""
+        self._start(None)
+
     def _start(self, feed: queue.SimpleQueue[Any] | None) -> None:
         """The run, in its own thread, in the context the turn was taken in; its events go to
         the log (when the engine keeps one) and to `feed`."""
-        assert self._pending is not None
+        assert self._pending is not None and not self._started, "a turn runs once"
+        self._started = True
         engine = self._engine
         logged = engine.events is not None and engine.render is not None
         writer = engine.events.writer(self._pending.started.message_id) if logged else None
