@@ -42,6 +42,14 @@ def log_config(request: pytest.FixtureRequest) -> dict[str, str]:
     return {}
 
 
+@pytest.fixture(params=["database", "redis", "memory"])
+def any_log(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Every store, the in-process one (TURN_EVENTS_STORE=memory) included."""
+    if request.param == "redis":
+        return {"EVENTS_REDIS_URL": require_service("TEST_REDIS_URL", "Redis")}
+    return {"TURN_EVENTS_STORE": request.param}
+
+
 def llm(fake_llm: Any, **more: str) -> dict[str, str]:
     return {
         "AGENT_PROVIDER": "openai", "OPENAI_BASE_URL": fake_llm.url, "OPENAI_MODEL": "fake-model",
@@ -208,8 +216,8 @@ def read_events(client: Any, path: str, **headers: str) -> list[sse.Event]:
     return sse.parse(response.get_data(as_text=True))[0]
 
 
-def test_a_finished_turn_replays_the_events_its_stream_sent(make_app, log_config):
-    app = make_app(log_config)
+def test_a_finished_turn_replays_the_events_its_stream_sent(make_app, any_log):
+    app = make_app(any_log)
     client = app.test_client()
     user = someone()
     sent = stream_turn(client, f"/api/{user}/chat", {"message": "add a task to buy milk"})
@@ -237,6 +245,14 @@ def test_a_finished_turn_replays_the_events_its_stream_sent(make_app, log_config
         (e.name, e.id) for e in sent
     ]
     assert ok(client.get(path))["status"] == "completed"
+    if "EVENTS_REDIS_URL" in any_log:  # capped, and expiring after TURN_EVENTS_TTL_SECONDS
+        import redis
+
+        key = "chatsvc:turn-events:" + done["message_id"]
+        connection = redis.Redis.from_url(any_log["EVENTS_REDIS_URL"])
+        assert 3500 < connection.ttl(key) <= 3600
+        assert connection.xlen(key) == len(sent)
+        connection.close()
 
 
 def test_a_session_turn_resumes_on_the_session_route(make_app, log_config):
@@ -336,6 +352,18 @@ def test_a_killed_worker_s_turn_ends_with_error_for_every_reader(gunicorn, fake_
     assert [(e.name, e.data["code"]) for e in past] == [("error", "interrupted")]
     stored = _get_json(other.url + message)
     assert (stored["status"], stored["error_code"]) == ("failed", "interrupted")
+
+
+def test_the_event_log_settings_are_checked_at_start(make_app):
+    from chatsvc.config import ConfigError
+
+    for bad in (
+        {"TURN_ON_DISCONNECT": "stop"}, {"TURN_EVENTS_STORE": "disk"},
+        {"TURN_EVENTS_TTL_SECONDS": 0}, {"TURN_EVENTS_FLUSH_MS": -1.0},
+        {"TURN_EVENTS_POLL_SECONDS": 0.0},
+    ):  # fmt: skip
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            make_app(bad)
 
 
 # Bad input and isolation ---------------------------------------------------------------------

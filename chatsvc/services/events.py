@@ -3,7 +3,8 @@
 Every event a turn produces (`meta`, `delta`, `tool_call`, `sources`, then `done` or `error`)
 gets a per-turn id 1, 2, 3… and is appended to the turn's log. Every reader reads that log:
 the chat POST's own SSE response first, then any resume, on any worker or host. The log lives
-in the database (the embedded default) or in Redis Streams (EVENTS_REDIS_URL).
+in the database (the embedded default) or in Redis Streams (EVENTS_REDIS_URL); or, for one
+worker or a measurement, in this process's memory only (TURN_EVENTS_STORE=memory).
 
 Public names (other transports and the cancel path use these; keep them stable):
 
@@ -36,7 +37,7 @@ import json
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -67,6 +68,7 @@ STATUS_EVERY_SECONDS = 1.0
 # memory stays bounded, readers still end through the stored status.
 MAX_PENDING = 100_000
 EXPIRE_EVERY_SECONDS = 60.0
+MEMORY_TURNS = 10_000
 # Rows of a turn that never got a `done`/`error` are dropped once this much older than the TTL.
 ORPHAN_MARGIN = timedelta(days=1)
 
@@ -171,6 +173,49 @@ class DatabaseStore:
             old = table.c.created_at < cutoff - ORPHAN_MARGIN
             gone += session.execute(delete(table).where(old)).rowcount
         return gone
+
+    def close(self) -> None:
+        return None
+
+
+class MemoryStore:
+    """This process only (TURN_EVENTS_STORE=memory): no resume on another worker or host, no
+    I/O; what the log costs apart from its store (bench P5), or a single-worker deployment.
+    At most MEMORY_TURNS turns are kept, the oldest dropped first."""
+
+    def __init__(self) -> None:
+        self._turns: OrderedDict[str, tuple[float, list[Event]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def save(self, batch: list[tuple[str, Event]]) -> None:
+        with self._lock:
+            for message_id, event in batch:
+                kept = self._turns.setdefault(message_id, (time.time(), []))[1]
+                if not kept or kept[-1].id < event.id:
+                    kept.append(event)
+            while len(self._turns) > MEMORY_TURNS:
+                self._turns.popitem(last=False)
+
+    def read(self, message_id: str, after: int) -> list[Event]:
+        with self._lock:
+            kept = self._turns.get(message_id, (0.0, []))[1]
+            return [e for e in kept if e.id > after]
+
+    def wait(self, message_id: str, after: int, timeout: float) -> list[Event]:
+        time.sleep(timeout)
+        return self.read(message_id, after)
+
+    def last(self, message_id: str) -> Event | None:
+        with self._lock:
+            kept = self._turns.get(message_id, (0.0, []))[1]
+            return kept[-1] if kept else None
+
+    def expire(self, cutoff: datetime) -> int:
+        with self._lock:
+            old = [m for m, (at, _) in self._turns.items() if at < cutoff.timestamp()]
+            for message_id in old:
+                del self._turns[message_id]
+        return len(old)
 
     def close(self) -> None:
         return None
@@ -317,6 +362,8 @@ class EventLog:
     def open(cls, settings: TurnSettings, database: Database) -> EventLog:
         if settings.events_redis_url:
             store: Store = RedisStore(settings.events_redis_url, settings.events_ttl_seconds)
+        elif settings.events_store == "memory":
+            store = MemoryStore()
         else:
             store = DatabaseStore(database, settings.events_poll_seconds)
         return cls(store, settings)
