@@ -67,6 +67,7 @@ STATUS_EVERY_SECONDS = 1.0
 # Events waiting for the store beyond this are dropped, oldest first (the store is down):
 # memory stays bounded, readers still end through the stored status.
 MAX_PENDING = 100_000
+MAX_BATCH = 5_000  # events stored in one transaction or pipeline
 EXPIRE_EVERY_SECONDS = 60.0
 MEMORY_TURNS = 10_000
 # Rows of a turn that never got a `done`/`error` are dropped once this much older than the TTL.
@@ -390,9 +391,6 @@ class EventLog:
     def _enqueue(self, message_id: str, event: Event | None) -> None:
         with self._wake:
             self._pending.append((message_id, event))
-            if len(self._pending) > MAX_PENDING:
-                self._pending.popleft()
-                log.warning("turn events dropped: the event store is not keeping up")
             if self._flusher is None:
                 self._flusher = threading.Thread(target=self._flush_loop, name="turn-events")
                 self._flusher.daemon = True
@@ -420,7 +418,7 @@ class EventLog:
 
     def _flush(self) -> bool:
         with self._wake:
-            taken = list(self._pending)
+            taken = [self._pending[n] for n in range(min(len(self._pending), MAX_BATCH))]
         if not taken:
             return True
         batch = [(m, e) for m, e in taken if e is not None]
@@ -429,6 +427,7 @@ class EventLog:
                 self.store.save(batch)
         except Exception as error:  # kept, and tried again with the next batch
             log.warning("turn events not stored: %s", type(error).__name__)
+            self._shed()
             time.sleep(0.5)
             return False
         with self._wake:
@@ -438,6 +437,16 @@ class EventLog:
             if event is None:  # that turn's writer is closed and everything of it is stored
                 self._live.pop(message_id, None)
         return True
+
+    def _shed(self) -> None:
+        """The store is down: beyond MAX_PENDING, the oldest events are dropped (their
+        readers elsewhere still end, from the turn's stored status)."""
+        with self._wake:
+            extra = len(self._pending) - MAX_PENDING
+            for _ in range(max(0, extra)):
+                self._pending.popleft()
+        if extra > 0:
+            log.warning("%d turn events dropped: the event store is unreachable", extra)
 
     def _maybe_expire(self) -> None:
         if time.monotonic() - self._expired_at < EXPIRE_EVERY_SECONDS:
