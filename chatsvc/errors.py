@@ -167,20 +167,6 @@ def register(app: Flask) -> None:
     app.register_error_handler(Exception, _unexpected)
 
 
-def respond(error: Exception) -> Response:
-    """The problem response the handlers above give `error`, for a blueprint that answers in
-    another envelope (the OpenAI-compatible API rewraps it)."""
-    if isinstance(error, ApiError):
-        return _api_error(error)
-    if isinstance(error, HTTPException):
-        return _http_exception(error)
-    if isinstance(error, OperationalError | PoolTimeout):
-        return _database_unavailable(error)
-    if isinstance(error, DBAPIError):
-        return _database_error(error)
-    return _unexpected(error)
-
-
 def _api_error(error: ApiError) -> Response:
     return problem(error.status, error.code, error.detail, headers=error.headers, **error.extra)
 

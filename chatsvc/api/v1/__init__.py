@@ -8,7 +8,7 @@ the request into a TurnRequest and the turn into OpenAI's shapes (render.py).
                        when the service allows anonymous sessions, else the token's user's
 
 Errors use OpenAI's envelope `{"error": {"message", "type", "code", "param"}}` with the
-contract's statuses and codes: the app's problem body, rewrapped here for this blueprint only.
+contract's statuses and codes: the app's problem body, rewrapped here for paths under /v1.
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ from flask_smorest import Blueprint
 
 from ... import auth
 from ...agent.base import HistoryMessage
-from ...errors import ApiError, Unauthorized, ValidationFailed
-from ...errors import respond as problem_response
+from ...errors import PROBLEM_JSON, ApiError, Unauthorized, ValidationFailed
 from ...observability import record_timings
 from ...schemas import IdempotencyHeadersSchema
 from ...services import replies
 from ...services.conversations import SESSION, USER, Access
-from ...services.turns import TurnEngine, TurnHandle, TurnRequest
+from ...services.turns import IdempotencyKey, TurnEngine, TurnHandle, TurnRequest
 from ..chat import REPLAYED, idempotency_for
 from ..sse import EVENT_STREAM, NO_BUFFERING
 from . import render
@@ -129,7 +128,7 @@ def create_chat_completion(body: dict[str, Any], headers: dict[str, Any]) -> Any
     handle = _take(
         TurnRequest(
             access, kind, message, conversation_id,
-            idempotency_for(access, headers["idempotency_key"], body, conversation_id),
+            _idempotency(access, headers, body, conversation_id),
             client_address=request.remote_addr, timezone=headers["timezone"],
             context=context, instructions=instructions, sampling=_sampling(body),
             knowledge_only=model == "knowledge",
@@ -175,7 +174,7 @@ def create_response(body: dict[str, Any], headers: dict[str, Any]) -> Any:
     handle = _take(
         TurnRequest(
             access, kind, message, conversation_id,
-            idempotency_for(access, headers["idempotency_key"], body, conversation_id),
+            _idempotency(access, headers, body, conversation_id),
             client_address=request.remote_addr, timezone=headers["timezone"],
             context=context or None, instructions=instructions, sampling=sampling,
             knowledge_only=model == "knowledge",
@@ -212,11 +211,12 @@ def get_response(response_id: str) -> Any:
     return _json(shell.settled(result), {})
 
 
-@bp.errorhandler(Exception)
-def _openai_error(error: Exception) -> Response:
-    """The app's problem response for `error`, rewrapped in OpenAI's envelope (same status and
-    headers: Retry-After, Allow)."""
-    response = problem_response(error)
+@bp.after_app_request
+def _openai_errors(response: Response) -> Response:
+    """Under /v1 (unknown routes and wrong methods included), the app's problem body is
+    rewrapped in OpenAI's envelope; the status and headers (Retry-After, Allow) stay."""
+    if response.mimetype != PROBLEM_JSON or not request.path.startswith("/v1/"):
+        return response
     problem = json.loads(response.get_data())
     param, leaf = _param(problem.get("errors"))
     param = problem.get("param") or param
@@ -288,21 +288,14 @@ def _split_messages(
     instructions: list[str] = []
     said: list[tuple[int, HistoryMessage]] = []
     for index, item in enumerate(messages):
-        where = f"{field}[{index}]"
-        for name in ("tool_calls", "tool_call_id", "function_call"):
-            if item.get(name):
-                raise UnsupportedParameter(
-                    f"{where}.{name}", "Client-side tools are not supported: chatsvc runs its "
-                    "own tools on the server.",
-                )  # fmt: skip
         role = item["role"]
         if role in INSTRUCTION_ROLES:
-            instructions.append(item["content"] or "")
+            instructions.append(item["content"])
         elif role in CONTEXT_ROLES:
-            said.append((index, HistoryMessage(role, item["content"] or "")))
+            said.append((index, HistoryMessage(role, item["content"])))
         else:
             raise UnsupportedParameter(
-                f"{where}.role", f"Messages with the role '{role}' belong to client-side "
+                f"{field}[{index}].role", f"Messages with the role '{role}' belong to client-side "
                 "tools, which are not supported.",
             )  # fmt: skip
     if not said or said[-1][1].role != "user":
@@ -364,6 +357,15 @@ def _sampling(body: dict[str, Any]) -> dict[str, Any]:
 
 
 # What the response carries ---------------------------------------------------------------
+
+
+def _idempotency(
+    access: Access, headers: dict[str, Any], body: dict[str, Any], conversation_id: str | None
+) -> IdempotencyKey | None:
+    """As on /api, with the body's streaming fields left out: the same turn may be asked for
+    again streamed or not (on /api that is the Accept header), and gets the first one back."""
+    same_turn = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+    return idempotency_for(access, headers["idempotency_key"], same_turn, conversation_id)
 
 
 def _take(turn: TurnRequest) -> TurnHandle:

@@ -8,14 +8,17 @@ from typing import Any
 from flask import current_app
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from ...schemas import CONTROL_CHARS, SourceSchema
+from ...config import Config
+from ...schemas import CONTROL_CHARS, NO_CONTROLS_PATTERN, TEXT_PATTERN, SourceSchema
 
 MODELS = ("todo", "knowledge")
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+ACCEPTED_ROLES = ("system", "developer", "user", "assistant")
 CONTEXT_ROLES = ("user", "assistant")  # what a model may see again of a client's context
 INSTRUCTION_ROLES = ("system", "developer")
 MAX_MESSAGES = 256  # items in `messages` / `input` (the body limit bounds them anyway)
 MAX_STOP = 4
+MAX_MESSAGE_CHARS = Config.MAX_MESSAGE_CHARS  # documented; the running value is enforced
 
 
 class Content(fields.Field):
@@ -45,14 +48,15 @@ def _checked(text: str) -> str:
         raise ValidationError(
             "Control characters (other than tab, CR and LF) and lone surrogates are not allowed."
         )
-    if len(text) > current_app.config["MAX_MESSAGE_CHARS"] * 4:
+    if len(text) > 4 * current_app.config["MAX_MESSAGE_CHARS"]:
         raise ValidationError("The text is longer than this service takes in one message.")
     return text
 
 
+_TEXT_DOC = {"type": "string", "pattern": NO_CONTROLS_PATTERN, "maxLength": 4 * MAX_MESSAGE_CHARS}
 _CONTENT_DOC = {
     "oneOf": [
-        {"type": "string"},
+        _TEXT_DOC,
         {
             "type": "array",
             "minItems": 1,
@@ -61,7 +65,7 @@ _CONTENT_DOC = {
                 "required": ["type", "text"],
                 "properties": {
                     "type": {"type": "string", "enum": sorted(Content.TEXT_PARTS)},
-                    "text": {"type": "string"},
+                    "text": _TEXT_DOC,
                 },
             },
         },
@@ -70,15 +74,14 @@ _CONTENT_DOC = {
 
 
 class ChatMessageSchema(Schema):
-    """One message of `messages`. Tool messages and assistant tool calls belong to client-side
-    tools, which chatsvc does not run (its own tools run server-side)."""
+    """One message of `messages`. Messages of client-side tools (`tool`, `function`) are
+    refused with 400 `unsupported_parameter`: chatsvc runs its own tools on the server."""
 
-    role = fields.String(required=True, validate=validate.OneOf(ROLES))
-    content = Content(required=True, allow_none=True, metadata=_CONTENT_DOC)
+    role = fields.String(
+        required=True, validate=validate.OneOf(ROLES), metadata={"enum": list(ACCEPTED_ROLES)}
+    )
+    content = Content(required=True, metadata=_CONTENT_DOC)
     name = fields.String(validate=validate.Length(1, 64), metadata={"description": "Ignored."})
-    tool_calls = fields.List(fields.Dict(), metadata={"description": "Not supported (400)."})
-    tool_call_id = fields.String(metadata={"description": "Not supported (400)."})
-    function_call = fields.Dict(metadata={"description": "Not supported (400)."})
     refusal = fields.String(allow_none=True, metadata={"description": "Ignored."})
 
 
@@ -94,9 +97,14 @@ class MetadataField(fields.Dict):
         super().__init__(
             keys=fields.String(validate=validate.Length(1, 64)),
             values=fields.String(validate=validate.Length(0, 512)),
-            validate=validate.Length(max=16),
-            **kwargs,
+            validate=_at_most_16,
+            **{**kwargs, "metadata": {"maxProperties": 16, **kwargs.get("metadata", {})}},
         )
+
+
+def _at_most_16(value: dict[str, str]) -> None:
+    if len(value) > 16:
+        raise ValidationError("At most 16 pairs.")
 
 
 class Stop(fields.Field):
@@ -124,27 +132,57 @@ class SamplingSchema(Schema):
     max_completion_tokens = fields.Integer(
         allow_none=True, strict=True, validate=validate.Range(1, 10**6)
     )
-    stop = Stop(allow_none=True, metadata={"oneOf": [{"type": "string"}, {"type": "array"}]})
+    stop = Stop(
+        allow_none=True,
+        metadata={
+            "oneOf": [
+                {"type": "string", "minLength": 1, "maxLength": 256},
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_STOP,
+                    "items": {"type": "string", "minLength": 1, "maxLength": 256},
+                },
+            ]
+        },
+    )
     seed = fields.Integer(
-        allow_none=True, strict=True, validate=validate.Range(-(2**63), 2**63 - 1)
+        allow_none=True, strict=True, validate=validate.Range(-(2**63 - 1), 2**63 - 1)
     )
     presence_penalty = fields.Float(allow_none=True, validate=validate.Range(-2, 2))
     frequency_penalty = fields.Float(allow_none=True, validate=validate.Range(-2, 2))
 
 
-class UnsupportedFieldsSchema(Schema):
-    """Fields OpenAI's clients send that chatsvc cannot honour beyond their defaults: accepted
-    at their neutral values, 400 `unsupported_parameter` otherwise (checked by the view)."""
+def _only(*values: Any, **doc: Any) -> dict[str, Any]:
+    """Documented as taking only `values` (what generated clients and fuzzers should send);
+    the view answers anything else with 400 `unsupported_parameter`."""
+    return {"metadata": {"enum": list(values), **doc}}
 
-    tools = fields.List(fields.Dict(), metadata={"description": "Client-side tools: 400."})
-    functions = fields.List(fields.Dict(), metadata={"description": "Client-side tools: 400."})
-    tool_choice = fields.Raw(metadata={"description": "Only `none` or `auto`."})
-    function_call = fields.Raw(metadata={"description": "Only `none` or `auto`."})
+
+_NO_TOOLS = {"metadata": {"maxItems": 0, "description": "Client-side tools: 400 if any."}}
+_TOOL_CHOICE = _only("none", "auto", description="Client-side tools: 400 for other values.")
+
+
+class UnsupportedFieldsSchema(Schema):
+    """Fields OpenAI's clients send that chatsvc cannot honour beyond their neutral values:
+    accepted at those, 400 `unsupported_parameter` otherwise (the view checks)."""
+
+    tools = fields.List(fields.Dict(), **_NO_TOOLS)
+    functions = fields.List(fields.Dict(), **_NO_TOOLS)
+    tool_choice = fields.Raw(**_TOOL_CHOICE)
+    function_call = fields.Raw(**_TOOL_CHOICE)
     parallel_tool_calls = fields.Boolean(metadata={"description": "Ignored."})
-    n = fields.Integer(strict=True, metadata={"description": "Only 1."})
-    logprobs = fields.Boolean(allow_none=True, metadata={"description": "Only false."})
-    top_logprobs = fields.Integer(allow_none=True, metadata={"description": "Not supported."})
-    response_format = fields.Dict(metadata={"description": 'Only `{"type": "text"}`.'})
+    n = fields.Integer(strict=True, **_only(1, description="Only 1; 400 otherwise."))
+    logprobs = fields.Boolean(allow_none=True, **_only(False, description="400 if true."))
+    top_logprobs = fields.Integer(allow_none=True, **_only(0, description="400 if > 0."))
+    response_format = fields.Dict(
+        metadata={
+            "description": 'Only `{"type": "text"}`; 400 otherwise.',
+            "properties": {"type": {"type": "string", "enum": ["text"]}},
+            "required": ["type"],
+            "additionalProperties": False,
+        }
+    )
     user = fields.String(validate=validate.Length(max=256), metadata={"description": "Ignored."})
     store = fields.Boolean(
         allow_none=True, metadata={"description": "Ignored: every turn is stored."}
@@ -173,10 +211,26 @@ class InputItemSchema(Schema):
     """A message item of `input` (`{"type": "message"?, "role", "content"}`)."""
 
     type = fields.String(validate=validate.OneOf(["message"]))
-    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    role = fields.String(
+        required=True, validate=validate.OneOf(ROLES), metadata={"enum": list(ACCEPTED_ROLES)}
+    )
     content = Content(required=True, metadata=_CONTENT_DOC)
     id = fields.String(metadata={"description": "Ignored."})
     status = fields.String(metadata={"description": "Ignored."})
+
+
+_ITEM_DOC = {
+    "type": "object",
+    "required": ["role", "content"],
+    "properties": {
+        "type": {"type": "string", "enum": ["message"]},
+        "role": {"type": "string", "enum": list(ACCEPTED_ROLES)},
+        "content": _CONTENT_DOC,
+        "id": {"type": "string"},
+        "status": {"type": "string"},
+    },
+    "additionalProperties": False,
+}
 
 
 class Input(fields.Field):
@@ -190,14 +244,19 @@ class Input(fields.Field):
         return InputItemSchema(many=True).load(value)
 
 
-class ResponseRequestSchema(SamplingSchema):
+class ResponseRequestSchema(Schema):
+    temperature = fields.Float(allow_none=True, validate=validate.Range(0, 2))
+    top_p = fields.Float(allow_none=True, validate=validate.Range(0, 1))
     model = fields.String(
         required=True, validate=validate.Length(1, 128), metadata={"enum": list(MODELS)}
     )
     input = Input(
         required=True,
         metadata={
-            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}],
+            "oneOf": [
+                {"type": "string", "pattern": TEXT_PATTERN, "maxLength": MAX_MESSAGE_CHARS},
+                {"type": "array", "minItems": 1, "maxItems": MAX_MESSAGES, "items": _ITEM_DOC},
+            ],
             "description": "The user's message, or message items (the last one the user's).",
         },
     )
@@ -205,26 +264,46 @@ class ResponseRequestSchema(SamplingSchema):
     previous_response_id = fields.String(allow_none=True, validate=validate.Length(1, 128))
     conversation = fields.Raw(
         allow_none=True,
-        metadata={"description": 'A conversation id (or `{"id"}`) to continue.'},
+        metadata={
+            "description": 'A conversation id (or `{"id"}`) to continue.',
+            "oneOf": [
+                {"type": "string", "minLength": 1, "maxLength": 36},
+                {
+                    "type": "object",
+                    "required": ["id"],
+                    "properties": {"id": {"type": "string", "minLength": 1, "maxLength": 36}},
+                },
+            ],
+        },
     )
-    store = fields.Boolean(load_default=True, metadata={"description": "Only true."})
+    store = fields.Boolean(load_default=True, **_only(True, description="400 if false."))
     stream = fields.Boolean(load_default=False)
     max_output_tokens = fields.Integer(
         allow_none=True, strict=True, validate=validate.Range(16, 10**6)
     )
     metadata = MetadataField(allow_none=True)
-    tools = fields.List(fields.Dict(), metadata={"description": "Client-side tools: 400."})
-    tool_choice = fields.Raw(metadata={"description": "Only `none` or `auto`."})
+    tools = fields.List(fields.Dict(), **_NO_TOOLS)
+    tool_choice = fields.Raw(**_TOOL_CHOICE)
     parallel_tool_calls = fields.Boolean(metadata={"description": "Ignored."})
     user = fields.String(validate=validate.Length(max=256), metadata={"description": "Ignored."})
-    text = fields.Dict(metadata={"description": 'Only `{"format": {"type": "text"}}`.'})
+    text = fields.Dict(
+        metadata={
+            "description": 'Only `{"format": {"type": "text"}}`; 400 otherwise.',
+            "properties": {
+                "format": {
+                    "type": "object",
+                    "properties": {"type": {"type": "string", "enum": ["text"]}},
+                    "required": ["type"],
+                    "additionalProperties": False,
+                }
+            },
+            "additionalProperties": False,
+        }
+    )
     truncation = fields.String(
         validate=validate.OneOf(["auto", "disabled"]), metadata={"description": "Ignored."}
     )
-    top_logprobs = fields.Integer(allow_none=True, metadata={"description": "Not supported."})
-    max_tokens = fields.Integer(dump_only=True)  # Chat Completions' name, not this API's
-    max_completion_tokens = fields.Integer(dump_only=True)
-    stop = fields.Raw(dump_only=True)
+    top_logprobs = fields.Integer(allow_none=True, **_only(0, description="400 if > 0."))
 
     @validates_schema
     def _one_thread(self, data: dict[str, Any], **kwargs: Any) -> None:
