@@ -109,8 +109,13 @@ def get_model(model_id: str) -> Any:
     return _model_card(_model(model_id))
 
 
+# Schemas as instances: webargs builds a schema given as a class anew for every request, and
+# these two (with their nested message schemas) cost about 0.8 ms a turn to build (profiled).
+CHAT_REQUEST, RESPONSE_REQUEST = ChatCompletionRequestSchema(), ResponseRequestSchema()
+
+
 @bp.post("/chat/completions")
-@bp.arguments(ChatCompletionRequestSchema)
+@bp.arguments(CHAT_REQUEST)
 @bp.arguments(IdempotencyHeadersSchema, location="headers")
 @bp.response(
     200, ChatCompletionSchema,
@@ -146,7 +151,7 @@ def create_chat_completion(body: dict[str, Any], headers: dict[str, Any]) -> Any
 
 
 @bp.post("/responses")
-@bp.arguments(ResponseRequestSchema)
+@bp.arguments(RESPONSE_REQUEST)
 @bp.arguments(IdempotencyHeadersSchema, location="headers")
 @bp.response(
     200, ResponseSchema,

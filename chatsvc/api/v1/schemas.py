@@ -241,7 +241,10 @@ class Input(fields.Field):
             return [{"role": "user", "content": Content()._deserialize(value, attr, data)}]
         if not isinstance(value, list) or not 1 <= len(value) <= MAX_MESSAGES:
             raise ValidationError(f"Must be a string or a list of 1..{MAX_MESSAGES} items.")
-        return InputItemSchema(many=True).load(value)
+        return _ITEMS.load(value)
+
+
+_ITEMS = InputItemSchema(many=True)
 
 
 class ResponseRequestSchema(Schema):
