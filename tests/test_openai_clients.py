@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 from urllib.request import Request, urlopen
 
@@ -21,6 +22,7 @@ from chatsvc.auth import create_token
 pytestmark = pytest.mark.filterwarnings("error")
 
 SECRET = "c" * 40
+CORPUS = Path(__file__).parent / "corpus"
 QUIET = {"JWT_SECRET": SECRET, "RATELIMIT_ENABLED": "false"}
 
 
@@ -225,3 +227,28 @@ def test_langchain_chat_openai_holds_a_conversation_with_a_tool_call(gunicorn):
     assert "book the dentist" in second.content
     streamed = "".join(chunk.content for chunk in chat.stream([HumanMessage("list my tasks")]))
     assert "book the dentist" in streamed
+
+
+def test_citations_reach_the_sdk_as_sources_and_annotations(gunicorn):
+    server = gunicorn(**QUIET)
+    text = (CORPUS / "houseplants.md").read_text()
+    request = Request(
+        server.url + "/api/documents", method="POST",
+        data=json.dumps({"title": "Watering houseplants", "text": text}).encode(),
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    with urlopen(request, timeout=30) as response:
+        assert response.status in (200, 201)
+    client = sdk(server, someone())
+    question = [{"role": "user", "content": "How should I water houseplants?"}]
+    completion = client.chat.completions.create(model="knowledge", messages=question)
+    sources = completion.model_extra["sources"]
+    assert sources and sources[0]["title"] == "Watering houseplants"
+    citation = completion.choices[0].message.annotations[0].url_citation
+    assert citation.url == sources[0]["url"]
+    content = completion.choices[0].message.content
+    assert content[citation.start_index : citation.end_index] == "[1]"
+    answer = client.responses.create(model="knowledge", input="How should I water houseplants?")
+    annotation = answer.output[0].content[0].annotations[0]
+    assert annotation.type == "url_citation" and annotation.title == "Watering houseplants"
+    assert answer.output_text[annotation.start_index : annotation.end_index] == "[1]"
