@@ -399,3 +399,32 @@ def test_events_and_messages_follow_the_conversation_rules(make_app):
     user_path = f"/api/alice/conversations/{conversation}/messages/{user_message['id']}"
     assert ok(client.get(user_path))["role"] == "user"
     assert_problem(client.get(user_path + "/events"), 404, "not_found")
+
+
+def test_a_websocket_turn_is_logged_with_the_ids_its_frames_carried(gunicorn):
+    """One log for every transport: the frames a WebSocket turn sent are its logged events
+    (the `done`'s timing aside: each transport measures its own)."""
+    import websocket
+
+    server = gunicorn(WEB_CONCURRENCY="1", RATELIMIT_ENABLED="false")
+    user = someone()
+    ws = websocket.create_connection(
+        server.url.replace("http://", "ws://", 1) + f"/api/{user}/chat/ws", timeout=10
+    )
+    try:
+        ws.send(json.dumps({"type": "message", "message": "add a task to buy milk"}))
+        frames = [json.loads(ws.recv())]
+        while frames[-1]["event"] not in ("done", "error"):
+            frames.append(json.loads(ws.recv()))
+    finally:
+        ws.close()
+    done = frames[-1]["data"]
+    message = f"/api/{user}/conversations/{done['conversation_id']}/messages/{done['message_id']}"
+    logged, _ = events_of(server.url + message + "/events")
+
+    def untimed(name: str, data: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in data.items() if k != "timing"} if name == "done" else data
+
+    assert [(e.name, e.id, untimed(e.name, e.data)) for e in logged] == [
+        (f["event"], f["id"], untimed(f["event"], f["data"])) for f in frames
+    ]
