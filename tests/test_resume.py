@@ -428,3 +428,23 @@ def test_a_websocket_turn_is_logged_with_the_ids_its_frames_carried(gunicorn):
     assert [(e.name, e.id, untimed(e.name, e.data)) for e in logged] == [
         (f["event"], f["id"], untimed(f["event"], f["data"])) for f in frames
     ]
+
+
+def test_the_stream_does_not_wait_for_an_unreachable_store(make_app):
+    """Redis down: the events still reach the stream's reader at once (the flusher keeps them
+    and retries); the turn is answered and stored as ever."""
+    from helpers import free_port
+
+    app = make_app({"EVENTS_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    client = app.test_client()
+    started = time.monotonic()
+    sent = stream_turn(client, "/api/alice/chat", {"message": "add a task to buy milk"})
+    assert time.monotonic() - started < 5
+    assert_numbered(sent)
+    done = sent[-1].data
+    assert (sent[-1].name, done["status"]) == ("done", "completed")
+    path = f"/api/alice/conversations/{done['conversation_id']}/messages/{done['message_id']}"
+    assert ok(client.get(path))["content"] == done["response"]
+    events = app.extensions["chatsvc.turns"].events
+    assert not events.flush(), "nothing reached the store"
+    events.close(timeout=0)

@@ -395,6 +395,7 @@ class EventLog:
         self._starting = threading.Lock()
         self._expired_at = time.monotonic()
         self._flushing = threading.Lock()  # one batch at a time, in order
+        self._closed = False
 
     @classmethod
     def open(cls, settings: TurnSettings, database: Database) -> EventLog:
@@ -440,7 +441,7 @@ class EventLog:
     def _flush_loop(self) -> None:
         """Store what was appended, a batch every TURN_EVENTS_FLUSH_MS at most; the thread
         ends after a quiet while and is started again by the next append."""
-        while True:
+        while not self._closed:
             if not self._pending:
                 self._wake.clear()
                 self._idle = True
@@ -461,20 +462,24 @@ class EventLog:
             return self._flush()
 
     def _flush(self) -> bool:
-        taken = [self._pending[n] for n in range(min(len(self._pending), MAX_BATCH))]
+        taken: list[tuple[str, Event | None]] = []
+        while len(taken) < MAX_BATCH:
+            try:
+                taken.append(self._pending.popleft())  # atomic, beside writers appending
+            except IndexError:
+                break
         if not taken:
             return True
         batch = [(m, e) for m, e in taken if e is not None]
         try:
             if batch:
                 self.store.save(batch)
-        except Exception as error:  # kept, and tried again with the next batch
+        except Exception as error:  # put back, and tried again with the next batch
+            self._pending.extendleft(reversed(taken))
             log.warning("turn events not stored: %s", type(error).__name__)
             self._shed()
             time.sleep(0.5)
             return False
-        for _ in taken:
-            self._pending.popleft()
         for message_id, event in taken:
             if event is None:  # that turn's writer is closed and everything of it is stored
                 self._live.pop(message_id, None)
@@ -502,9 +507,12 @@ class EventLog:
         return self.store.expire((now or utcnow()) - self._ttl)
 
     def close(self, timeout: float = 5.0) -> None:
+        """Store what is pending (for at most `timeout` seconds), then stop the flusher."""
         deadline = time.monotonic() + timeout
         while self._pending and time.monotonic() < deadline:
             self.flush()
+        self._closed = True
+        self._wake.set()
         self.store.close()
 
     # Reading ---------------------------------------------------------------------------------
