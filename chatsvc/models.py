@@ -252,10 +252,11 @@ class UserQuota(Base):
 
 
 class LoggedEvent(Base):
-    """One event of a turn's log (services/events.py, database backend): numbered 1, 2, 3… per
-    turn, its JSON body stored as sent. No foreign key: a batch stored after its conversation
-    was deleted must not fail; logs expire after TURN_EVENTS_TTL_SECONDS whole turns at a time
-    (the age of a turn's first event decides)."""
+    """A run of a turn's logged events stored together (services/events.py, database backend):
+    `data` holds them one a line (`id<TAB>name<TAB>JSON body`), `seq` and `name` are the run's
+    last event's id and name. No foreign key: a batch stored after its conversation was deleted
+    must not fail; logs expire after TURN_EVENTS_TTL_SECONDS, whole turns at a time (the age of
+    a turn's `done` or `error` decides)."""
 
     __tablename__ = "turn_events"
     __table_args__ = (Index("ix_turn_events_created_at", "created_at"),)

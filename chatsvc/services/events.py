@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 from collections import OrderedDict, deque
@@ -54,9 +55,9 @@ from ..models import LoggedEvent
 log = logging.getLogger(__name__)
 
 TERMINAL = frozenset({"done", "error"})
-# Redis MAXLEN per turn: above what one turn can produce (a reply is at most 32,000 characters,
-# one delta at least one; a few tool rounds add a few dozen events), so never reached by a
-# real turn; it bounds what a runaway writer could store.
+# Redis MAXLEN per turn, in runs of events (each at least one event): above what one turn can
+# produce (a reply is at most 32,000 characters, one delta at least one; a few tool rounds add
+# a few dozen events), so never reached by a real turn; it bounds a runaway writer.
 MAX_EVENTS_PER_TURN = 40_000
 # A turn's outcome is committed before its last event is stored (by the flusher, milliseconds
 # later): a reader that finds the message settled and no `done`/`error` in the log waits this
@@ -107,9 +108,33 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+def runs(batch: list[tuple[str, Event]]) -> list[tuple[str, list[Event]]]:
+    """A batch as one run of events per turn (a batch holds each turn's events in order)."""
+    grouped: dict[str, list[Event]] = {}
+    for message_id, event in batch:
+        grouped.setdefault(message_id, []).append(event)
+    return list(grouped.items())
+
+
+def pack(events: list[Event]) -> str:
+    """A run as stored: one event a line, `id<TAB>name<TAB>data` (JSON text never holds a raw
+    tab or line break: it escapes them)."""
+    return "\n".join(f"{e.id}\t{e.name}\t{e.data}" for e in events)
+
+
+def unpack(text: str, after: int = 0) -> list[Event]:
+    events = []
+    for line in text.split("\n"):
+        number, name, data = line.split("\t", 2)
+        if int(number) > after:
+            events.append(Event(int(number), name, data))
+    return events
+
+
 class DatabaseStore:
-    """The table `turn_events`: one row per event, inserted in batches (a conflict, an event
-    someone else already stored under that id, is skipped). Readers elsewhere poll it."""
+    """The table `turn_events`: a row per run of one turn's events stored together (a batch),
+    keyed by the run's last id, so a delta costs a line of a row, not a row. A run someone else
+    already stored under that id is skipped. Readers elsewhere poll the table."""
 
     def __init__(self, database: Database, poll_seconds: float) -> None:
         self._database = database
@@ -119,12 +144,12 @@ class DatabaseStore:
         self._insert = insert(LoggedEvent.__table__).on_conflict_do_nothing()
         table = LoggedEvent.__table__
         self._read = (
-            select(table.c.seq, table.c.name, table.c.data)
+            select(table.c.data)
             .where(table.c.message_id == bindparam("m"), table.c.seq > bindparam("after"))
             .order_by(table.c.seq)
         )
         self._last = (
-            select(table.c.seq, table.c.name, table.c.data)
+            select(table.c.data)
             .where(table.c.message_id == bindparam("m"))
             .order_by(table.c.seq.desc())
             .limit(1)
@@ -133,16 +158,19 @@ class DatabaseStore:
     def save(self, batch: list[tuple[str, Event]]) -> None:
         now = utcnow()
         rows = [
-            {"message_id": m, "seq": e.id, "name": e.name, "data": e.data, "created_at": now}
-            for m, e in batch
-        ]
-        with self._database.transaction() as session:
-            session.execute(self._insert, rows)
+            {"message_id": message_id, "seq": run[-1].id, "name": run[-1].name,
+             "data": pack(run), "created_at": now}
+            for message_id, run in runs(batch)
+        ]  # fmt: skip
+        # The engine's own transaction, not an ORM session: a third less CPU a batch (measured:
+        # 190 → 130 µs on SQLite, 610 → 380 µs on PostgreSQL), on the stream's path.
+        with self._database.engine.begin() as connection:
+            connection.execute(self._insert, rows)
 
     def read(self, message_id: str, after: int) -> list[Event]:
-        with self._database.read() as session:
-            rows = session.execute(self._read, {"m": message_id, "after": after}).all()
-        return [Event(seq, name, data) for seq, name, data in rows]
+        with self._database.engine.connect() as connection:
+            rows = connection.execute(self._read, {"m": message_id, "after": after}).scalars()
+            return [event for data in rows for event in unpack(data, after)]
 
     def wait(self, message_id: str, after: int, timeout: float) -> list[Event]:
         deadline = time.monotonic() + timeout
@@ -156,9 +184,9 @@ class DatabaseStore:
                 return events
 
     def last(self, message_id: str) -> Event | None:
-        with self._database.read() as session:
-            row = session.execute(self._last, {"m": message_id}).first()
-        return Event(*row) if row else None
+        with self._database.engine.connect() as connection:
+            data = connection.execute(self._last, {"m": message_id}).scalar()
+        return unpack(data)[-1] if data else None
 
     def expire(self, cutoff: datetime) -> int:
         """Whole turns whose ending is older than `cutoff` (so no reader meets half a log),
@@ -223,9 +251,10 @@ class MemoryStore:
 
 
 class RedisStore:
-    """Redis Streams: one stream per turn whose entry ids are `0-<event id>` (so a reader
-    resumes with XREAD after `0-<Last-Event-ID>`, and Redis refuses a second event under an
-    id), capped by MAXLEN, expiring TURN_EVENTS_TTL_SECONDS after its last write."""
+    """Redis Streams: one stream per turn, an entry per run of events stored together whose
+    id is `0-<the run's last event id>` (so a reader resumes with XREAD after
+    `0-<Last-Event-ID>`, and Redis refuses a run at or below one it holds), capped by MAXLEN,
+    expiring TURN_EVENTS_TTL_SECONDS after its last write."""
 
     PREFIX = "chatsvc:turn-events:"
 
@@ -244,14 +273,9 @@ class RedisStore:
 
     def save(self, batch: list[tuple[str, Event]]) -> None:
         pipe = self._redis.pipeline(transaction=False)
-        keys: list[str] = []
-        for message_id, event in batch:
+        for message_id, run in runs(batch):
             key = self._key(message_id)
-            fields = {"n": event.name, "d": event.data}
-            pipe.xadd(key, fields, id=f"0-{event.id}", maxlen=MAX_EVENTS_PER_TURN)
-            if not keys or keys[-1] != key:
-                keys.append(key)
-        for key in dict.fromkeys(keys):
+            pipe.xadd(key, {"e": pack(run)}, id=f"0-{run[-1].id}", maxlen=MAX_EVENTS_PER_TURN)
             pipe.expire(key, self._ttl)
         for result in pipe.execute(raise_on_error=False):
             # An id at or below the stream's top: that event is already stored.
@@ -259,15 +283,17 @@ class RedisStore:
                 raise result
 
     def read(self, message_id: str, after: int) -> list[Event]:
-        return self._events(self._redis.xread({self._key(message_id): f"0-{after}"}))
+        reply = self._redis.xread({self._key(message_id): f"0-{after}"})
+        return self._events(reply, after)
 
     def wait(self, message_id: str, after: int, timeout: float) -> list[Event]:
         block = max(1, int(timeout * 1000))
-        return self._events(self._redis.xread({self._key(message_id): f"0-{after}"}, block=block))
+        reply = self._redis.xread({self._key(message_id): f"0-{after}"}, block=block)
+        return self._events(reply, after)
 
     def last(self, message_id: str) -> Event | None:
         newest = self._redis.xrevrange(self._key(message_id), count=1)
-        return self._entries(newest)[0] if newest else None
+        return self._entries(newest, 0)[-1] if newest else None
 
     def expire(self, cutoff: datetime) -> int:
         return 0  # Redis expires each stream itself
@@ -276,48 +302,56 @@ class RedisStore:
         self._redis.close()
 
     @staticmethod
-    def _events(reply: Any) -> list[Event]:
+    def _events(reply: Any, after: int) -> list[Event]:
         if not reply:
             return []
         _key, entries = reply[0]
-        return RedisStore._entries(entries)
+        return RedisStore._entries(entries, after)
 
     @staticmethod
-    def _entries(entries: Any) -> list[Event]:
-        return [
-            Event(_seq(entry_id), fields[b"n"].decode(), fields[b"d"].decode())
-            for entry_id, fields in entries
-        ]
+    def _entries(entries: Any, after: int) -> list[Event]:
+        return [event for _id, fields in entries for event in unpack(fields[b"e"].decode(), after)]
 
 
 class _Head:
-    """A turn running in this process: its events in memory, for the readers here."""
+    """A turn running in this process: its events in memory, for the readers here. Each
+    reader waits on a doorbell of its own (a queue the writer rings on every event): under
+    gevent a queue costs a third of what a Condition does per event (bench P5)."""
 
     def __init__(self, writer: TurnWriter) -> None:
         self.writer = writer
-        self.events: list[Event] = []
+        self.events: list[Event] = []  # appended by the one writer; event n at index n - 1
         self.closed = False
-        self.changed = threading.Condition()
+        self._bells: tuple[queue.SimpleQueue[None], ...] = ()
 
     def add(self, event: Event) -> None:
-        with self.changed:
-            self.events.append(event)
-            self.changed.notify_all()
+        self.events.append(event)
+        for bell in self._bells:
+            bell.put(None)
 
     def close(self) -> None:
-        with self.changed:
-            self.closed = True
-            self.changed.notify_all()
+        self.closed = True
+        for bell in self._bells:
+            bell.put(None)
 
-    def after(self, last: int, timeout: float) -> list[Event] | None:
+    def after(self, last: int, timeout: float, bell: queue.SimpleQueue[None]) -> list[Event] | None:
         """The events after id `last`, waiting up to `timeout` for one; None once the turn is
         over here and nothing more will come."""
-        with self.changed:
-            if len(self.events) <= last and not self.closed:
-                self.changed.wait(timeout)
-            if len(self.events) > last:
-                return self.events[last:]
-            return None if self.closed else []
+        if bell not in self._bells:
+            self._bells = (*self._bells, bell)  # copied, never changed in place: no lock
+        if len(self.events) <= last and not self.closed:
+            try:
+                bell.get(timeout=timeout)
+                while True:  # the rings of events already there
+                    bell.get_nowait()
+            except queue.Empty:
+                pass
+        if len(self.events) > last:
+            return self.events[last:]
+        return None if self.closed else []
+
+    def leave(self, bell: queue.SimpleQueue[None]) -> None:
+        self._bells = tuple(b for b in self._bells if b is not bell)
 
 
 class TurnWriter:
@@ -353,11 +387,15 @@ class EventLog:
         self._ttl = timedelta(seconds=settings.events_ttl_seconds)
         self._flush_seconds = settings.events_flush_ms / 1000
         self._live: dict[str, _Head] = {}
+        # Appended by writers, taken by the flusher (deque appends and pops are atomic).
         self._pending: deque[tuple[str, Event | None]] = deque()
-        self._wake = threading.Condition()
+        self._wake = threading.Event()  # set: the flusher has something to store
+        self._idle = True  # the flusher waits for `_wake` (or has not started)
         self._flusher: threading.Thread | None = None
+        self._starting = threading.Lock()
         self._expired_at = time.monotonic()
         self._flushing = threading.Lock()  # one batch at a time, in order
+        self._closed = False
 
     @classmethod
     def open(cls, settings: TurnSettings, database: Database) -> EventLog:
@@ -389,24 +427,31 @@ class EventLog:
         raise RuntimeError("the event could not be appended")  # three writers raced: rare
 
     def _enqueue(self, message_id: str, event: Event | None) -> None:
-        with self._wake:
-            self._pending.append((message_id, event))
-            if self._flusher is None:
-                self._flusher = threading.Thread(target=self._flush_loop, name="turn-events")
-                self._flusher.daemon = True
-                self._flusher.start()
-            self._wake.notify()
+        self._pending.append((message_id, event))
+        if self._idle:
+            self._idle = False
+            self._wake.set()
+            with self._starting:  # against a flusher ending just now (it checks under it)
+                if self._flusher is None:
+                    self._flusher = threading.Thread(
+                        target=self._flush_loop, name="turn-events", daemon=True
+                    )
+                    self._flusher.start()
 
     def _flush_loop(self) -> None:
         """Store what was appended, a batch every TURN_EVENTS_FLUSH_MS at most; the thread
         ends after a quiet while and is started again by the next append."""
-        while True:
-            with self._wake:
-                if not self._pending:
-                    self._wake.wait(5.0)
-                if not self._pending:
-                    self._flusher = None
-                    return
+        while not self._closed:
+            if not self._pending:
+                self._wake.clear()
+                self._idle = True
+                if not self._pending and not self._wake.wait(5.0):
+                    with self._starting:
+                        if not self._pending:
+                            self._flusher = None
+                            return
+                        self._idle = False
+                self._idle = False
             time.sleep(self._flush_seconds)  # let the batch fill
             self.flush()
             self._maybe_expire()
@@ -417,22 +462,24 @@ class EventLog:
             return self._flush()
 
     def _flush(self) -> bool:
-        with self._wake:
-            taken = [self._pending[n] for n in range(min(len(self._pending), MAX_BATCH))]
+        taken: list[tuple[str, Event | None]] = []
+        while len(taken) < MAX_BATCH:
+            try:
+                taken.append(self._pending.popleft())  # atomic, beside writers appending
+            except IndexError:
+                break
         if not taken:
             return True
         batch = [(m, e) for m, e in taken if e is not None]
         try:
             if batch:
                 self.store.save(batch)
-        except Exception as error:  # kept, and tried again with the next batch
+        except Exception as error:  # put back, and tried again with the next batch
+            self._pending.extendleft(reversed(taken))
             log.warning("turn events not stored: %s", type(error).__name__)
             self._shed()
             time.sleep(0.5)
             return False
-        with self._wake:
-            for _ in taken:
-                self._pending.popleft()
         for message_id, event in taken:
             if event is None:  # that turn's writer is closed and everything of it is stored
                 self._live.pop(message_id, None)
@@ -441,10 +488,9 @@ class EventLog:
     def _shed(self) -> None:
         """The store is down: beyond MAX_PENDING, the oldest events are dropped (their
         readers elsewhere still end, from the turn's stored status)."""
-        with self._wake:
-            extra = len(self._pending) - MAX_PENDING
-            for _ in range(max(0, extra)):
-                self._pending.popleft()
+        extra = len(self._pending) - MAX_PENDING
+        for _ in range(max(0, extra)):
+            self._pending.popleft()
         if extra > 0:
             log.warning("%d turn events dropped: the event store is unreachable", extra)
 
@@ -461,9 +507,12 @@ class EventLog:
         return self.store.expire((now or utcnow()) - self._ttl)
 
     def close(self, timeout: float = 5.0) -> None:
+        """Store what is pending (for at most `timeout` seconds), then stop the flusher."""
         deadline = time.monotonic() + timeout
         while self._pending and time.monotonic() < deadline:
             self.flush()
+        self._closed = True
+        self._wake.set()
         self.store.close()
 
     # Reading ---------------------------------------------------------------------------------
@@ -486,12 +535,24 @@ class EventLog:
         appended to the log when the log has events (so every later read ends the same way),
         else sent alone, numbered after `after`."""
         last = after
+        bell: queue.SimpleQueue[None] = queue.SimpleQueue()
+        try:
+            yield from self._follow(message_id, last, wait, outcome, bell)
+        finally:
+            head = self._live.get(message_id)
+            if head is not None:
+                head.leave(bell)
+
+    def _follow(
+        self, message_id: str, last: int, wait: float, outcome: Outcome,
+        bell: queue.SimpleQueue[None],
+    ) -> Iterator[Event | None]:  # fmt: skip
         quiet_since = time.monotonic()
         check_at = 0.0  # at once, the first time the log is silent
         ending: tuple[str, dict[str, Any], float] | None = None
         while True:
             slice_ = min(wait, STATUS_EVERY_SECONDS)
-            events = self._next(message_id, last, slice_)
+            events = self._next(message_id, last, slice_, bell)
             if events:
                 for event in events:
                     if event.id <= last:
@@ -522,10 +583,12 @@ class EventLog:
         head = self._live.get(message_id)
         return head is not None and not head.closed
 
-    def _next(self, message_id: str, last: int, timeout: float) -> list[Event]:
+    def _next(
+        self, message_id: str, last: int, timeout: float, bell: queue.SimpleQueue[None]
+    ) -> list[Event]:
         head = self._live.get(message_id)
         if head is not None:
-            events = head.after(last, timeout)
+            events = head.after(last, timeout, bell)
             if events is not None:
                 return events
         return self.store.read(message_id, last) or self.store.wait(message_id, last, timeout)
@@ -552,8 +615,3 @@ class EventLog:
         # Someone else ended it first: theirs is the ending every reader gets.
         ended = [e for e in self.store.read(message_id, tail.id) if e.terminal]
         return ended[0] if ended and ended[0].id > last else event
-
-
-def _seq(entry_id: bytes | str) -> int:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(text.partition("-")[2])
