@@ -274,7 +274,7 @@ def _continued(body: dict[str, Any], access: Access, kind: str) -> str | None:
     conversation = body.get("conversation")
     if conversation is None:
         return None
-    if isinstance(conversation, dict) and isinstance(conversation.get("id"), str):
+    if isinstance(conversation, dict) and set(conversation) == {"id"}:
         conversation = conversation["id"]
     if not isinstance(conversation, str) or not conversation:
         raise ValidationFailed(
