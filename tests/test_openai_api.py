@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 from fakellm import call, error_midstream, fail, say
-from helpers import history, ok, tasks
+from fakes import ScriptedAgent
+from helpers import history, ok, tasks, turn_in_flight
 
 from chatsvc.auth import create_token
 
@@ -560,3 +561,39 @@ def test_the_v1_routes_are_documented(v1):
         assert path in document["paths"]
     errors = document["paths"]["/v1/chat/completions"]["post"]["responses"]["400"]
     assert errors["content"]["application/json"]["schema"]["$ref"].endswith("/OpenAIError")
+
+
+# The edge, as on /api ----------------------------------------------------------------------
+
+
+def test_a_second_turn_on_a_busy_conversation_is_409(make_app):
+    agent = ScriptedAgent()
+    app = make_app({"JWT_SECRET": SECRET}, agent=agent)
+    client = app.test_client()
+    conversation = complete(client, "first").headers["X-Conversation-Id"]
+    with turn_in_flight(app, agent, conversation):
+        busy = complete(client, "second", metadata={"conversation_id": conversation})
+        assert_error(busy, 409, "turn_in_progress")
+        busy = respond(client, "second", conversation=conversation)
+        assert_error(busy, 409, "turn_in_progress")
+
+
+def test_an_anonymous_new_session_takes_no_idempotency_key(v1):
+    response = complete(v1, "hi", user=None, model="knowledge", headers={"Idempotency-Key": "a"})
+    assert_error(response, 422, "validation_error", "Idempotency-Key")
+
+
+def test_bodies_over_the_limit_are_413(v1):
+    response = complete(v1, "x" * 70_000)
+    assert_error(response, 413, "payload_too_large")
+
+
+def test_responses_carry_server_timing_and_cors(make_app):
+    client = make_app({"JWT_SECRET": SECRET, "CORS_ORIGINS": "http://ui.example"}).test_client()
+    response = complete(client, "hello", headers={"Origin": "http://ui.example"})
+    ok(response)
+    assert "agent;dur=" in response.headers["Server-Timing"]
+    assert response.headers["Access-Control-Allow-Origin"] == "http://ui.example"
+    assert "X-Conversation-Id" in response.headers["Access-Control-Expose-Headers"]
+    elsewhere = complete(client, "hello", headers={"Origin": "http://evil.example"})
+    assert "Access-Control-Allow-Origin" not in elsewhere.headers
