@@ -393,7 +393,9 @@ def test_quota_remaining_and_quota_exceeded(llm_app, fake_llm):
     ok(response)
     assert response.headers["X-Quota-Remaining"] == "5"
     fake_llm.script(say("two", usage=(10, 5)))
-    ok(complete(client, "hello"))
+    streamed = complete(client, "hello", stream=True)
+    assert streamed.headers["X-Quota-Remaining"] == "5"  # as the turn starts
+    assert data_lines(streamed)[-1] == "[DONE]"
     response = complete(client, "hello")
     error = assert_error(response, 429, "quota_exceeded")
     assert error["type"] == "insufficient_quota"
