@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fakellm import call, error_midstream, fail, say
 from fakes import ScriptedAgent
-from helpers import history, ok, tasks, turn_in_flight
+from helpers import history, ok, tasks, turn_in_flight, wait_for
 
 from chatsvc.auth import create_token
 
@@ -55,6 +55,15 @@ def assert_error(response: Any, status: int, code: str, param: str | None = None
     assert error["message"]
     assert error["param"] == param
     return error
+
+
+def v1_stream(client: Any, message: str, user: str = "alice") -> Any:
+    """A streamed completion read as it comes (the response unbuffered)."""
+    return client.post(
+        "/v1/chat/completions",
+        json={"model": "todo", "stream": True, "messages": [{"role": "user", "content": message}]},
+        headers=bearer(user), buffered=False,
+    )  # fmt: skip
 
 
 def data_lines(response: Any) -> list[Any]:
@@ -599,3 +608,27 @@ def test_responses_carry_server_timing_and_cors(make_app):
     assert "X-Conversation-Id" in response.headers["Access-Control-Expose-Headers"]
     elsewhere = complete(client, "hello", headers={"Origin": "http://evil.example"})
     assert "Access-Control-Allow-Origin" not in elsewhere.headers
+
+
+@pytest.mark.parametrize(("setting", "status"), [("continue", "completed"),
+                                                  ("cancel", "cancelled")])  # fmt: skip
+def test_a_client_gone_mid_stream_leaves_the_turn_as_turn_on_disconnect_says(
+    llm_app, fake_llm, setting, status
+):
+    client = llm_app(JWT_SECRET=SECRET, TURN_ON_DISCONNECT=setting).test_client()
+    words = " ".join(f"w{n}" for n in range(40))
+    fake_llm.script(say(words, chunk_delay=0.02))
+    response = v1_stream(client, "tell me a long story")
+    frames = iter(response.response)
+    while b'"content": "w' not in next(frames):
+        pass
+    response.close()  # the client has gone
+    conversation = response.headers["X-Conversation-Id"]
+
+    def settled() -> dict | None:
+        reply = history(client, "alice", conversation)[-1]
+        return reply if reply["status"] != "pending" else None
+
+    reply = wait_for(settled, 10, "the turn to settle")
+    assert reply["status"] == status
+    assert (reply["content"] == words) is (status == "completed")

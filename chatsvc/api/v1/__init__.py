@@ -396,7 +396,10 @@ def _answer(
     if handle.replayed:
         headers.update(REPLAYED)
     if stream:
-        events = handle.events(current_app.config["SSE_PING_SECONDS"])
+        # A client that goes goes alone (TURN_ON_DISCONNECT=continue): the turn is stored
+        # whole, for GET /v1/responses/{id} or the conversation's history.
+        outlive = engine().settings.on_disconnect == "continue"
+        events = handle.events(current_app.config["SSE_PING_SECONDS"], outlive=outlive)
         return _stream(frames(events), events, {**headers, **_quota(handle.quota_remaining)})
     result = handle.result()
     record_timings(result.timings)
