@@ -353,38 +353,6 @@ class Bench:
         )
         return p95
 
-
-LONG_WORDS = 200  # chunks of the long answers P5 measures the CPU per delta with
-
-
-def events_env(mode: str) -> dict[str, str] | None:
-    """chatsvc's settings for an event-log store: memory (this process only, no I/O: the
-    log's cost apart from its store), database, redis (BENCH_REDIS_URL or TEST_REDIS_URL)."""
-    if mode == "memory":
-        return {"TURN_EVENTS_STORE": "memory"}
-    if mode == "database":
-        return {"TURN_EVENTS_STORE": "database"}
-    if mode == "redis":
-        url = os.environ.get("BENCH_REDIS_URL") or os.environ.get("TEST_REDIS_URL")
-        return {"EVENTS_REDIS_URL": url} if url else None
-    raise SystemExit(f"--events: unknown store {mode!r} (memory, database, redis)")
-
-
-def cpu_per_delta(service: Service, count: int, concurrency: int) -> float:
-    """The server's CPU milliseconds (master and workers) per delta, over `count` streamed
-    turns of LONG_WORDS deltas (a service whose fake answers that long)."""
-    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
-    run = f"{time.monotonic_ns():x}"
-    started = service.cpu_seconds()
-    _timed(
-        lambda n: _first_line_ms(
-            service.port, f"/api/bench-long-{n}/chat",
-            json.dumps({"message": f"long please {run}-{n}"}), headers, b"event: delta",
-        ),
-        count, concurrency,
-    )  # fmt: skip
-    return (service.cpu_seconds() - started) * 1000 / (count * LONG_WORDS)
-
     def p6_openai_facade(self) -> None:
         """The OpenAI-compatible facade next to chatsvc's own route, on one server: the same
         turn (a new conversation of one signed-in user, a 0 ms model, c=16) sent as the `openai`
@@ -439,6 +407,38 @@ def cpu_per_delta(service: Service, count: int, concurrency: int) -> float:
             f"{v1_own[1]:.1f} vs {api_own[1]:.1f} ms)"
         )
         self.stop_all()
+
+
+LONG_WORDS = 200  # chunks of the long answers P5 measures the CPU per delta with
+
+
+def events_env(mode: str) -> dict[str, str] | None:
+    """chatsvc's settings for an event-log store: memory (this process only, no I/O: the
+    log's cost apart from its store), database, redis (BENCH_REDIS_URL or TEST_REDIS_URL)."""
+    if mode == "memory":
+        return {"TURN_EVENTS_STORE": "memory"}
+    if mode == "database":
+        return {"TURN_EVENTS_STORE": "database"}
+    if mode == "redis":
+        url = os.environ.get("BENCH_REDIS_URL") or os.environ.get("TEST_REDIS_URL")
+        return {"EVENTS_REDIS_URL": url} if url else None
+    raise SystemExit(f"--events: unknown store {mode!r} (memory, database, redis)")
+
+
+def cpu_per_delta(service: Service, count: int, concurrency: int) -> float:
+    """The server's CPU milliseconds (master and workers) per delta, over `count` streamed
+    turns of LONG_WORDS deltas (a service whose fake answers that long)."""
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    run = f"{time.monotonic_ns():x}"
+    started = service.cpu_seconds()
+    _timed(
+        lambda n: _first_line_ms(
+            service.port, f"/api/bench-long-{n}/chat",
+            json.dumps({"message": f"long please {run}-{n}"}), headers, b"event: delta",
+        ),
+        count, concurrency,
+    )  # fmt: skip
+    return (service.cpu_seconds() - started) * 1000 / (count * LONG_WORDS)
 
 
 BENCH_USER = "bench-v1"

@@ -31,6 +31,7 @@ EXPOSED_HEADERS = [
     "Server-Timing",
     "ETag",
     "X-Quota-Remaining",
+    "X-Conversation-Id",  # /v1: the conversation a chat completion was stored in
 ]
 
 

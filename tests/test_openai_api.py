@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 from fakellm import call, error_midstream, fail, say
-from helpers import history, ok, tasks
+from fakes import ScriptedAgent
+from helpers import history, ok, tasks, turn_in_flight, wait_for
 
 from chatsvc.auth import create_token
 
@@ -54,6 +55,15 @@ def assert_error(response: Any, status: int, code: str, param: str | None = None
     assert error["message"]
     assert error["param"] == param
     return error
+
+
+def v1_stream(client: Any, message: str, user: str = "alice") -> Any:
+    """A streamed completion read as it comes (the response unbuffered)."""
+    return client.post(
+        "/v1/chat/completions",
+        json={"model": "todo", "stream": True, "messages": [{"role": "user", "content": message}]},
+        headers=bearer(user), buffered=False,
+    )  # fmt: skip
 
 
 def data_lines(response: Any) -> list[Any]:
@@ -392,7 +402,9 @@ def test_quota_remaining_and_quota_exceeded(llm_app, fake_llm):
     ok(response)
     assert response.headers["X-Quota-Remaining"] == "5"
     fake_llm.script(say("two", usage=(10, 5)))
-    ok(complete(client, "hello"))
+    streamed = complete(client, "hello", stream=True)
+    assert streamed.headers["X-Quota-Remaining"] == "5"  # as the turn starts
+    assert data_lines(streamed)[-1] == "[DONE]"
     response = complete(client, "hello")
     error = assert_error(response, 429, "quota_exceeded")
     assert error["type"] == "insufficient_quota"
@@ -560,3 +572,63 @@ def test_the_v1_routes_are_documented(v1):
         assert path in document["paths"]
     errors = document["paths"]["/v1/chat/completions"]["post"]["responses"]["400"]
     assert errors["content"]["application/json"]["schema"]["$ref"].endswith("/OpenAIError")
+
+
+# The edge, as on /api ----------------------------------------------------------------------
+
+
+def test_a_second_turn_on_a_busy_conversation_is_409(make_app):
+    agent = ScriptedAgent()
+    app = make_app({"JWT_SECRET": SECRET}, agent=agent)
+    client = app.test_client()
+    conversation = complete(client, "first").headers["X-Conversation-Id"]
+    with turn_in_flight(app, agent, conversation):
+        busy = complete(client, "second", metadata={"conversation_id": conversation})
+        assert_error(busy, 409, "turn_in_progress")
+        busy = respond(client, "second", conversation=conversation)
+        assert_error(busy, 409, "turn_in_progress")
+
+
+def test_an_anonymous_new_session_takes_no_idempotency_key(v1):
+    response = complete(v1, "hi", user=None, model="knowledge", headers={"Idempotency-Key": "a"})
+    assert_error(response, 422, "validation_error", "Idempotency-Key")
+
+
+def test_bodies_over_the_limit_are_413(v1):
+    response = complete(v1, "x" * 70_000)
+    assert_error(response, 413, "payload_too_large")
+
+
+def test_responses_carry_server_timing_and_cors(make_app):
+    client = make_app({"JWT_SECRET": SECRET, "CORS_ORIGINS": "http://ui.example"}).test_client()
+    response = complete(client, "hello", headers={"Origin": "http://ui.example"})
+    ok(response)
+    assert "agent;dur=" in response.headers["Server-Timing"]
+    assert response.headers["Access-Control-Allow-Origin"] == "http://ui.example"
+    assert "X-Conversation-Id" in response.headers["Access-Control-Expose-Headers"]
+    elsewhere = complete(client, "hello", headers={"Origin": "http://evil.example"})
+    assert "Access-Control-Allow-Origin" not in elsewhere.headers
+
+
+@pytest.mark.parametrize(("setting", "status"), [("continue", "completed"),
+                                                  ("cancel", "cancelled")])  # fmt: skip
+def test_a_client_gone_mid_stream_leaves_the_turn_as_turn_on_disconnect_says(
+    llm_app, fake_llm, setting, status
+):
+    client = llm_app(JWT_SECRET=SECRET, TURN_ON_DISCONNECT=setting).test_client()
+    words = " ".join(f"w{n}" for n in range(40))
+    fake_llm.script(say(words, chunk_delay=0.02))
+    response = v1_stream(client, "tell me a long story")
+    frames = iter(response.response)
+    while b'"content": "w' not in next(frames):
+        pass
+    response.close()  # the client has gone
+    conversation = response.headers["X-Conversation-Id"]
+
+    def settled() -> dict | None:
+        reply = history(client, "alice", conversation)[-1]
+        return reply if reply["status"] != "pending" else None
+
+    reply = wait_for(settled, 10, "the turn to settle")
+    assert reply["status"] == status
+    assert (reply["content"] == words) is (status == "completed")

@@ -252,3 +252,8 @@ def test_citations_reach_the_sdk_as_sources_and_annotations(gunicorn):
     annotation = answer.output[0].content[0].annotations[0]
     assert annotation.type == "url_citation" and annotation.title == "Watering houseplants"
     assert answer.output_text[annotation.start_index : annotation.end_index] == "[1]"
+    with client.responses.stream(model="knowledge", input="How do I water a houseplant?") as stream:
+        added = [e.annotation for e in stream if e.type == "response.output_text.annotation.added"]
+        final = stream.get_final_response()
+    kept = final.output[0].content[0].annotations
+    assert added and [a.model_dump() for a in kept] == [a.model_dump() for a in added]

@@ -592,21 +592,24 @@ class TurnHandle:
             if self._engine.settings.on_disconnect == "cancel":
                 self._stop.set()  # a no-op when the run is over
 
-    def events(self, wait: float) -> Iterator[TurnEvent | None]:
+    def events(self, wait: float, *, outlive: bool = False) -> Iterator[TurnEvent | None]:
         """`TurnStarted`, the run's events as they happen, then a `TurnResult` or `TurnFailed`.
         The agent runs in its own thread (a greenlet under gevent): a `None` comes after `wait`
         seconds of silence (for a keep-alive), and closing this iterator early (the client has
-        gone) stops the run, which stores what was said so far as `cancelled`. The run's
-        events are logged as `stream` logs them."""
-        yield self.started
+        gone) stops the run, which stores what was said so far as `cancelled` — unless
+        `outlive`: then the turn goes on and is stored as it ends (TURN_ON_DISCONNECT=continue,
+        for a transport that renders these events itself). The run's events are logged as
+        `stream` logs them."""
         if self._replay is not None:
+            yield self.started
             yield self._replay
             return
         assert self._pending is not None
         feed: queue.SimpleQueue[Any] = queue.SimpleQueue()
         stop = self._stop
-        self._start(feed)
+        self._start(feed)  # before the first event: a reader gone at once still settles it
         try:
+            yield self.started
             while True:
                 try:
                     event = feed.get(timeout=wait)
@@ -619,7 +622,8 @@ class TurnHandle:
                 if isinstance(event, TurnFailed):
                     return
         finally:
-            stop.set()  # a no-op when the run is over; otherwise the client has gone
+            if not outlive:
+                stop.set()  # a no-op when the run is over; otherwise the client has gone
 
     def cancel(self) -> None:
         """Stop the run `events()` streams, as a client that has gone would (what was said so

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from typing import Any
 
@@ -28,7 +28,7 @@ from ...observability import record_timings
 from ...schemas import IdempotencyHeadersSchema
 from ...services import replies
 from ...services.conversations import SESSION, USER, Access
-from ...services.turns import IdempotencyKey, TurnEngine, TurnHandle, TurnRequest
+from ...services.turns import IdempotencyKey, TurnEngine, TurnHandle, TurnRequest, TurnResult
 from .. import Blueprint
 from ..chat import REPLAYED, idempotency_for
 from ..sse import EVENT_STREAM, NO_BUFFERING
@@ -131,23 +131,15 @@ def create_chat_completion(body: dict[str, Any], headers: dict[str, Any]) -> Any
     access, kind = _caller(model)
     conversation_id = (body.get("metadata") or {}).get("conversation_id")
     handle = _take(
-        TurnRequest(
-            access, kind, message, conversation_id,
-            _idempotency(access, headers, body, conversation_id),
-            client_address=request.remote_addr, timezone=headers["timezone"],
-            context=context, instructions=instructions, sampling=_sampling(body),
-            knowledge_only=model == "knowledge",
-        )
+        model, access, kind, body, headers, message, conversation_id,
+        context=context, instructions=instructions, sampling=_sampling(body, SAMPLING),
     )  # fmt: skip
-    out = _headers(handle)
-    if body["stream"]:
-        events = handle.events(current_app.config["SSE_PING_SECONDS"])
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        frames = render.chunks(events, model, _now(), include_usage=include_usage)
-        return _stream(frames, events, out)
-    result = handle.result()
-    record_timings(result.timings)
-    return _json(render.chat_completion(result, model), {**out, **_quota(result.quota_remaining)})
+    usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    return _answer(
+        handle, body["stream"],
+        lambda events: render.chunks(events, model, _now(), include_usage=usage),
+        lambda result: render.chat_completion(result, model),
+    )  # fmt: skip
 
 
 @bp.post("/responses")
@@ -166,36 +158,18 @@ def create_response(body: dict[str, Any], headers: dict[str, Any]) -> Any:
     model = _model(body["model"])
     access, kind = _caller(model)
     conversation_id = _continued(body, access, kind)
-    instructions, context, message = _split_messages(body["input"], field="input")
-    if conversation_id is not None and context:
-        raise UnsupportedParameter(
-            "input", "Continuing a conversation, `input` holds the new user message (and "
-            "instructions) only: the earlier messages are the stored conversation's.",
-        )  # fmt: skip
-    instructions = "\n\n".join(filter(None, (body.get("instructions"), instructions)))
-    sampling = {name: body[name] for name in ("temperature", "top_p") if body.get(name) is not None}
-    if body.get("max_output_tokens") is not None:
-        sampling["max_tokens"] = body["max_output_tokens"]
+    instructions, context, message = _split_input(body, conversation_id)
     handle = _take(
-        TurnRequest(
-            access, kind, message, conversation_id,
-            _idempotency(access, headers, body, conversation_id),
-            client_address=request.remote_addr, timezone=headers["timezone"],
-            context=context or None, instructions=instructions, sampling=sampling,
-            knowledge_only=model == "knowledge",
-        )
+        model, access, kind, body, headers, message, conversation_id,
+        context=context, instructions=instructions, sampling=_response_sampling(body),
     )  # fmt: skip
     shell = render.Shell(
         model=model, created=_now(), instructions=body.get("instructions"),
         previous_response_id=body.get("previous_response_id"), metadata=body.get("metadata"),
     )  # fmt: skip
-    out = _headers(handle)
-    if body["stream"]:
-        events = handle.events(current_app.config["SSE_PING_SECONDS"])
-        return _stream(render.response_events(events, shell), events, out)
-    result = handle.result()
-    record_timings(result.timings)
-    return _json(shell.settled(result), {**out, **_quota(result.quota_remaining)})
+    return _answer(
+        handle, body["stream"], lambda events: render.response_events(events, shell), shell.settled
+    )
 
 
 @bp.get("/responses/<response_id>")
@@ -274,7 +248,7 @@ def _continued(body: dict[str, Any], access: Access, kind: str) -> str | None:
     conversation = body.get("conversation")
     if conversation is None:
         return None
-    if isinstance(conversation, dict) and isinstance(conversation.get("id"), str):
+    if isinstance(conversation, dict) and set(conversation) == {"id"}:
         conversation = conversation["id"]
     if not isinstance(conversation, str) or not conversation:
         raise ValidationFailed(
@@ -357,8 +331,30 @@ def _refuse(checks: tuple[tuple[str, bool, str], ...]) -> None:
             raise UnsupportedParameter(param, detail)
 
 
-def _sampling(body: dict[str, Any]) -> dict[str, Any]:
-    return {name: body[name] for name in SAMPLING if body.get(name) is not None}
+def _split_input(
+    body: dict[str, Any], conversation_id: str | None
+) -> tuple[str, tuple[HistoryMessage, ...] | None, str]:
+    """`input` as instructions (the request's own first), context and the new message. A
+    response that continues a conversation takes its context from the stored one."""
+    instructions, context, message = _split_messages(body["input"], field="input")
+    if conversation_id is not None and context:
+        raise UnsupportedParameter(
+            "input", "Continuing a conversation, `input` holds the new user message (and "
+            "instructions) only: the earlier messages are the stored conversation's.",
+        )  # fmt: skip
+    instructions = "\n\n".join(filter(None, (body.get("instructions"), instructions)))
+    return instructions, context or None, message
+
+
+def _sampling(body: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: body[name] for name in names if body.get(name) is not None}
+
+
+def _response_sampling(body: dict[str, Any]) -> dict[str, Any]:
+    sampling = _sampling(body, ("temperature", "top_p"))
+    if body.get("max_output_tokens") is not None:
+        sampling["max_tokens"] = body["max_output_tokens"]
+    return sampling
 
 
 # What the response carries ---------------------------------------------------------------
@@ -373,15 +369,41 @@ def _idempotency(
     return idempotency_for(access, headers["idempotency_key"], same_turn, conversation_id)
 
 
-def _take(turn: TurnRequest) -> TurnHandle:
-    return engine().take(turn)
+def _take(
+    model: str, access: Access, kind: str, body: dict[str, Any], headers: dict[str, Any],
+    message: str, conversation_id: str | None, **turn: Any,
+) -> TurnHandle:  # fmt: skip
+    """The turn, through the one engine: the same TurnRequest as /api's, plus the client's
+    context, instructions and sampling settings (`turn`)."""
+    return engine().take(
+        TurnRequest(
+            access, kind, message, conversation_id,
+            _idempotency(access, headers, body, conversation_id),
+            client_address=request.remote_addr, timezone=headers["timezone"],
+            knowledge_only=model == "knowledge", **turn,
+        )
+    )  # fmt: skip
 
 
-def _headers(handle: TurnHandle) -> dict[str, str]:
+def _answer(
+    handle: TurnHandle,
+    stream: bool,
+    frames: Callable[[Iterator[Any]], Iterator[str]],
+    body: Callable[[TurnResult], dict[str, Any]],
+) -> Response:
+    """The turn streamed (`frames` of its events) or, run to its end, as JSON (`body`)."""
     headers = {"X-Conversation-Id": handle.started.conversation_id}
     if handle.replayed:
         headers.update(REPLAYED)
-    return headers
+    if stream:
+        # A client that goes goes alone (TURN_ON_DISCONNECT=continue): the turn is stored
+        # whole, for GET /v1/responses/{id} or the conversation's history.
+        outlive = engine().settings.on_disconnect == "continue"
+        events = handle.events(current_app.config["SSE_PING_SECONDS"], outlive=outlive)
+        return _stream(frames(events), events, {**headers, **_quota(handle.quota_remaining)})
+    result = handle.result()
+    record_timings(result.timings)
+    return _json(body(result), {**headers, **_quota(result.quota_remaining)})
 
 
 def _quota(remaining: int | None) -> dict[str, str]:

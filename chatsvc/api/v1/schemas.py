@@ -91,11 +91,12 @@ class StreamOptionsSchema(Schema):
 
 
 class MetadataField(fields.Dict):
-    """OpenAI's `metadata`: up to 16 string pairs. chatsvc reads `conversation_id`."""
+    """OpenAI's `metadata`: up to 16 string pairs (values up to 512 characters). chatsvc reads
+    `conversation_id`."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(
-            keys=fields.String(validate=validate.Length(1, 64)),
+            keys=fields.String(),
             values=fields.String(validate=validate.Length(0, 512)),
             validate=_at_most_16,
             **{**kwargs, "metadata": {"maxProperties": 16, **kwargs.get("metadata", {})}},
@@ -200,7 +201,7 @@ class ChatCompletionRequestSchema(SamplingSchema, UnsupportedFieldsSchema):
         metadata={"description": "The whole context; the last one is the user's new message."},
     )
     stream = fields.Boolean(load_default=False)
-    stream_options = fields.Nested(StreamOptionsSchema, allow_none=True)
+    stream_options = fields.Nested(StreamOptionsSchema)
     metadata = MetadataField(
         allow_none=True,
         metadata={"description": "`conversation_id`: store the turn in that conversation."},
@@ -275,6 +276,7 @@ class ResponseRequestSchema(Schema):
                     "type": "object",
                     "required": ["id"],
                     "properties": {"id": {"type": "string", "minLength": 1, "maxLength": 36}},
+                    "additionalProperties": False,
                 },
             ],
         },
