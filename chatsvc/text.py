@@ -15,3 +15,4 @@ _STOP = (
 )
 STOPWORDS = frozenset(_STOP.split())
 TERM = re.compile(r"[^\W_]+")
+LETTERS_OR_DIGITS = re.compile(r"[^\W\d_]+|\d+")  # "sha256" → "sha", "256"
