@@ -4,8 +4,8 @@
 passages holding it: `chunks_fts_terms` keeps that count, maintained by statement-level
 triggers on `chunks` (one aggregated upsert per INSERT or DELETE statement, under a
 transaction-level advisory lock so that two writers never deadlock on the shared counts).
-PostgreSQL's parser reads "SHA-256" as "sha" and "-256"; the index now joins a letter-hyphen-
-digit pair first, so that it meets "sha256". SQLite needs neither: FTS5's bm25 has inverse
+PostgreSQL's parser reads "SHA-256" as "sha" and "-256"; the index now reads a letters-hyphen-
+digits word as "SHA256 SHA 256", so that it meets "sha256" and "SHA 256". SQLite needs neither: FTS5's bm25 has inverse
 document frequency and its tokenizer splits "SHA-256" into "sha" "256", which a query meets as
 a phrase. Not in the models; migrations/env.py keeps `chunks_fts*` out of autogenerate.
 
@@ -32,7 +32,8 @@ COUNT = """INSERT INTO chunks_fts_terms (lexeme, passages)
 
 
 def _fill(joined: bool) -> str:
-    words = "regexp_replace({0}, '([[:alpha:]])-([[:digit:]])', '\\1\\2', 'g')" if joined else "{0}"
+    words = "regexp_replace({0}, '([[:alpha:]]+)-([[:digit:]]+)', '\\1\\2 \\1 \\2', 'g')"
+    words = words if joined else "{0}"
     path = "coalesce((SELECT path FROM sections WHERE id = NEW.section_id), '')"
     return f"""CREATE OR REPLACE FUNCTION chunks_fts_fill() RETURNS trigger LANGUAGE plpgsql AS $$
        BEGIN

@@ -1,0 +1,93 @@
+"""Ranking properties of knowledge search at any scale (issue 21), on small crafted corpora,
+through HTTP on both databases: a rare word outranks a common one, passages holding every word
+come first, a word unknown to the index does not hide the others, "SHA-256" meets "sha256".
+An agent that searches with the user's message and cites nothing gets every passage it was
+shown as `sources`, in rank order: that order is what these tests read."""
+
+from __future__ import annotations
+
+import pytest
+from fakes import ScriptedAgent
+from helpers import ok
+from sqlalchemy import text
+
+from chatsvc.agent.base import Reply
+from chatsvc.db import database
+
+
+def searches(turn, tools) -> Reply:
+    call = tools.call("search_knowledge", {"query": turn.message, "k": 3})
+    return Reply("Here is what I found.", "scripted", [call])
+
+
+@pytest.fixture
+def client(make_app):
+    return make_app(agent=ScriptedAgent([searches] * 20)).test_client()
+
+
+def add(client, title: str, body: str) -> str:
+    return ok(client.post("/api/documents", json={"title": title, "text": body}), 201)["id"]
+
+
+def ranked(client, question: str) -> list[str]:
+    """The titles of the passages a search for the question returns, best first."""
+    return [
+        source["title"]
+        for source in ok(client.post("/api/chat", json={"message": question}))["sources"]
+    ]
+
+
+def test_a_rare_word_outranks_a_common_one(client):
+    for n in range(12):
+        add(client, f"Files {n}", f"Read a file, then read the file again: file {n} is read.")
+    add(client, "Comma separated", "Each row of a csv file is one record of values.")
+    assert ranked(client, "How do I read a csv file?")[0] == "Comma separated"
+
+
+def test_passages_holding_every_word_come_first(client):
+    add(client, "Zebras", "Zebra zebra zebra: the zebra is striped, a zebra herd grazes.")
+    for n in range(6):
+        add(client, f"Orchard {n}", f"Apple trees bear fruit in autumn, orchard number {n}.")
+    add(client, "Zoo shop", "The zoo shop sells a toy zebra and an apple pie.")
+    assert ranked(client, "zebra apple")[0] == "Zoo shop"
+
+
+def test_a_word_no_passage_holds_does_not_hide_the_others(client):
+    add(client, "Lighthouses", "A Fresnel lens focuses the lighthouse beam.")
+    add(client, "Tea", "Green tea steeps at eighty degrees.")
+    assert ranked(client, "What does a Fresnel lens do in a qwxyzzy?") == ["Lighthouses"]
+
+
+@pytest.mark.parametrize(
+    ("written", "asked"),
+    [("SHA-256", "sha256"), ("sha256", "SHA-256"), ("SHA-256", "SHA 256"), ("UTF-8", "utf8")],
+)
+def test_a_name_written_with_or_without_a_hyphen_is_found_either_way(client, written, asked):
+    add(client, "Digests", f"The {written} digest of a file is 32 bytes long.")
+    add(client, "Shanty", "A sea shanty has 256 verses, sung on deck.")
+    assert ranked(client, f"Explain {asked}")[0] == "Digests"
+
+
+def test_postgresql_keeps_each_words_passage_count_through_ingest_and_delete(client, app):
+    """PostgreSQL's ranking weighs words by the number of passages holding them, counted by
+    triggers as passages come and go: the counts must equal a recount at every step."""
+    if database(app).engine.dialect.name != "postgresql":
+        pytest.skip("only PostgreSQL keeps counts of its own; FTS5's bm25 reads its index")
+    recount = text(
+        "SELECT lexeme, count(*) FROM chunks, unnest(tsvector_to_array(fts)) AS lexeme"
+        " GROUP BY lexeme"
+    )
+    kept = text("SELECT lexeme, passages FROM chunks_fts_terms WHERE passages <> 0")
+
+    def counts_match() -> bool:
+        with database(app).read() as session:
+            return dict(session.execute(recount).all()) == dict(session.execute(kept).all())
+
+    first = add(client, "Lighthouses", "A Fresnel lens focuses the beam.\n\n" * 40)
+    second = add(client, "Tea", "Green tea steeps at eighty degrees. SHA-256 of the leaves.")
+    assert counts_match()
+    assert client.delete(f"/api/documents/{first}").status_code == 204
+    assert counts_match()
+    assert client.delete(f"/api/documents/{second}").status_code == 204
+    with database(app).read() as session:
+        assert session.execute(kept).all() == []
