@@ -74,9 +74,9 @@ def prefix(documents: list[dict], passages: int) -> list[dict]:
 def database_url(backend: str, size: int, fresh: bool) -> str:
     if backend == "sqlite":
         path = corpus.CACHE / f"knowledge-{size}.db"
-        if fresh:
+        if fresh or not path.exists():
             path.unlink(missing_ok=True)
-        (corpus.CACHE / f"knowledge-{backend}-{size}.built").unlink(missing_ok=True)
+            (corpus.CACHE / f"knowledge-{backend}-{size}.built").unlink(missing_ok=True)
         return f"sqlite:///{path}"
     name = f"test_knowledge_bench_{size}"
     admin = create_engine(f"{POSTGRES}/postgres", isolation_level="AUTOCOMMIT")
@@ -131,26 +131,27 @@ def measure(app: Flask, outcome: Outcome, questions: list[dict], titles: set[str
         for _ in range(rounds):
             with database(app).sessions() as session:
                 started = time.perf_counter()
-                hits = knowledge.search(session, question["q"], k=3)
+                found = knowledge.find(session, question["q"], k=3)
                 outcome.search_ms.append((time.perf_counter() - started) * 1000)
         started = time.perf_counter()
         response = client.post("/api/chat", json={"message": question["q"]})
         outcome.turn_ms.append((time.perf_counter() - started) * 1000)
         assert response.status_code == 200, response.get_data(as_text=True)
         if titles & set(question["expect"]):
-            judge(outcome, question, hits)
+            judge(outcome, question, found)
 
 
-def judge(outcome: Outcome, question: dict, hits: list[knowledge.Hit]) -> None:
-    """Where the expected module ranks, and what the offline agent makes of the hits."""
+def judge(outcome: Outcome, question: dict, found: knowledge.Found) -> None:
+    """Where the expected module ranks, and what the offline agent makes of the hits (as the
+    search_knowledge tool hands them to it)."""
     kind = question["kind"]
-    found = [hit.title for hit in hits]
-    rank = next((n for n, title in enumerate(found, 1) if title in question["expect"]), None)
+    titles = [hit.title for hit in found.hits]
+    rank = next((n for n, title in enumerate(titles, 1) if title in question["expect"]), None)
     outcome.ranks.setdefault(kind, []).append(rank)
     if rank != 1:
-        outcome.misses.append(f"{kind}: {question['q']!r} → {found}")
-    refs = [dict(hit.as_dict(), ref=n) for n, hit in enumerate(hits, 1)]
-    _, cited = extractive_answer(question["q"], refs)
+        outcome.misses.append(f"{kind}: {question['q']!r} → {titles}")
+    refs = [dict(hit.as_dict(), ref=n) for n, hit in enumerate(found.hits, 1)]
+    _, cited = extractive_answer(question["q"], refs, found.weights)
     verdict = (
         "don't know" if not cited
         else "right" if {hit["title"] for hit in cited} & set(question["expect"])

@@ -167,6 +167,7 @@ CANDIDATES = 2000  # passages one ranking may score: about 5 ms on either backen
 RANKED_TERMS = 8  # the rarest words a ranking weighs
 # ts_rank's weights of the labels D, C, B (a passage's text) and A (its headings)
 WEIGHTS = "'{0.1, 0.2, 0.4, 1.0}'"
+SPREAD = 3  # passages ranked per passage returned, to return several documents' (_spread)
 SHORTLIST = 100  # passages PostgreSQL ranks with ts_rank (see PostgresSearch.rank)
 
 
@@ -219,6 +220,7 @@ class Plan:
     every: list[Term]  # all words some passage holds, rarest first
     rare: list[Term]  # the rarest words whose passages fit CANDIDATES
     weights: dict[str, float]  # inverse document frequency of each ranked word
+    idf: dict[str, float]  # of every word of the query, known or not
 
 
 def plan(words: list[Term], frequencies: list[int], total: int) -> Plan | None:
@@ -235,37 +237,57 @@ def plan(words: list[Term], frequencies: list[int], total: int) -> Plan | None:
         rare.append(term)
         budget -= df
     total = max(total, known[-1][0])
-    weights = {
+    idf = {
         term.word: math.log(1 + (total - df + 0.5) / (df + 0.5))
-        for df, _, term in known[:RANKED_TERMS]
+        for term, df in zip(words, frequencies, strict=True)
     }
-    return Plan([term for _, _, term in known], rare, weights)
+    weights = {term.word: idf[term.word] for _, _, term in known[:RANKED_TERMS]}
+    return Plan([term for _, _, term in known], rare, weights, idf)
+
+
+@dataclass(frozen=True)
+class Found:
+    """What a search found, and how much each word of the query says: its inverse document
+    frequency (a word no passage holds weighs most), for a reader to judge whether a passage
+    answers at all (agent/answers.py)."""
+
+    hits: list[Hit]
+    weights: dict[str, float]
 
 
 def search(session: Session, query: str, k: int = 5) -> list[Hit]:
+    """The k passages that best match the query, best first (see `find`)."""
+    return find(session, query, k).hits
+
+
+def find(session: Session, query: str, k: int = 5) -> Found:
     """The k passages that best match the query, best first: those holding every word the
     index knows, then those holding its rarest words, each ranked by relevance with inverse
-    document frequency and heading matches weighted up."""
+    document frequency and heading matches weighted up; at most one per document while other
+    documents match."""
     words = terms(query)
     if not words or k < 1:
-        return []
+        return Found([], {})
     backend = BACKENDS.get(session.get_bind().dialect.name)
     if backend is None:
         raise RuntimeError(f"no full-text backend for {session.get_bind().dialect.name}")
     k = min(k, MAX_K)
     found = backend.plan(session, words)
+    if found is None:  # no passage holds any of the words
+        session.commit()
+        return Found([], {})
     ranked: dict[int, float] = {}
-    if found is not None:
-        tiers = [found.every, found.rare] if len(found.every) > 1 else [found.rare]
-        for tier, required in zip(tiers, (True, False)[-len(tiers) :], strict=True):
-            for chunk_id, score in backend.rank(session, found, tier, required, k):
-                ranked.setdefault(chunk_id, score)
-            if len(ranked) >= k:
-                break
-    best = list(ranked.items())[:k]
-    rows = {row.id: row for row in _rows(session, [chunk_id for chunk_id, _ in best])}
+    wanted = k * SPREAD
+    tiers = [found.every, found.rare] if len(found.every) > 1 else [found.rare]
+    for tier, required in zip(tiers, (True, False)[-len(tiers) :], strict=True):
+        for chunk_id, score in backend.rank(session, found, tier, required, wanted):
+            ranked.setdefault(chunk_id, score)
+        if len(ranked) >= wanted:
+            break
+    rows = {row.id: row for row in _rows(session, list(ranked))}
     session.commit()
-    return [
+    best = _spread([(rows[i], score) for i, score in ranked.items() if i in rows], k)
+    hits = [
         Hit(
             document_id=row.document_id, title=row.title,
             url=row.url or f"/api/documents/{row.document_id}#chunk-{row.ordinal}",
@@ -273,8 +295,21 @@ def search(session: Session, query: str, k: int = 5) -> list[Hit]:
             snippet=chunking.cap(row.text, MAX_SNIPPET_CHARS), score=round(score, 4),
             section=chunking.cap(row.heading, chunking.MAX_SECTION_CHARS),
         )
-        for chunk_id, score in best if (row := rows.get(chunk_id)) is not None
+        for row, score in best
     ]  # fmt: skip
+    return Found(hits, {word: round(weight, 3) for word, weight in found.idf.items()})
+
+
+def _spread(ranked: list[tuple[Any, float]], k: int) -> list[tuple[Any, float]]:
+    """The k best, at most one passage per document while other documents are left: three
+    passages of one page (or the same boilerplate in many) say less than three pages do."""
+    first: list[int] = []
+    rest: list[int] = []
+    seen: set[str] = set()
+    for n, (row, _) in enumerate(ranked):
+        (rest if row.document_id in seen else first).append(n)
+        seen.add(row.document_id)
+    return [ranked[n] for n in sorted((first + rest)[:k])]
 
 
 def _rows(session: Session, ids: list[int]) -> list[Any]:
@@ -306,7 +341,8 @@ class SQLiteSearch:
         )
         params = {f"m{n}": SQLiteSearch.phrase(term) for n, term in enumerate(words)}
         frequencies = {n: df for n, df in session.execute(text(counts), params)}
-        return plan(words, [frequencies[n] for n in range(len(words))], 0)  # bm25 has its own
+        total = session.scalar(text("SELECT max(id) FROM chunks")) or 0
+        return plan(words, [frequencies[n] for n in range(len(words))], total)
 
     @staticmethod
     def phrase(term: Term) -> str:
