@@ -69,15 +69,16 @@ def test_a_name_written_with_or_without_a_hyphen_is_found_either_way(client, wri
 
 
 def test_postgresql_keeps_each_words_passage_count_through_ingest_and_delete(client, app):
-    """PostgreSQL's ranking weighs words by the number of passages holding them, counted by
-    triggers as passages come and go: the counts must equal a recount at every step."""
+    """PostgreSQL's ranking weighs words by the number of passages holding them (and all
+    passages, under ''), counted by triggers as passages come and go: the counts must equal a
+    recount at every step."""
     if database(app).engine.dialect.name != "postgresql":
         pytest.skip("only PostgreSQL keeps counts of its own; FTS5's bm25 reads its index")
+    kept = text("SELECT lexeme, passages FROM chunks_fts_terms WHERE passages <> 0")
     recount = text(
         "SELECT lexeme, count(*) FROM chunks, unnest(tsvector_to_array(fts)) AS lexeme"
-        " GROUP BY lexeme"
+        " GROUP BY lexeme UNION ALL SELECT '', count(*) FROM chunks"
     )
-    kept = text("SELECT lexeme, passages FROM chunks_fts_terms WHERE passages <> 0")
 
     def counts_match() -> bool:
         with database(app).read() as session:
@@ -91,3 +92,44 @@ def test_postgresql_keeps_each_words_passage_count_through_ingest_and_delete(cli
     assert client.delete(f"/api/documents/{second}").status_code == 204
     with database(app).read() as session:
         assert session.execute(kept).all() == []
+
+
+def test_other_documents_are_returned_before_a_third_passage_of_one(client):
+    visits = (f"## Visit {n}\n\nTide pools at low tide: tide pool visit {n}." for n in range(5))
+    add(client, "Tides", "\n\n".join(visits))  # five passages, each above the guide's one
+    add(client, "Coast", "A tide pool guide for the coast.")
+    assert sorted(ranked(client, "tide pool")) == ["Coast", "Tides", "Tides"]
+
+
+def test_the_search_tool_tells_how_rare_each_word_is(make_app):
+    seen = []
+
+    def looks(turn, tools) -> Reply:
+        call = tools.call("search_knowledge", {"query": "parquet files"})
+        seen.append(call.result["weights"])
+        return Reply("Looked.", "scripted", [call])
+
+    client = make_app(agent=ScriptedAgent([looks])).test_client()
+    for n in range(5):
+        add(client, f"Files {n}", f"Files are read and written, file {n}.")
+    add(client, "Columns", "Parquet files store columns.")
+    ok(client.post("/api/chat", json={"message": "parquet?"}))
+    assert seen[0]["parquet"] > seen[0]["files"] > 0
+
+
+def test_the_offline_agent_does_not_know_what_only_common_words_match(make_app):
+    """A question whose telling words no passage holds together is not answered from passages
+    that share its common words (issue 21: at 100k passages, half a question's words were met
+    by chance)."""
+    client = make_app().test_client()
+    for n in range(10):
+        add(client, f"Python files {n}", f"Python can read a file and write a file, way {n}.")
+    add(client, "Columns", "Parquet stores a table by columns.")
+    add(client, "Clusters", "Spark runs jobs on a cluster.")
+    body = ok(
+        client.post("/api/chat", json={"message": "How do I read a Parquet file with Spark?"})
+    )
+    assert "don't know" in body["response"]
+    assert body["sources"] == []
+    answered = ok(client.post("/api/chat", json={"message": "How does Python read a file?"}))
+    assert answered["sources"] and "don't know" not in answered["response"]

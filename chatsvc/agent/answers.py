@@ -94,15 +94,17 @@ def _counted(wanted: frozenset[str]) -> Callable[[dict[str, Any]], bool]:
 def _weighed(wanted: frozenset[str], weights: dict[str, float]) -> Callable[[dict[str, Any]], bool]:
     """Whether the knowledge base answers at all: one passage must hold MIN_COVERAGE of the
     question's words, each weighed by its rarity in the documents (the others then only need
-    half the words, so that two passages may answer two halves of a question). Half the
-    words by count alone was met by chance at 100k passages (issue 21: a wrong document cited
-    for 53 % of paraphrased questions); a word no passage holds weighs most, so a question
-    about something absent is not answered from a passage sharing its common words."""
+    half the words, so that two passages may answer two halves of a question). Half the words
+    by count alone was met by chance at 100k passages: a wrong document cited for a third of
+    paraphrased questions (issue 21; bench/knowledge.py). A word no passage holds weighs
+    nothing: in a small knowledge base most words are absent, and absence says little."""
     weight: dict[str, float] = {}
     for word, value in weights.items():
         weight[stem(word)] = max(weight.get(stem(word), 0.0), value)
     top = max(weight.values(), default=1.0)
     total = sum(weight.get(term, top) for term in wanted)
+    if total <= 0:  # every word is everywhere (or nowhere): weighing tells nothing
+        return _counted(wanted)
     return lambda hit: (
         sum(weight.get(term, top) for term in wanted & _held(hit)) >= MIN_COVERAGE * total
     )

@@ -113,7 +113,9 @@ def _store_passages(session: Session, document_id: str, parts: list[chunking.Sec
         batch = rows[start : start + INSERT_BATCH]
         for n, row in enumerate(batch, start):
             row["ordinal"] = n
-        session.execute(insert(Chunk.__table__), batch)  # Core: no ORM bookkeeping per row
+        # One multi-row statement (an executemany is one INSERT per row on psycopg, and the
+        # PostgreSQL index's statement triggers would then run once per passage).
+        session.execute(insert(Chunk.__table__).values(batch))
         chunking.pause()
 
 
@@ -220,7 +222,7 @@ class Plan:
     every: list[Term]  # all words some passage holds, rarest first
     rare: list[Term]  # the rarest words whose passages fit CANDIDATES
     weights: dict[str, float]  # inverse document frequency of each ranked word
-    idf: dict[str, float]  # of every word of the query, known or not
+    idf: dict[str, float]  # of every word of the query; 0 for a word no passage holds
 
 
 def plan(words: list[Term], frequencies: list[int], total: int) -> Plan | None:
@@ -237,8 +239,8 @@ def plan(words: list[Term], frequencies: list[int], total: int) -> Plan | None:
         rare.append(term)
         budget -= df
     total = max(total, known[-1][0])
-    idf = {
-        term.word: math.log(1 + (total - df + 0.5) / (df + 0.5))
+    idf = {  # a word no passage holds says nothing (it may be another backend's stop word)
+        term.word: math.log(1 + (total - df + 0.5) / (df + 0.5)) if df else 0.0
         for term, df in zip(words, frequencies, strict=True)
     }
     weights = {term.word: idf[term.word] for _, _, term in known[:RANKED_TERMS]}
@@ -248,8 +250,8 @@ def plan(words: list[Term], frequencies: list[int], total: int) -> Plan | None:
 @dataclass(frozen=True)
 class Found:
     """What a search found, and how much each word of the query says: its inverse document
-    frequency (a word no passage holds weighs most), for a reader to judge whether a passage
-    answers at all (agent/answers.py)."""
+    frequency (0 for a word no passage holds), for a reader to judge whether a passage answers
+    at all (agent/answers.py)."""
 
     hits: list[Hit]
     weights: dict[str, float]
@@ -297,7 +299,7 @@ def find(session: Session, query: str, k: int = 5) -> Found:
         )
         for row, score in best
     ]  # fmt: skip
-    return Found(hits, {word: round(weight, 3) for word, weight in found.idf.items()})
+    return Found(hits, {word: round(weight, 6) for word, weight in found.idf.items()})
 
 
 def _spread(ranked: list[tuple[Any, float]], k: int) -> list[tuple[Any, float]]:
@@ -381,14 +383,12 @@ class PostgresSearch:
                 " LEFT JOIN LATERAL unnest(tsvector_to_array(to_tsvector('english', t.word)))"
                 " AS l(lexeme) ON true"
                 " LEFT JOIN chunks_fts_terms s ON s.lexeme = l.lexeme GROUP BY t.n"
+                " UNION ALL SELECT 0, passages FROM chunks_fts_terms WHERE lexeme = ''"
             ),
             {"words": [term.word for term in words]},
         )
-        frequencies = {n: df for n, df in rows}
-        total = session.scalar(
-            text("SELECT reltuples::bigint FROM pg_class WHERE oid = 'chunks'::regclass")
-        )
-        return plan(words, [frequencies[n + 1] for n in range(len(words))], max(total or 0, 0))
+        frequencies = {n: df for n, df in rows}  # 0: every passage (see the migration)
+        return plan(words, [frequencies[n + 1] for n in range(len(words))], frequencies.get(0, 0))
 
     @staticmethod
     def query(term: Term, name: str) -> str:

@@ -25,9 +25,10 @@ branch_labels = None
 depends_on = None
 
 LOCK = "PERFORM pg_advisory_xact_lock(hashtext('chunks_fts_terms'));"
+# Each lexeme's passages, and under the empty lexeme (which no text yields) all passages.
 COUNT = """INSERT INTO chunks_fts_terms (lexeme, passages)
            SELECT lexeme, {sign}count(*) FROM {rows}, unnest(tsvector_to_array(fts)) AS lexeme
-           GROUP BY lexeme ORDER BY lexeme
+           GROUP BY lexeme UNION ALL SELECT '', {sign}count(*) FROM {rows} ORDER BY 1
            ON CONFLICT (lexeme) DO UPDATE SET passages = chunks_fts_terms.passages + EXCLUDED.passages;"""
 
 
@@ -51,7 +52,7 @@ POSTGRES = [
     "CREATE TABLE chunks_fts_terms (lexeme text PRIMARY KEY, passages integer NOT NULL)",
     """INSERT INTO chunks_fts_terms (lexeme, passages)
        SELECT lexeme, count(*) FROM chunks, unnest(tsvector_to_array(fts)) AS lexeme
-       GROUP BY lexeme""",
+       GROUP BY lexeme UNION ALL SELECT '', count(*) FROM chunks""",
     f"""CREATE FUNCTION chunks_fts_terms_added() RETURNS trigger LANGUAGE plpgsql AS $$
        BEGIN {LOCK} {COUNT.format(sign="", rows="added")} RETURN NULL; END $$""",
     f"""CREATE FUNCTION chunks_fts_terms_removed() RETURNS trigger LANGUAGE plpgsql AS $$
