@@ -229,6 +229,7 @@ def _words(text: str) -> Iterator[str]:
 
 
 def _mixed(left: re.Match[str], right: re.Match[str]) -> bool:
+    """Letters then digits ("sha-256"); "e-mail" or "2024-11" stay two words."""
     return left.group().isalpha() and right.group().isdigit()
 
 
@@ -243,6 +244,8 @@ class Plan:
 
 
 def plan(words: list[Term], frequencies: list[int], total: int) -> Plan | None:
+    """The plan for words held by `frequencies` passages each, of `total`; None when no
+    passage holds any of them."""
     known = sorted(
         ((df, n, term) for n, (term, df) in enumerate(zip(words, frequencies, strict=True)) if df),
         key=lambda entry: entry[:2],
@@ -352,7 +355,8 @@ class SQLiteSearch:
 
     @staticmethod
     def plan(session: Session, words: list[Term]) -> Plan | None:
-        # Each count stops at CANDIDATES + 1: anything above is "common" all the same.
+        # Each count stops at CANDIDATES + 1: anything above is "common" all the same (and its
+        # inverse document frequency, for the agent's weights, is overestimated a little).
         counts = " UNION ALL ".join(
             f"SELECT {n}, (SELECT count(*) FROM (SELECT 1 FROM chunks_fts"
             f" WHERE chunks_fts MATCH :m{n} LIMIT {CANDIDATES + 1}))"
@@ -389,7 +393,8 @@ class SQLiteSearch:
 class PostgresSearch:
     """tsvector and a GIN index. ts_rank has no inverse document frequency, so each word's
     rank is weighted by its own, from the number of passages holding it (chunks_fts_terms,
-    kept by ingest and delete); headings (weight A) count 2.5 times the text (B)."""
+    kept by statement triggers on chunks; see the migration a9c3e5f7b1d2); headings (weight
+    A) count 2.5 times the text (B)."""
 
     @staticmethod
     def plan(session: Session, words: list[Term]) -> Plan | None:
