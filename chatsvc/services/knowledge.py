@@ -378,14 +378,25 @@ class SQLiteSearch:
     def rank(
         session: Session, found: Plan, tier: list[Term], required: bool, k: int
     ) -> list[tuple[int, float]]:
+        """bm25 over at most CANDIDATES passages: when more match (a query of common words
+        only), the newest of them. FTS5 scores every match before its LIMIT, so the bound is
+        a rowid floor read from the match's doclist backwards ("name value type list string
+        default" at 100k: 78 ms unbounded)."""
         match = (" AND " if required else " OR ").join(map(SQLiteSearch.phrase, tier))
+        floor = session.scalar(
+            text(
+                "SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH :match"
+                " ORDER BY rowid DESC LIMIT 1 OFFSET :limit"
+            ),
+            {"match": match, "limit": CANDIDATES},
+        )
         rows = session.execute(
             text(
                 "SELECT rowid, -bm25(chunks_fts, 2.0, 1.0) AS score FROM chunks_fts"
-                " WHERE chunks_fts MATCH :match ORDER BY bm25(chunks_fts, 2.0, 1.0), rowid"
-                " LIMIT :k"
+                " WHERE chunks_fts MATCH :match AND rowid > :floor"
+                " ORDER BY bm25(chunks_fts, 2.0, 1.0), rowid LIMIT :k"
             ),
-            {"match": match, "k": k},
+            {"match": match, "floor": floor or 0, "k": k},
         )
         return [(row.rowid, float(row.score)) for row in rows]
 
