@@ -241,6 +241,7 @@ class Plan:
     rare: list[Term]  # the rarest words whose passages fit CANDIDATES
     weights: dict[str, float]  # inverse document frequency of each ranked word
     idf: dict[str, float]  # of every word of the query; 0 for a word no passage holds
+    common: bool = False  # even the rarest word is in more than CANDIDATES passages
 
 
 def plan(words: list[Term], frequencies: list[int], total: int) -> Plan | None:
@@ -264,7 +265,8 @@ def plan(words: list[Term], frequencies: list[int], total: int) -> Plan | None:
         for term, df in zip(words, frequencies, strict=True)
     }
     weights = {term.word: idf[term.word] for _, _, term in known[:RANKED_TERMS]}
-    return Plan([term for _, _, term in known], rare, weights, idf)
+    common = known[0][0] > CANDIDATES
+    return Plan([term for _, _, term in known], rare, weights, idf, common)
 
 
 @dataclass(frozen=True)
@@ -378,25 +380,27 @@ class SQLiteSearch:
     def rank(
         session: Session, found: Plan, tier: list[Term], required: bool, k: int
     ) -> list[tuple[int, float]]:
-        """bm25 over at most CANDIDATES passages: when more match (a query of common words
-        only), the newest of them. FTS5 scores every match before its LIMIT, so the bound is
-        a rowid floor read from the match's doclist backwards ("name value type list string
-        default" at 100k: 78 ms unbounded)."""
+        """bm25 over at most CANDIDATES passages: when more may match (a query of common
+        words only), the newest of them. FTS5 scores every match before its LIMIT, so the
+        bound is a rowid floor read from the match's doclist backwards ("name value type list
+        string default" at 100k: 78 ms unbounded; the floor costs ~10 ms, so it is read only
+        when the plan says the rarest word is common)."""
         match = (" AND " if required else " OR ").join(map(SQLiteSearch.phrase, tier))
-        floor = session.scalar(
+        floor = found.common and session.scalar(
             text(
                 "SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH :match"
                 " ORDER BY rowid DESC LIMIT 1 OFFSET :limit"
             ),
             {"match": match, "limit": CANDIDATES},
         )
+        above = " AND rowid > :floor" if floor else ""
         rows = session.execute(
             text(
                 "SELECT rowid, -bm25(chunks_fts, 2.0, 1.0) AS score FROM chunks_fts"
-                " WHERE chunks_fts MATCH :match AND rowid > :floor"
+                f" WHERE chunks_fts MATCH :match{above}"
                 " ORDER BY bm25(chunks_fts, 2.0, 1.0), rowid LIMIT :k"
             ),
-            {"match": match, "floor": floor or 0, "k": k},
+            {"match": match, "floor": floor, "k": k},
         )
         return [(row.rowid, float(row.score)) for row in rows]
 
