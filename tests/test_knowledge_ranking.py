@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from chatsvc.agent.base import Reply
 from chatsvc.db import database
+from chatsvc.services import knowledge
 
 
 def searches(turn, tools) -> Reply:
@@ -133,3 +134,15 @@ def test_the_offline_agent_does_not_know_what_only_common_words_match(make_app):
     assert body["sources"] == []
     answered = ok(client.post("/api/chat", json={"message": "How does Python read a file?"}))
     assert answered["sources"] and "don't know" not in answered["response"]
+
+
+def test_a_query_of_common_words_only_ranks_a_bounded_set(client, app, monkeypatch):
+    """When even the rarest word is in more passages than a ranking may score, a search still
+    answers, from a bounded set: on SQLite the newest passages holding the words."""
+    monkeypatch.setattr(knowledge, "CANDIDATES", 3)
+    for n in range(8):
+        add(client, f"Note {n}", f"The default value of option {n} is a string.")
+    found = ranked(client, "default value string")
+    assert len(found) == 3
+    if database(app).engine.dialect.name == "sqlite":
+        assert set(found) <= {"Note 5", "Note 6", "Note 7"}
