@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export CHATSVC_ENV ?= development
 
-.PHONY: install run migrate seed test lint format bench fuzz clean token soak
+.PHONY: install run migrate seed test lint format bench bench-knowledge fuzz clean token soak
 
 install: $(STAMP)
 
@@ -44,6 +44,11 @@ format: install
 bench: install
 	command -v wrk >/dev/null || apt-get install -y -q wrk
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The knowledge base at 1k and 100k passages of real text, SQLite and PostgreSQL (bench/knowledge.py;
+# the corpus is built once from pydoc and man pages and cached, as are the databases).
+bench-knowledge: install
+	$(BIN)/python -m bench.knowledge $(BENCH_ARGS)
 
 # Hypothesis against the chunker and the local agent's parser: the worst ms per kB (< 50).
 fuzz: install

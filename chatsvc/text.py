@@ -15,3 +15,19 @@ _STOP = (
 )
 STOPWORDS = frozenset(_STOP.split())
 TERM = re.compile(r"[^\W_]+")
+LETTERS_OR_DIGITS = re.compile(r"[^\W\d_]+|\d+")  # "sha256" → "sha", "256"
+SUFFIXES = ("ations", "ation", "ings", "ing", "ies", "ied", "es", "ed", "ly", "e", "s")
+
+
+def stem(word: str) -> str:
+    """A crude English stem: enough to match "limits" with "limit", "configuring" with
+    "configure"."""
+    for suffix in SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def stems(text: str) -> frozenset[str]:
+    """The stems of the words of a text, stop words left out."""
+    return frozenset(stem(w) for w in TERM.findall(text.casefold()) if w not in STOPWORDS)

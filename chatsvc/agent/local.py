@@ -623,7 +623,7 @@ class _Run:
                 + (HELP if "add_task" in self.tools.names else "").strip()
             )
         result = self.call("search_knowledge", query=message, k=3)
-        text, cited = extractive_answer(message, result.get("results", []))
+        text, cited = extractive_answer(message, result.get("results", []), result.get("weights"))
         self.cited = tuple(hit["ref"] for hit in cited if "ref" in hit)
         if not cited and "add_task" in self.tools.names:
             text = f"{text} {HELP}"

@@ -5,7 +5,9 @@ so another backend (e.g. pgvector) can be added without touching callers."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import math
+import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -15,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import NotFound
 from ..models import Chunk, Document, Section
-from ..text import STOPWORDS, TERM
+from ..text import LETTERS_OR_DIGITS, STOPWORDS, TERM
 from . import chunking, pages
 
 MAX_K = 10
@@ -111,8 +113,27 @@ def _store_passages(session: Session, document_id: str, parts: list[chunking.Sec
         batch = rows[start : start + INSERT_BATCH]
         for n, row in enumerate(batch, start):
             row["ordinal"] = n
-        session.execute(insert(Chunk.__table__), batch)  # Core: no ORM bookkeeping per row
+        _insert_passages(session, batch)
         chunking.pause()
+
+
+def _insert_passages(session: Session, batch: list[dict[str, Any]]) -> None:
+    """One statement per batch. On PostgreSQL an executemany is one INSERT per row (psycopg),
+    and the index's statement triggers then ran once per passage (a crafted 2 MiB document:
+    24 s instead of 3); four arrays unnested make one statement of a constant shape, which
+    SQLAlchemy need not compile per batch as it would a VALUES list of 500 rows."""
+    if session.get_bind().dialect.name != "postgresql":
+        session.execute(insert(Chunk.__table__), batch)  # Core: no ORM bookkeeping per row
+        return
+    columns = ("document_id", "section_id", "ordinal", "text")
+    session.execute(
+        text(
+            "INSERT INTO chunks (document_id, section_id, ordinal, text) SELECT * FROM unnest("
+            "CAST(:document_id AS varchar[]), CAST(:section_id AS integer[]),"
+            " CAST(:ordinal AS integer[]), CAST(:text AS text[]))"
+        ),
+        {column: [row[column] for row in batch] for column in columns},
+    )
 
 
 def _by_hash(session: Session, digest: str) -> Document | None:
@@ -153,80 +174,309 @@ def delete_document(session: Session, document_id: str) -> None:
 
 
 # Search ---------------------------------------------------------------------------------
+#
+# Latency must not grow with the corpus (issue 21: OR-ing every word matched 17 % of 100k
+# passages, and both backends ranked every match: 94 ms SQLite, 540 ms PostgreSQL). So a search
+# first asks how many passages hold each word (bounded counts), then ranks two bounded sets:
+# the passages holding every known word, and those holding one of the rarest words (as many
+# rare words as fit a budget of passages). Common words are left to the first set; they weigh
+# little in a ranking with inverse document frequency anyway.
+
+CANDIDATES = 2000  # passages one ranking may score: about 5 ms on either backend
+RANKED_TERMS = 8  # the rarest words a ranking weighs
+# ts_rank's weights of the labels D, C, B (a passage's text) and A (its headings)
+WEIGHTS = "'{0.1, 0.2, 0.4, 1.0}'"
+SPREAD = 3  # passages ranked per passage returned, to return several documents' (_spread)
+SHORTLIST = 100  # passages PostgreSQL ranks with ts_rank (see PostgresSearch.rank)
 
 
-def terms(query: str) -> list[str]:
+@dataclass(frozen=True)
+class Term:
+    """A word of a query. One that mixes letters and digits ("sha256", or "SHA-256" written
+    with a hyphen) also matches its parts side by side ("sha 256"), since documents write it
+    either way and the index splits the hyphenated form."""
+
+    word: str
+    parts: tuple[str, ...] = ()
+
+
+def terms(query: str) -> list[Term]:
     """The words of a query that can be matched: letters and digits only, so that no input is
     ever read as full-text query syntax; stop words dropped, duplicates removed."""
-    found: dict[str, None] = {}  # ordered, with constant-time membership
-    for match in TERM.finditer(query.casefold()):
-        word = match.group()
-        if word not in STOPWORDS and len(word) <= MAX_TERM_CHARS:
-            found[word] = None
+    found: dict[str, Term] = {}  # ordered, with constant-time membership
+    for word in _words(query.casefold()):
+        if word not in STOPWORDS and len(word) <= MAX_TERM_CHARS and word not in found:
+            parts = tuple(LETTERS_OR_DIGITS.findall(word))
+            found[word] = Term(word, parts if len(parts) > 1 else ())
             if len(found) == MAX_TERMS:
                 break
-    return list(found)
+    return list(found.values())
+
+
+def _words(text: str) -> Iterator[str]:
+    """TERM's matches, with a letters-hyphen-digits pair ("sha-256", "utf-8") made one word."""
+    held: re.Match[str] | None = None
+    for match in TERM.finditer(text):
+        if held is not None:
+            if match.start() == held.end() + 1 and text[held.end()] == "-" and _mixed(held, match):
+                yield held.group() + match.group()
+                held = None
+                continue
+            yield held.group()
+        held = match
+    if held is not None:
+        yield held.group()
+
+
+def _mixed(left: re.Match[str], right: re.Match[str]) -> bool:
+    """Letters then digits ("sha-256"); "e-mail" or "2024-11" stay two words."""
+    return left.group().isalpha() and right.group().isdigit()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a search ranks: every known word together, then the rarest ones alone."""
+
+    every: list[Term]  # all words some passage holds, rarest first
+    rare: list[Term]  # the rarest words whose passages fit CANDIDATES
+    weights: dict[str, float]  # inverse document frequency of each ranked word
+    idf: dict[str, float]  # of every word of the query; 0 for a word no passage holds
+    common: bool = False  # even the rarest word is in more than CANDIDATES passages
+
+
+def plan(words: list[Term], frequencies: list[int], total: int) -> Plan | None:
+    """The plan for words held by `frequencies` passages each, of `total`; None when no
+    passage holds any of them."""
+    known = sorted(
+        ((df, n, term) for n, (term, df) in enumerate(zip(words, frequencies, strict=True)) if df),
+        key=lambda entry: entry[:2],
+    )
+    if not known:
+        return None
+    rare, budget = [], CANDIDATES
+    for df, _, term in known:
+        if rare and df > budget:
+            break
+        rare.append(term)
+        budget -= df
+    total = max(total, known[-1][0])
+    idf = {  # a word no passage holds says nothing (it may be another backend's stop word)
+        term.word: math.log(1 + (total - df + 0.5) / (df + 0.5)) if df else 0.0
+        for term, df in zip(words, frequencies, strict=True)
+    }
+    weights = {term.word: idf[term.word] for _, _, term in known[:RANKED_TERMS]}
+    common = known[0][0] > CANDIDATES
+    return Plan([term for _, _, term in known], rare, weights, idf, common)
+
+
+@dataclass(frozen=True)
+class Found:
+    """What a search found, and how much each word of the query says: its inverse document
+    frequency (0 for a word no passage holds), for a reader to judge whether a passage answers
+    at all (agent/answers.py)."""
+
+    hits: list[Hit]
+    weights: dict[str, float]
 
 
 def search(session: Session, query: str, k: int = 5) -> list[Hit]:
-    """The k passages that best match the query, best first; any passage matching any of its
-    words may be returned, ranked by the database's own relevance."""
+    """The k passages that best match the query, best first (see `find`)."""
+    return find(session, query, k).hits
+
+
+def find(session: Session, query: str, k: int = 5) -> Found:
+    """The k passages that best match the query, best first: those holding every word the
+    index knows, then those holding its rarest words, each ranked by relevance with inverse
+    document frequency and heading matches weighted up; at most one per document while other
+    documents match."""
     words = terms(query)
     if not words or k < 1:
-        return []
+        return Found([], {})
     backend = BACKENDS.get(session.get_bind().dialect.name)
     if backend is None:
         raise RuntimeError(f"no full-text backend for {session.get_bind().dialect.name}")
-    rows = backend(session, words, min(k, MAX_K))
+    k = min(k, MAX_K)
+    found = backend.plan(session, words)
+    if found is None:  # no passage holds any of the words
+        session.commit()
+        return Found([], {})
+    ranked: dict[int, float] = {}
+    wanted = k * SPREAD
+    tiers = [found.every, found.rare] if len(found.every) > 1 else [found.rare]
+    for tier, required in zip(tiers, (True, False)[-len(tiers) :], strict=True):
+        for chunk_id, score in backend.rank(session, found, tier, required, wanted):
+            ranked.setdefault(chunk_id, score)
+        if len(ranked) >= wanted:
+            break
+    rows = {row.id: row for row in _rows(session, list(ranked))}
     session.commit()
-    return [
+    best = _spread([(rows[i], score) for i, score in ranked.items() if i in rows], k)
+    hits = [
         Hit(
             document_id=row.document_id, title=row.title,
             url=row.url or f"/api/documents/{row.document_id}#chunk-{row.ordinal}",
             chunk_id=f"{row.document_id}:{row.ordinal}",
-            snippet=chunking.cap(row.text, MAX_SNIPPET_CHARS), score=round(float(row.score), 4),
+            snippet=chunking.cap(row.text, MAX_SNIPPET_CHARS), score=round(score, 4),
             section=chunking.cap(row.heading, chunking.MAX_SECTION_CHARS),
         )
-        for row in rows
+        for row, score in best
     ]  # fmt: skip
+    return Found(hits, {word: round(weight, 6) for word, weight in found.idf.items()})
 
 
-def _sqlite(session: Session, words: list[str], k: int) -> list[Any]:
-    # Every word quoted: FTS5 reads it as a string, never as an operator or a column filter.
-    match = " OR ".join(f'"{word}"' for word in words)
+def _spread(ranked: list[tuple[Any, float]], k: int) -> list[tuple[Any, float]]:
+    """The k best, at most one passage per document while other documents are left: three
+    passages of one page (or the same boilerplate in many) say less than three pages do."""
+    first: list[int] = []
+    rest: list[int] = []
+    seen: set[str] = set()
+    for n, (row, _) in enumerate(ranked):
+        (rest if row.document_id in seen else first).append(n)
+        seen.add(row.document_id)
+    return [ranked[n] for n in sorted((first + rest)[:k])]
+
+
+def _rows(session: Session, ids: list[int]) -> list[Any]:
+    if not ids:
+        return []
     return list(
         session.execute(
-            text(
-                "SELECT c.document_id, c.ordinal, s.path AS heading, c.text, d.title, d.url,"
-                " -bm25(chunks_fts, 2.0, 1.0) AS score"
-                " FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid"
-                " JOIN sections s ON s.id = c.section_id JOIN documents d ON d.id = c.document_id"
-                " WHERE chunks_fts MATCH :match ORDER BY bm25(chunks_fts, 2.0, 1.0), c.id"
-                " LIMIT :k"
-            ),
-            {"match": match, "k": k},
+            select(
+                Chunk.id, Chunk.document_id, Chunk.ordinal, Chunk.text,
+                Section.path.label("heading"), Document.title, Document.url,
+            )
+            .join(Section, Section.id == Chunk.section_id)
+            .join(Document, Document.id == Chunk.document_id)
+            .where(Chunk.id.in_(ids))
         )
-    )
+    )  # fmt: skip
 
 
-def _postgres(session: Session, words: list[str], k: int) -> list[Any]:
-    # websearch_to_tsquery never raises on syntax; the words are plain letters and digits.
-    return list(
-        session.execute(
-            text(
-                "SELECT c.document_id, c.ordinal, s.path AS heading, c.text, d.title, d.url,"
-                " ts_rank_cd(c.fts, q, 1) AS score"
-                " FROM chunks c JOIN sections s ON s.id = c.section_id"
-                " JOIN documents d ON d.id = c.document_id,"
-                " websearch_to_tsquery('english', :query) q"
-                " WHERE c.fts @@ q ORDER BY score DESC, c.id LIMIT :k"
-            ),
-            {"query": " or ".join(words), "k": k},
+class SQLiteSearch:
+    """FTS5: its bm25() has inverse document frequency; the heading column weighs double."""
+
+    @staticmethod
+    def plan(session: Session, words: list[Term]) -> Plan | None:
+        # Each count stops at CANDIDATES + 1: anything above is "common" all the same (and its
+        # inverse document frequency, for the agent's weights, is overestimated a little).
+        counts = " UNION ALL ".join(
+            f"SELECT {n}, (SELECT count(*) FROM (SELECT 1 FROM chunks_fts"
+            f" WHERE chunks_fts MATCH :m{n} LIMIT {CANDIDATES + 1}))"
+            for n in range(len(words))
         )
-    )
+        params = {f"m{n}": SQLiteSearch.phrase(term) for n, term in enumerate(words)}
+        frequencies = {n: df for n, df in session.execute(text(counts), params)}
+        total = session.scalar(text("SELECT max(id) FROM chunks")) or 0
+        return plan(words, [frequencies[n] for n in range(len(words))], total)
+
+    @staticmethod
+    def phrase(term: Term) -> str:
+        # Every word quoted: FTS5 reads it as a string, never as an operator or a column filter.
+        if not term.parts:
+            return f'"{term.word}"'
+        return f'("{term.word}" OR "{" ".join(term.parts)}")'
+
+    @staticmethod
+    def rank(
+        session: Session, found: Plan, tier: list[Term], required: bool, k: int
+    ) -> list[tuple[int, float]]:
+        """bm25 over at most CANDIDATES passages: when more may match (a query of common
+        words only), the newest of them. FTS5 scores every match before its LIMIT, so the
+        bound is a rowid floor read from the match's doclist backwards ("name value type list
+        string default" at 100k: 78 ms unbounded; the floor costs ~10 ms, so it is read only
+        when the plan says the rarest word is common)."""
+        match = (" AND " if required else " OR ").join(map(SQLiteSearch.phrase, tier))
+        floor = found.common and session.scalar(
+            text(
+                "SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH :match"
+                " ORDER BY rowid DESC LIMIT 1 OFFSET :limit"
+            ),
+            {"match": match, "limit": CANDIDATES},
+        )
+        above = " AND rowid > :floor" if floor else ""
+        rows = session.execute(
+            text(
+                "SELECT rowid, -bm25(chunks_fts, 2.0, 1.0) AS score FROM chunks_fts"
+                f" WHERE chunks_fts MATCH :match{above}"
+                " ORDER BY bm25(chunks_fts, 2.0, 1.0), rowid LIMIT :k"
+            ),
+            {"match": match, "floor": floor, "k": k},
+        )
+        return [(row.rowid, float(row.score)) for row in rows]
 
 
-BACKENDS: dict[str, Callable[[Session, list[str], int], list[Any]]] = {
-    "sqlite": _sqlite,
-    "postgresql": _postgres,
-}
+class PostgresSearch:
+    """tsvector and a GIN index. ts_rank has no inverse document frequency, so each word's
+    rank is weighted by its own, from the number of passages holding it (chunks_fts_terms,
+    kept by statement triggers on chunks; see the migration a9c3e5f7b1d2); headings (weight
+    A) count 2.5 times the text (B)."""
+
+    @staticmethod
+    def plan(session: Session, words: list[Term]) -> Plan | None:
+        rows = session.execute(
+            text(
+                "SELECT t.n, coalesce(max(s.passages), 0) FROM"
+                " unnest(CAST(:words AS text[])) WITH ORDINALITY AS t(word, n)"
+                " LEFT JOIN LATERAL unnest(tsvector_to_array(to_tsvector('english', t.word)))"
+                " AS l(lexeme) ON true"
+                " LEFT JOIN chunks_fts_terms s ON s.lexeme = l.lexeme GROUP BY t.n"
+                " UNION ALL SELECT 0, passages FROM chunks_fts_terms WHERE lexeme = ''"
+            ),
+            {"words": [term.word for term in words]},
+        )
+        frequencies = {n: df for n, df in rows}  # 0: every passage (see the migration)
+        return plan(words, [frequencies[n + 1] for n in range(len(words))], frequencies.get(0, 0))
+
+    @staticmethod
+    def query(term: Term, name: str) -> str:
+        """A tsquery built by functions that never raise, from bound words."""
+        word = f"plainto_tsquery('english', :{name})"
+        if not term.parts:
+            return word
+        return f"({word} || phraseto_tsquery('english', :{name}_parts))"
+
+    @staticmethod
+    def rank(
+        session: Session, found: Plan, tier: list[Term], required: bool, k: int
+    ) -> list[tuple[int, float]]:
+        """Two steps, so that ts_rank (which reads, and decompresses, each passage's whole
+        tsvector) runs on a short list only: the passages holding every word of the tier, or
+        those holding the most of its rare words by weight (index and heap only), are short-
+        listed; the short list is ranked by every weighed word's ts_rank times its weight."""
+        terms = list(dict.fromkeys([*tier, *(t for t in found.every if t.word in found.weights)]))
+        params: dict[str, Any] = {"k": k, "limit": CANDIDATES, "shortlist": SHORTLIST}
+        query = {}
+        for n, term in enumerate(terms):
+            query[term.word] = PostgresSearch.query(term, f"q{n}")
+            params.update({f"q{n}": term.word, f"q{n}_parts": " ".join(term.parts)})
+            params[f"w{n}"] = found.weights.get(term.word, 0.0)
+        if required:
+            every = " && ".join(query[term.word] for term in tier)
+            shortlist = f"SELECT id FROM chunks WHERE fts @@ ({every}) LIMIT :shortlist"
+        else:
+            each = " UNION ALL ".join(
+                f"(SELECT id, CAST(:w{terms.index(term)} AS float) + 0.001 AS weight FROM chunks"
+                f" WHERE fts @@ {query[term.word]} LIMIT :limit)"
+                for term in tier
+            )
+            shortlist = (
+                f"SELECT id FROM ({each}) AS hit GROUP BY id"
+                " ORDER BY sum(weight) DESC, id LIMIT :shortlist"
+            )
+        score = " + ".join(
+            f"CAST(:w{n} AS float) * ts_rank({WEIGHTS}, c.fts, {query[term.word]}, 1)"
+            for n, term in enumerate(terms)
+            if term.word in found.weights
+        )
+        rows = session.execute(
+            text(
+                f"WITH shortlist AS ({shortlist}) SELECT c.id, {score} AS score"
+                " FROM chunks c JOIN shortlist ON shortlist.id = c.id"
+                " ORDER BY score DESC, c.id LIMIT :k"
+            ),
+            params,
+        )
+        return [(row.id, float(row.score)) for row in rows]
+
+
+BACKENDS: dict[str, Any] = {"sqlite": SQLiteSearch, "postgresql": PostgresSearch}

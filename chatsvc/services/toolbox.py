@@ -193,8 +193,12 @@ def knowledge_tools() -> list[Tool]:
     """`search_knowledge`: open to every turn, with or without a user."""
 
     def search_knowledge(session: Session, args: dict[str, Any]) -> dict[str, Any]:
-        hits = knowledge.search(session, args["query"], args["k"])
-        return {"query": args["query"], "results": [hit.as_dict() for hit in hits]}
+        found = knowledge.find(session, args["query"], args["k"])
+        return {
+            "query": args["query"],
+            "results": [hit.as_dict() for hit in found.hits],
+            "weights": found.weights,  # of each query word: how rare it is in the documents
+        }
 
     description = (
         "Search the knowledge base (the service's documents) with full-text search. Returns "
