@@ -10,7 +10,7 @@ document frequency and its tokenizer splits "SHA-256" into "sha" "256", which a 
 a phrase. Not in the models; migrations/env.py keeps `chunks_fts*` out of autogenerate.
 
 Revision ID: a9c3e5f7b1d2
-Revises: c4e8a2f19b57
+Revises: e7a1c2d3f4b5
 Create Date: 2026-11-30 21:30:00
 
 """
@@ -20,7 +20,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision = "a9c3e5f7b1d2"
-down_revision = "c4e8a2f19b57"
+down_revision = "e7a1c2d3f4b5"
 branch_labels = None
 depends_on = None
 
