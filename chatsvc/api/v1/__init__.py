@@ -241,11 +241,21 @@ def _caller(model: str) -> tuple[Access, str]:
 def _continued(body: dict[str, Any], access: Access, kind: str) -> str | None:
     """The conversation a response continues: previous_response_id's, or `conversation`."""
     previous = body.get("previous_response_id")
-    if previous:
-        with engine().database.read() as session:
-            return replies.conversation_of(session, previous, access.user_id, auth.lifetimes(),
-                                           kind)  # fmt: skip
-    conversation = body.get("conversation")
+    named = _conversation_id(body.get("conversation"))
+    if not previous:
+        return named
+    with engine().database.read() as session:
+        found = replies.conversation_of(session, previous, access.user_id, auth.lifetimes(), kind)
+    if named is not None and named != found:  # OpenAI refuses the pair; the same one is fine
+        raise ValidationFailed(
+            "conversation: not the conversation of previous_response_id; send one of the two.",
+            errors={"json": {"conversation": ["Not the conversation of previous_response_id."]}},
+        )
+    return found
+
+
+def _conversation_id(conversation: Any) -> str | None:
+    """`conversation` as an id: a string, or `{"id"}`."""
     if conversation is None:
         return None
     if isinstance(conversation, dict) and set(conversation) == {"id"}:
