@@ -109,6 +109,23 @@ def get_model(model_id: str) -> Any:
     return _model_card(_model(model_id))
 
 
+# One Server-Sent Event: `data` holds a JSON object (or `[DONE]`); `event` names its type.
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {name: {"type": "string"} for name in ("event", "data", "id")},
+}
+
+
+def streamed(schema: str, description: str) -> dict[str, Any]:
+    """A 200 that is JSON, or with `stream: true` Server-Sent Events in OpenAI's format."""
+    content = {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}},
+        "text/event-stream": {"schema": SSE_EVENT},
+    }
+    return {"200": {"description": description, "content": content}}
+
+
 # Schemas as instances: webargs builds a schema given as a class anew for every request, and
 # these two (with their nested message schemas) cost about 0.8 ms a turn to build (profiled).
 CHAT_REQUEST, RESPONSE_REQUEST = ChatCompletionRequestSchema(), ResponseRequestSchema()
@@ -117,10 +134,12 @@ CHAT_REQUEST, RESPONSE_REQUEST = ChatCompletionRequestSchema(), ResponseRequestS
 @bp.post("/chat/completions")
 @bp.arguments(CHAT_REQUEST)
 @bp.arguments(IdempotencyHeadersSchema, location="headers")
-@bp.response(
-    200, ChatCompletionSchema,
-    description="The completion; with `stream: true`, `text/event-stream` of "
-    "`chat.completion.chunk` objects ending with `data: [DONE]`.",
+@bp.response(200, ChatCompletionSchema)
+@bp.doc(
+    responses=streamed(
+        "ChatCompletion", "The completion; with `stream: true`, `chat.completion.chunk` "
+        "objects as Server-Sent Events, ending with `data: [DONE]`.",
+    )
 )  # fmt: skip
 @openai_errors(*TURN_ERRORS)
 def create_chat_completion(body: dict[str, Any], headers: dict[str, Any]) -> Any:
@@ -145,11 +164,13 @@ def create_chat_completion(body: dict[str, Any], headers: dict[str, Any]) -> Any
 @bp.post("/responses")
 @bp.arguments(RESPONSE_REQUEST)
 @bp.arguments(IdempotencyHeadersSchema, location="headers")
-@bp.response(
-    200, ResponseSchema,
-    description="The response; with `stream: true`, `text/event-stream` of typed events "
-    "(`response.created`, `response.output_text.delta`, …, `response.completed` or "
-    "`response.failed`).",
+@bp.response(200, ResponseSchema)
+@bp.doc(
+    responses=streamed(
+        "Response", "The response; with `stream: true`, typed Server-Sent Events "
+        "(`response.created`, `response.output_text.delta`, …, `response.completed` or "
+        "`response.failed`).",
+    )
 )  # fmt: skip
 @openai_errors(*TURN_ERRORS)
 def create_response(body: dict[str, Any], headers: dict[str, Any]) -> Any:
