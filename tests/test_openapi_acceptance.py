@@ -35,7 +35,7 @@ def refusals(operation, headers_for) -> tuple[int, list[str]]:
             return
         body = response.json()
         if "error" in body:  # the OpenAI-compatible API's envelope (/v1)
-            if _positional(body["error"]):
+            if body["error"]["code"] == "idempotency_mismatch" or _positional(body["error"]):
                 return
             refused.append(body["error"]["message"])
             return

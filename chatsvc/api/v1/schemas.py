@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app
-from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
 from ...config import Config
 from ...schemas import CONTROL_CHARS, NO_CONTROLS_PATTERN, TEXT_PATTERN, SourceSchema
@@ -27,6 +27,8 @@ class Content(fields.Field):
     audio, files) are refused: no agent here reads them."""
 
     TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+    # An output_text part handed back as input carries these too: read past, never used.
+    IGNORED = frozenset({"annotations", "logprobs"})
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
         if isinstance(value, str):
@@ -39,6 +41,10 @@ class Content(fields.Field):
                 raise ValidationError("Each part must be an object with a string `text`.")
             if part.get("type") not in self.TEXT_PARTS:
                 raise ValidationError("Only text parts are supported.")
+            extra = set(part) - {"type", "text"} - self.IGNORED
+            if extra or not all(isinstance(part[name], list) for name in self.IGNORED & set(part)):
+                raise ValidationError("A text part has `type` and `text` (and, ignored, "
+                                      "`annotations` and `logprobs` lists) only.")  # fmt: skip
             texts.append(_checked(part["text"]))
         return "\n".join(texts)
 
@@ -66,7 +72,10 @@ _CONTENT_DOC = {
                 "properties": {
                     "type": {"type": "string", "enum": sorted(Content.TEXT_PARTS)},
                     "text": _TEXT_DOC,
+                    "annotations": {"type": "array", "maxItems": 0, "description": "Ignored."},
+                    "logprobs": {"type": "array", "maxItems": 0, "description": "Ignored."},
                 },
+                "additionalProperties": False,
             },
         },
     ]
@@ -309,13 +318,6 @@ class ResponseRequestSchema(Schema):
         validate=validate.OneOf(["auto", "disabled"]), metadata={"description": "Ignored."}
     )
     top_logprobs = fields.Integer(allow_none=True, **_only(0, description="400 if > 0."))
-
-    @validates_schema
-    def _one_thread(self, data: dict[str, Any], **kwargs: Any) -> None:
-        if data.get("previous_response_id") and data.get("conversation"):
-            raise ValidationError(
-                "Send previous_response_id or conversation, not both.", "conversation"
-            )
 
 
 # Answers (for the document; the views build plain dicts in OpenAI's shapes) --------------
