@@ -46,6 +46,11 @@ class Config:
     # (its worker died) is failed by the next request on the conversation, or by cleanup.
     TURN_LEASE_SECONDS = 15.0
     SSE_PING_SECONDS = 15.0
+    # Cancels (POST …/messages/{id}/cancel) reach the worker running the turn: at once over
+    # Redis when EVENTS_REDIS_URL is set, else through a database flag each worker checks this
+    # often while it runs turns (one query per worker, not per turn).
+    TURN_CANCEL_POLL_SECONDS = 0.5
+    EVENTS_REDIS_URL = ""  # redis://host:6379/0: turn events and cancels shared by all hosts
     WS_IDLE_SECONDS = 300.0  # a WebSocket with no frame from its client for this long is closed
 
     # Auth.
@@ -117,6 +122,13 @@ class Config:
                 raise ConfigError(f"{name} must be 0 or more")
         if settings["BODY_TIMEOUT_SECONDS"] <= 0:
             raise ConfigError("BODY_TIMEOUT_SECONDS must be positive")
+        if not 0 < settings["TURN_CANCEL_POLL_SECONDS"] <= 1:
+            raise ConfigError("TURN_CANCEL_POLL_SECONDS must be in (0, 1]: a cancel takes effect "
+                              "within a second")  # fmt: skip
+        if settings["EVENTS_REDIS_URL"] and not settings["EVENTS_REDIS_URL"].startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ConfigError("EVENTS_REDIS_URL must be a redis://, rediss:// or unix:// URL")
         if settings["PROXY_FIX_X_FOR"] < 0:
             raise ConfigError("PROXY_FIX_X_FOR must be 0 or more")
         for name in ("RATELIMIT_CHAT", "RATELIMIT_DEFAULT"):
@@ -211,6 +223,8 @@ class TurnSettings:
     session_ttl_seconds: int
     conversation_ttl_seconds: int
     quota_tokens_per_day: int = 0  # 0: no quota (an admin's own cap for a user still applies)
+    cancel_poll_seconds: float = 0.5  # how often a worker checks its turns' cancel flags
+    events_redis_url: str = ""  # set: cancels travel over Redis pub/sub at once
 
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> TurnSettings:
@@ -223,6 +237,8 @@ class TurnSettings:
             session_ttl_seconds=int(config["SESSION_TTL_SECONDS"]),
             conversation_ttl_seconds=int(config["CONVERSATION_TTL_SECONDS"]),
             quota_tokens_per_day=int(config["QUOTA_TOKENS_PER_DAY"]),
+            cancel_poll_seconds=float(config["TURN_CANCEL_POLL_SECONDS"]),
+            events_redis_url=str(config["EVENTS_REDIS_URL"]),
         )
 
     def lifetimes(self) -> dict[str, int]:

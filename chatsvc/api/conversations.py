@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Response
+from flask import Response, current_app
 from flask_smorest import Blueprint
 
 from .. import auth, db
@@ -19,10 +19,12 @@ from ..schemas import (
     ConversationRenameSchema,
     ConversationSchema,
     ExportArgsSchema,
+    MessageSchema,
     PageArgsSchema,
+    TurnAcceptedSchema,
 )
 from ..services import conversations
-from . import cached, problems
+from . import accepted, cached, problems
 
 bp = Blueprint("conversations", __name__, url_prefix="/api", description="Conversation history.")
 
@@ -92,6 +94,25 @@ def export_conversation(args: dict[str, Any], user_id: str, conversation_id: str
         f'attachment; filename="conversation-{found.id}.{extension}"'
     )
     return response
+
+
+@bp.get("/<user_id>/conversations/<conversation_id>/messages/<message_id>")
+@bp.response(200, MessageSchema)
+@problems(bp, 401, 403, 404, 410, 422, 429)
+def get_message(user_id: str, conversation_id: str, message_id: str) -> Message:
+    """One message with its status (`pending` while its turn runs)."""
+    access = auth.user_access(user_id)
+    return conversations.message(db.session(), conversation_id, message_id, access)
+
+
+@bp.post("/<user_id>/conversations/<conversation_id>/messages/<message_id>/cancel")
+@bp.response(202, TurnAcceptedSchema)
+@problems(bp, 401, 403, 404, 409, 410, 422, 429)
+def cancel_turn(user_id: str, conversation_id: str, message_id: str) -> Any:
+    """Stop the running turn whose reply this is, on whatever worker or host runs it."""
+    access = auth.user_access(user_id)
+    started = current_app.extensions["chatsvc.turns"].cancel(conversation_id, message_id, access)
+    return accepted.accepted(started, access.user_id)
 
 
 @bp.delete("/<user_id>/conversations/<conversation_id>")

@@ -8,10 +8,10 @@ from flask import current_app
 from flask_smorest import Blueprint
 
 from .. import auth, db
-from ..models import Conversation
-from ..schemas import HistoryArgsSchema, SessionStateSchema
+from ..models import Conversation, Message
+from ..schemas import HistoryArgsSchema, MessageSchema, SessionStateSchema, TurnAcceptedSchema
 from ..services import conversations
-from . import cached, problems
+from . import accepted, cached, problems
 
 bp = Blueprint("sessions", __name__, url_prefix="/api/session", description="Knowledge sessions.")
 
@@ -34,6 +34,25 @@ def reset_session(session_id: str) -> dict[str, Any]:
     """Clear a session's history and keep its id."""
     found = conversations.reset(db.session(), session_id, auth.session_access())
     return _state(found, 50)
+
+
+@bp.get("/<session_id>/messages/<message_id>")
+@bp.response(200, MessageSchema)
+@problems(bp, 401, 404, 410, 422, 429)
+def get_session_message(session_id: str, message_id: str) -> Message:
+    """One message of a session with its status (`pending` while its turn runs)."""
+    access = auth.session_access()
+    return conversations.message(db.session(), session_id, message_id, access)
+
+
+@bp.post("/<session_id>/messages/<message_id>/cancel")
+@bp.response(202, TurnAcceptedSchema)
+@problems(bp, 401, 404, 409, 410, 422, 429)
+def cancel_session_turn(session_id: str, message_id: str) -> Any:
+    """Stop the running turn whose reply this is, on whatever worker or host runs it."""
+    access = auth.session_access()
+    started = current_app.extensions["chatsvc.turns"].cancel(session_id, message_id, access)
+    return accepted.accepted(started, access.user_id)
 
 
 def _state(session: Conversation, limit: int) -> dict[str, Any]:

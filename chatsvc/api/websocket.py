@@ -39,6 +39,7 @@ from ..errors import (
     ApiError,
     Forbidden,
     NotFound,
+    TurnFinished,
     TurnInProgress,
     Unauthorized,
     Unavailable,
@@ -448,10 +449,6 @@ class _Socket:
     def _close(self, code: int, reason: str) -> None:
         with contextlib.suppress(ConnectionClosed):  # already closed by the client
             self.ws.close(reason=code, message=reason)
-
-
-class TurnFinished(ApiError):
-    status, code, detail = 409, "turn_finished", "This turn has already finished."
 
 
 def _is_auth(data: Any) -> bool:

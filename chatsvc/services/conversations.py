@@ -218,6 +218,18 @@ def export(
     return conversation, messages
 
 
+def message(session: Session, conversation_id: str, message_id: str, access: Access) -> Message:
+    """One message of a conversation `access` may see (404 otherwise), with its status."""
+    conversation = find(session, conversation_id, access)
+    found = session.scalars(
+        select(Message).where(Message.id == message_id, Message.conversation_id == conversation.id)
+    ).first()
+    session.commit()
+    if found is None:
+        raise NotFound("The message does not exist.")
+    return found
+
+
 def messages_page(
     session: Session, conversation: Conversation, limit: int, cursor: str | None = None
 ) -> tuple[list[Message], str | None]:

@@ -46,6 +46,7 @@ from ..db import Database, utcnow
 from ..errors import (
     ApiError,
     NotFound,
+    TurnFinished,
     TurnInProgress,
     UpstreamFailure,
     database_unavailable,
@@ -53,12 +54,14 @@ from ..errors import (
 )
 from ..models import Conversation, Message, MessageStatus, Role, new_id
 from . import conversations, idempotency, quotas
+from .cancels import Cancels, StopReason, StopSignal, stoppable
 from .conversations import Access
 from .toolbox import Done, ToolBox, executed, tools_for
 
 log = logging.getLogger(__name__)
 
 TITLE_CHARS = 80
+DETACHED_WAIT = 60.0  # a background run's reader wakes this often (it has nothing to ping)
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,7 @@ class _Pending:
     quota_remaining: int | None  # at admission
     done: list[Done] = field(default_factory=list)  # tool calls earlier attempts executed
     timings: dict[str, float] = field(default_factory=lambda: {"db": 0.0, "agent": 0.0})
+    stop: StopSignal = field(default_factory=StopSignal)  # a cancel, from anywhere
 
 
 class TurnEngine:
@@ -164,6 +168,9 @@ class TurnEngine:
         self.settings = settings
         self._observe = observe
         self.leases = Leases(database, conversations.lease_seconds(settings.lifetimes()))
+        self.cancels = Cancels(database, settings.cancel_poll_seconds, settings.events_redis_url)
+        self._detached: set[threading.Thread] = set()  # background runs (no request waits)
+        self._detached_lock = threading.Lock()
 
     def take(self, request: TurnRequest) -> TurnHandle:
         """Replay the turn an idempotent retry asks for, or start a new one: 409 while another
@@ -195,6 +202,73 @@ class TurnEngine:
                 status=message.status, created_at=message.created_at,
                 context=Context(message.context_messages or 0, bool(message.context_truncated)),
             )  # fmt: skip
+
+    def cancel(self, conversation_id: str, message_id: str, access: Access) -> TurnStarted:
+        """Ask the turn whose reply is `message_id` to stop, wherever it runs: the reply is
+        flagged (unit of work), then the turn is stopped here if it runs here, else announced
+        to the other workers and hosts. 404 for a reply the caller cannot see, 409
+        `turn_finished` once it has ended (a turn whose worker died is failed first)."""
+        now = utcnow()
+        rules = self.settings.lifetimes()
+        with self.database.transaction() as session:
+            conversation = conversations.find(session, conversation_id, access, config=rules)
+            kind = conversation.kind
+            if conversation.active_turn_id is not None:
+                conversations.fail_stale_turns(session, rules, now, conversation.id)
+            flagged = session.execute(
+                _REQUEST_CANCEL,
+                {"b_id": message_id, "b_conversation": conversation.id, "cancel_requested_at": now},
+            ).rowcount
+            status = None if flagged else session.execute(
+                _REPLY_STATUS, {"b_id": message_id, "b_conversation": conversation.id}
+            ).scalar_one_or_none()  # fmt: skip
+        if not flagged:
+            if status is None:
+                raise NotFound("The message does not exist.")
+            raise TurnFinished()
+        if not self.cancels.stop(message_id):
+            self.cancels.announce(message_id)
+        return TurnStarted(conversation_id, message_id, kind)
+
+    def detach(self, handle: TurnHandle) -> None:
+        """Run a taken turn in the background (`Prefer: respond-async`): exactly as a streamed
+        turn whose reader has gone, in a thread (a greenlet under gevent) the engine tracks, so
+        a leaving worker waits for it (`drain`)."""
+
+        def run() -> None:
+            try:
+                for event in handle.events(DETACHED_WAIT):
+                    if isinstance(event, TurnFailed):  # stored `failed`, with its code
+                        log.info("background turn failed: %s", event.error.code)
+            finally:
+                with self._detached_lock:
+                    self._detached.discard(thread)
+
+        thread = threading.Thread(
+            target=contextvars.copy_context().run, args=(run,), daemon=True,
+            name=f"turn-background-{handle.started.message_id}",
+        )  # fmt: skip
+        with self._detached_lock:
+            self._detached.add(thread)
+        thread.start()
+
+    def drain(self, wait: float) -> int:
+        """The worker is leaving: let the turns still running here (background ones, streams
+        whose reader has gone) finish for up to `wait` seconds, then stop the rest, which are
+        stored `failed` (`interrupted`) so that clients know to retry. The number stopped."""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and (self._busy()):
+            time.sleep(0.1)
+        stopped = self.cancels.stop_all(StopReason.INTERRUPTED)
+        settle_by = time.monotonic() + 5
+        while time.monotonic() < settle_by and self._busy():
+            time.sleep(0.05)
+        return stopped
+
+    def _busy(self) -> bool:
+        with self._detached_lock:
+            detached = any(thread.is_alive() for thread in self._detached)
+        return detached or self.cancels.running > 0
 
     def _attempt(self, key: IdempotencyKey | None) -> idempotency.Attempt | None:
         if key is None:
@@ -286,20 +360,26 @@ class TurnEngine:
         started = time.perf_counter()
         settled = False
 
-        def settle(status: str, code: str | None) -> None:
+        def settle(status: str, code: str | None) -> TurnResult:
             nonlocal settled
             settled = True
             pending.timings["agent"] = _ms_since(started)
             partial = Reply("".join(text), self.agent.name, list(calls))
-            self._finish(pending, tools, partial, status=status, error_code=code)
+            return self._finish(pending, tools, partial, status=status, error_code=code)
 
-        events = tracing.steps(
-            self.agent.stream(pending.turn, tools, watched=watched),
-            f"invoke_agent {self.agent.name}",
-            _agent_attributes(self.agent.name, pending),
-            last=_is_reply,
+        message_id = pending.started.message_id
+        self.cancels.register(message_id, pending.stop)
+        # A stop (a cancel from anywhere) ends the loop below at once, even mid-silence.
+        events = stoppable(
+            tracing.steps(
+                self.agent.stream(pending.turn, tools, watched=watched),
+                f"invoke_agent {self.agent.name}",
+                _agent_attributes(self.agent.name, pending),
+                last=_is_reply,
+            ),
+            pending.stop,
         )
-        self.leases.hold(pending.started.message_id)
+        self.leases.hold(message_id)
         try:
             for event in events:
                 if isinstance(event, ReplyDone):
@@ -315,6 +395,12 @@ class TurnEngine:
                 elif isinstance(event, ToolCallDone):
                     calls.append(event.call)
                 yield event
+            if pending.stop.reason == StopReason.CANCELLED:
+                yield settle(MessageStatus.CANCELLED, None)
+                return
+            if pending.stop.reason == StopReason.INTERRUPTED:
+                yield settle(MessageStatus.FAILED, "interrupted")
+                return
             settle(MessageStatus.FAILED, "upstream_error")
             raise UpstreamFailure("upstream_error", "The agent ended without an answer.")
         except GeneratorExit:
@@ -334,7 +420,8 @@ class TurnEngine:
                 settle(MessageStatus.FAILED, "internal_error")
             raise
         finally:
-            self.leases.release(pending.started.message_id)
+            self.leases.release(message_id)
+            self.cancels.unregister(message_id)
             close = getattr(events, "close", None)
             if close is not None:
                 close()  # stops the provider's stream when the client has gone
@@ -451,7 +538,8 @@ class TurnHandle:
         self._replay = replay
         self._pending = pending
         self._trace = tracing.capture()  # continued in the thread that runs a watched turn
-        self._stop = threading.Event()  # set: the run streamed by `events()` stops
+        # set: the run stops (its reader has gone, a cancel came from anywhere)
+        self._stop = pending.stop if pending is not None else StopSignal()
 
     @property
     def replayed(self) -> bool:
@@ -497,7 +585,7 @@ class TurnHandle:
         stop = self._stop
         # The run goes on in a copy of the caller's context (its request id for the logs).
         worker = threading.Thread(
-            target=contextvars.copy_context().run, args=(self._feed, feed, stop), daemon=True,
+            target=contextvars.copy_context().run, args=(self._feed, feed), daemon=True,
             name=f"turn-{self._pending.started.message_id}",
         )  # fmt: skip
         worker.start()
@@ -517,24 +605,23 @@ class TurnHandle:
             stop.set()  # a no-op when the run is over; otherwise the client has gone
 
     def cancel(self) -> None:
-        """Stop the run `events()` streams, as a client that has gone would (what was said so
-        far is stored `cancelled`), while its reader stays: `events()` then ends without a
-        result once the reply is stored. For transports that outlive a turn (the WebSocket)."""
+        """Stop the run now (what was said so far is stored `cancelled`) while its reader
+        stays: `events()` then ends with that `cancelled` TurnResult. For transports that
+        outlive a turn (the WebSocket, the terminal chat)."""
         self._stop.set()
 
-    def _feed(self, feed: queue.SimpleQueue[Any], stop: threading.Event) -> None:
+    def _feed(self, feed: queue.SimpleQueue[Any]) -> None:
         assert self._pending is not None
         with tracing.attached(self._trace):
             run = self._engine._run(self._pending, watched=True)
             try:
+                # A stop (the reader has gone, a cancel) ends the run itself: it stores what
+                # was said so far and yields that `cancelled` result last.
                 for event in run:
                     feed.put(event)
                     # Let the reader send it now: when the provider's chunks arrive together,
                     # the run would otherwise read them all (and store the reply) first.
                     time.sleep(0)
-                    if stop.is_set():
-                        break
-                run.close()  # after a break: the run stores the partial answer as cancelled
             except ApiError as error:
                 feed.put(TurnFailed(error))
             except Exception as error:
@@ -600,6 +687,17 @@ _STORE_REPLY = update(_MESSAGES).where(
 )
 _RENEW = update(_CONVERSATIONS).where(
     _CONVERSATIONS.c.active_turn_id.in_(bindparam("b_turns", expanding=True))
+)
+_REQUEST_CANCEL = update(_MESSAGES).where(
+    _MESSAGES.c.id == bindparam("b_id"),
+    _MESSAGES.c.conversation_id == bindparam("b_conversation"),
+    _MESSAGES.c.role == Role.ASSISTANT.value,
+    _MESSAGES.c.status == MessageStatus.PENDING.value,
+)
+_REPLY_STATUS = select(_MESSAGES.c.status).where(
+    _MESSAGES.c.id == bindparam("b_id"),
+    _MESSAGES.c.conversation_id == bindparam("b_conversation"),
+    _MESSAGES.c.role == Role.ASSISTANT.value,
 )
 _RELEASE = update(_CONVERSATIONS).where(
     _CONVERSATIONS.c.id == bindparam("b_id"), _CONVERSATIONS.c.active_turn_id == bindparam("b_turn")
