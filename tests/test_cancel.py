@@ -15,9 +15,12 @@ from urllib.request import Request, urlopen
 import pytest
 from conftest import require_service
 from fakellm import endless, slow
-from helpers import assert_problem, ok, wait_for
+from fakes import ScriptedAgent
+from helpers import assert_problem, chat, ok, tasks, wait_for
 from sse import LiveStream, text_of
 from werkzeug.serving import make_server
+
+from chatsvc.agent.base import Reply
 
 ENDLESS = endless(chunk_delay=0.02)
 
@@ -111,6 +114,43 @@ def test_a_cancel_stops_a_silent_model_within_a_second(llm_app, fake_llm):
     assert answer["status"] == "cancelled" and answer["response"] == ""
     reply = stored(client, answer)
     assert reply["status"] == "cancelled" and reply["content"] == ""
+
+
+def test_a_cancelled_turn_keeps_the_tool_calls_that_took_effect_and_runs_no_more(make_app):
+    """The agent made a call (a task was added), then waits on its model: the cancel stores
+    that call with the reply, and the call the agent tries after the cancel is not executed."""
+    in_flight, gate, after = threading.Event(), threading.Event(), []
+
+    def step(turn, tools):
+        tools.call("add_task", {"title": "first"})
+        in_flight.set()
+        gate.wait(timeout=10)
+        after.append(tools.call("add_task", {"title": "second"}))
+        return Reply("Added both.", "scripted")
+
+    app = make_app(agent=ScriptedAgent(steps=[step]))
+    client = app.test_client()
+    answers: list[Any] = []
+    turn = threading.Thread(
+        target=lambda: answers.append(chat(app.test_client(), "alice", "add first and second"))
+    )
+    turn.start()
+    try:
+        assert in_flight.wait(timeout=10)
+        (conversation,) = client.get("/api/alice/conversations").json["items"]
+        pending = client.get(f"/api/alice/conversations/{conversation['id']}").json["messages"][-1]
+        cancel = {"conversation_id": conversation["id"], "message_id": pending["id"]}
+        ok(client.post(cancel_path(cancel)), 202)
+        turn.join(timeout=5)
+        answer = ok(answers[0])
+    finally:
+        gate.set()
+    assert answer["status"] == "cancelled"
+    assert [call["parameters"] for call in answer["tool_calls"]] == [{"title": "first"}]
+    wait_for(lambda: after, what="the agent to try its second call")
+    assert after[0].result["error"] == "turn_stopped"
+    assert [task["title"] for task in tasks(client, "alice")] == ["first"]
+    assert stored(client, answer)["tool_calls"] == answer["tool_calls"]
 
 
 def test_a_session_turn_is_cancelled_through_the_session_route(live, fake_llm):

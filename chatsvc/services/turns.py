@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 TITLE_CHARS = 80
 DETACHED_WAIT = 60.0  # a background run's reader wakes this often (it has nothing to ping)
+STOP_WAIT = 5.0  # a stopped turn waits this long at most for its running tool call (one UoW)
 
 
 @dataclass(frozen=True)
@@ -353,8 +354,9 @@ class TurnEngine:
         stores a `failed` reply and raises the contract's error; a consumer that stops early
         (the client has gone) stores what was said so far as `cancelled`."""
         tools = tools_for(
-            self.database, pending.turn.user_id, turn_key=pending.user_message_id, done=pending.done
-        )
+            self.database, pending.turn.user_id, turn_key=pending.user_message_id,
+            done=pending.done, stop=pending.stop,
+        )  # fmt: skip
         text: list[str] = []
         calls: list[ToolCall] = []
         started = time.perf_counter()
@@ -395,11 +397,12 @@ class TurnEngine:
                 elif isinstance(event, ToolCallDone):
                     calls.append(event.call)
                 yield event
-            if pending.stop.reason == StopReason.CANCELLED:
-                yield settle(MessageStatus.CANCELLED, None)
-                return
-            if pending.stop.reason == StopReason.INTERRUPTED:
-                yield settle(MessageStatus.FAILED, "interrupted")
+            if pending.stop.is_set():
+                # Stored with every tool call that took effect, seen by a reader or not.
+                calls[:] = tools.finished(STOP_WAIT)
+                cancelled = pending.stop.reason == StopReason.CANCELLED
+                yield settle(MessageStatus.CANCELLED if cancelled else MessageStatus.FAILED,
+                             None if cancelled else "interrupted")  # fmt: skip
                 return
             settle(MessageStatus.FAILED, "upstream_error")
             raise UpstreamFailure("upstream_error", "The agent ended without an answer.")
