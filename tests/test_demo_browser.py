@@ -251,8 +251,10 @@ def test_the_answer_appears_while_the_agent_is_still_working(page, serve):
 
 
 def test_stop_cancels_the_answer_being_streamed(page, serve):
+    """Stop asks the service to cancel the turn (it goes on without a reader otherwise): the
+    turn ends while its agent is still waiting, stored `cancelled` with what was said."""
     agent = HalfwayAgent()
-    server, _ = serve(agent=agent)
+    server, app = serve(agent=agent)
     page.goto(f"{server.origin}/demo")
     pick_user(page, "cora")
     page.get_by_label("Message").fill("Think about it")
@@ -260,9 +262,17 @@ def test_stop_cancels_the_answer_being_streamed(page, serve):
     answer = page.locator(".message.assistant").last
     expect(answer.locator(".content")).to_have_text("Let me think… ")
 
-    page.get_by_role("button", name="Stop").click()
+    with page.expect_response(lambda r: r.url.endswith("/cancel")) as cancel:
+        page.get_by_role("button", name="Stop").click()
+    assert cancel.value.status == 202
     expect(answer.locator(".badge")).to_have_text("cancelled")
     expect(page.get_by_role("button", name="Send")).to_be_visible()
+    expect(page.get_by_role("status")).to_have_text("Stopped.")
+    client = app.test_client()
+    (conversation,) = client.get("/api/cora/conversations").json["items"]
+    stored = client.get(f"/api/cora/conversations/{conversation['id']}").json["messages"][-1]
+    assert (stored["status"], stored["content"]) == ("cancelled", "Let me think… ")
+    assert not agent.gate.is_set(), "the turn ended while its agent still waited"
     agent.gate.set()
 
 
