@@ -254,3 +254,15 @@ def test_a_cancel_sent_to_another_host_stops_the_turn_within_a_second(gunicorn, 
         reply = json.loads(response.read())
     assert reply["status"] == "cancelled" and reply["content"] == text_of(stream.events)
     assert post(second.url + cancel_path(meta), None)[0] == 409
+
+
+@pytest.mark.parametrize(
+    "setting", [{"TURN_CANCEL_POLL_SECONDS": 2.0}, {"TURN_CANCEL_POLL_SECONDS": 0.0},
+                {"EVENTS_REDIS_URL": "http://127.0.0.1:6379"}],
+)  # fmt: skip
+def test_settings_that_break_the_one_second_promise_refuse_to_start(setting):
+    from chatsvc import create_app
+    from chatsvc.config import ConfigError
+
+    with pytest.raises(ConfigError, match=next(iter(setting))):
+        create_app(setting)
