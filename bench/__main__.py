@@ -102,8 +102,9 @@ def pool_high_water(service: Service) -> int | str:
 
 
 class Bench:
-    def __init__(self, quick: bool) -> None:
+    def __init__(self, quick: bool, events: str = "database") -> None:
         self.quick = quick
+        self.events = [mode.strip() for mode in events.split(",") if mode.strip()]
         self.report = Report()
         self.workers = int(os.environ.get("BENCH_WORKERS", "2"))
         self.database_url, self.tmp = harness.temporary_sqlite()
@@ -120,8 +121,10 @@ class Bench:
         self.started.append(service)
         return service
 
-    def llm(self, latency_ms: float, first_token_ms: float | None = None) -> Service:
-        service = harness.start_fake_llm(latency_ms, first_token_ms)
+    def llm(
+        self, latency_ms: float, first_token_ms: float | None = None, words: int = 0
+    ) -> Service:
+        service = harness.start_fake_llm(latency_ms, first_token_ms, words)
         self.started.append(service)
         return service
 
@@ -272,21 +275,58 @@ class Bench:
         directly (same concurrency), and split per turn by the fake's trace: what chatsvc spent
         before its provider request left, the fake's own time to its first chunk (its timer
         and HTTP add 1-2 ms to the nominal first token; chatsvc cannot remove that), and what
-        chatsvc spent from that chunk to the client's `delta`."""
+        chatsvc spent from that chunk to the client's `delta`. Once per event-log store asked
+        for (`--events`), each with the server's CPU per delta over long answers."""
         first_token_ms, count = 50, 40 if self.quick else 200
         llm = self.llm(200, first_token_ms)
+        long = self.llm(0, 0, words=LONG_WORDS)
         alone = _spread(first_chunk_ms(llm, count, concurrency=4))
         self.report.add(
             Row("P5", f"fake LLM alone: first chunk, first token {first_token_ms} ms", count, 0.0,
                 *alone, 0, 0.0, note="the floor of this scenario")
         )  # fmt: skip
-        svc = self.chatsvc(llm)
+        measured: dict[str, tuple[float, float]] = {}
+        for mode in self.events:
+            extra = events_env(mode)
+            if extra is None:
+                self.report.verdict(f"P5 log {mode}: not measured (set BENCH_REDIS_URL)")
+                continue
+            svc = self.chatsvc(llm, **extra)
+            p95 = self._p5_one(svc, llm, mode, first_token_ms, alone, count)
+            self._stop(svc)
+            svc = self.chatsvc(long, **extra)
+            cpu = cpu_per_delta(svc, 30 if self.quick else 120, concurrency=4)
+            self.report.verdict(
+                f"P5 (log: {mode}) server CPU per delta {cpu * 1000:.1f} µs ({LONG_WORDS} "
+                "deltas a turn, the turn's own costs included; a Redis server's CPU is not "
+                "counted)"
+            )
+            self._stop(svc)
+            measured[mode] = (p95, cpu)
+        base = measured.get("memory")
+        for mode, (p95, cpu) in measured.items():
+            if base is None or mode == "memory":
+                continue
+            self.report.verdict(
+                f"P5 log {mode} vs memory (no store): first delta p95 {p95 - base[0]:+.1f} ms "
+                f"(≤ +5), CPU per delta {cpu / base[1] - 1:+.1%} (≤ +10%)"
+            )
+        self.stop_all()
+
+    def _stop(self, service: Service) -> None:
+        service.stop()
+        self.started.remove(service)
+
+    def _p5_one(
+        self, svc: Service, llm: Service, mode: str, first_token_ms: int,
+        alone: tuple[float, float, float], count: int,
+    ) -> float:  # fmt: skip
         turns = first_delta_split(svc, llm, count, concurrency=4)
         p50, p95, worst = _spread([turn.total for turn in turns])
         note = f"+{p50 - alone[0]:.1f} ms p50, +{p95 - alone[1]:.1f} ms p95 over the fake alone"
         self.report.add(
-            Row("P5", f"chatsvc: first delta, first token {first_token_ms} ms", count, 0.0,
-                p50, p95, worst, 0, 0.0, note=note)
+            Row("P5", f"chatsvc (log: {mode}): first delta, first token {first_token_ms} ms",
+                count, 0.0, p50, p95, worst, 0, 0.0, note=note)
         )  # fmt: skip
         own = _spread([turn.own for turn in turns])
         before, fake, after = (
@@ -297,13 +337,49 @@ class Bench:
             f"provider request {before[0]:.1f}/{before[1]:.1f} ms, the fake {fake[0]:.1f}/"
             f"{fake[1]:.1f} ms, its first chunk → delta {after[0]:.1f}/{after[1]:.1f} ms"
         )
-        self.report.add(Row("P5", "chatsvc's own part of it", count, 0.0, *own, 0, 0.0, note=note))
+        self.report.add(
+            Row("P5", f"chatsvc's own part of it (log: {mode})", count, 0.0, *own, 0, 0.0,
+                note=note)
+        )  # fmt: skip
         self.report.verdict(
-            f"P5 first delta p95 {p95:.1f} ms = first token + {p95 - first_token_ms:.1f} ms "
-            f"(≤ +10); per turn chatsvc's own part p95 {own[1]:.1f} ms (≤ 10) around the fake's "
-            f"p95 {fake[1]:.1f} ms; the fake alone p95 {alone[1]:.1f} ms"
+            f"P5 (log: {mode}) first delta p95 {p95:.1f} ms = first token + "
+            f"{p95 - first_token_ms:.1f} ms (≤ +10); per turn chatsvc's own part p95 "
+            f"{own[1]:.1f} ms (≤ 10) around the fake's p95 {fake[1]:.1f} ms; the fake alone "
+            f"p95 {alone[1]:.1f} ms"
         )
-        self.stop_all()
+        return p95
+
+
+LONG_WORDS = 200  # chunks of the long answers P5 measures the CPU per delta with
+
+
+def events_env(mode: str) -> dict[str, str] | None:
+    """chatsvc's settings for an event-log store: memory (this process only, no I/O: the
+    log's cost apart from its store), database, redis (BENCH_REDIS_URL or TEST_REDIS_URL)."""
+    if mode == "memory":
+        return {"TURN_EVENTS_STORE": "memory"}
+    if mode == "database":
+        return {"TURN_EVENTS_STORE": "database"}
+    if mode == "redis":
+        url = os.environ.get("BENCH_REDIS_URL") or os.environ.get("TEST_REDIS_URL")
+        return {"EVENTS_REDIS_URL": url} if url else None
+    raise SystemExit(f"--events: unknown store {mode!r} (memory, database, redis)")
+
+
+def cpu_per_delta(service: Service, count: int, concurrency: int) -> float:
+    """The server's CPU milliseconds (master and workers) per delta, over `count` streamed
+    turns of LONG_WORDS deltas (a service whose fake answers that long)."""
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    run = f"{time.monotonic_ns():x}"
+    started = service.cpu_seconds()
+    _timed(
+        lambda n: _first_line_ms(
+            service.port, f"/api/bench-long-{n}/chat",
+            json.dumps({"message": f"long please {run}-{n}"}), headers, b"event: delta",
+        ),
+        count, concurrency,
+    )  # fmt: skip
+    return (service.cpu_seconds() - started) * 1000 / (count * LONG_WORDS)
 
 
 def _median_run(results: list[dict]) -> dict:
@@ -442,10 +518,16 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(SCENARIOS))
     parser.add_argument("--quick", action="store_true", help="shorter runs, for a smoke check")
     parser.add_argument("--output", default=str(harness.REPO / "bench" / "RESULTS.md"))
+    parser.add_argument(
+        "--events", default="database",
+        help="P5: event-log stores to measure, comma-separated: memory (no store: the "
+        "baseline), database, redis (needs BENCH_REDIS_URL or TEST_REDIS_URL)",
+    )  # fmt: skip
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
+    wanted = {name.strip() for name in args.only.split(",")}
+    if shutil.which("wrk") is None and wanted - {"P5"}:  # P5 reads its streams itself
         raise SystemExit("bench needs wrk, the load client: apt-get install -y wrk")
-    bench = Bench(args.quick)
+    bench = Bench(args.quick, args.events)
     started = time.monotonic()
     backend = "PostgreSQL" if bench.database_url.startswith("postgresql") else "SQLite"
     print(f"# chatsvc benchmarks — {machine()}; {backend}; {bench.workers} gevent workers")

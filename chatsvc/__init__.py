@@ -13,8 +13,9 @@ from . import cli, db, errors, extensions, observability, schemas, tracing
 from . import config as settings
 from .agent import build_agent
 from .agent.base import Agent
-from .api import docs, websocket
+from .api import docs, sse, websocket
 from .extensions import migrate
+from .services.events import EventLog
 from .services.turns import TurnEngine
 
 __version__ = "0.1.0"
@@ -42,11 +43,14 @@ def create_app(config: dict[str, Any] | None = None, *, agent: Agent | None = No
     # OpenTelemetry, when OTEL_* asks for it (TRACER_PROVIDER: a provider handed in by tests)
     tracing.init_app(app, app.config.get("TRACER_PROVIDER"))
     migrate.init_app(app, db.database(app), directory=MIGRATIONS)
+    turn_settings = settings.TurnSettings.of(app.config)
     app.extensions["chatsvc.turns"] = TurnEngine(
         db.database(app),
         agent or build_agent(app.config),
-        settings.TurnSettings.of(app.config),
+        turn_settings,
         observe=observability.record_turn,
+        events=EventLog.open(turn_settings, db.database(app)),
+        render=sse.named_event,
     )
     rest.init_app(app)
     api = Api(app)  # flask-smorest keeps one spec per Api: one Api per app
@@ -62,10 +66,12 @@ def create_app(config: dict[str, Any] | None = None, *, agent: Agent | None = No
 def close_app(app: Flask, *, drain_seconds: float = 0.0) -> None:
     """Release what the app holds: a worker exits. The turns still running here (background
     ones, streams whose reader has gone) get `drain_seconds` to finish, then are stored
-    `failed` (interrupted); then the agent's clients and sockets, and the pool, are closed."""
+    `failed` (interrupted); then the agent's clients and sockets, the event log's batch and the
+    pool are closed."""
     engine = app.extensions["chatsvc.turns"]
     engine.drain(drain_seconds)
     engine.agent.close()
+    engine.events.close()  # stores the events still waiting for their batch
     db.database(app).engine.dispose()
 
 

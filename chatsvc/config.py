@@ -46,11 +46,19 @@ class Config:
     # (its worker died) is failed by the next request on the conversation, or by cleanup.
     TURN_LEASE_SECONDS = 15.0
     SSE_PING_SECONDS = 15.0
+    # The turn's event log (contract §5): what a stream resumes from.
+    TURN_ON_DISCONNECT = "continue"  # or "cancel": a streaming client that leaves stops its turn
+    TURN_EVENTS_TTL_SECONDS = 3600  # how long a turn's events stay readable
+    # set: the log lives in Redis Streams (else in TURN_EVENTS_STORE), and cancels travel over
+    # its pub/sub at once
+    EVENTS_REDIS_URL = ""
+    TURN_EVENTS_STORE = "database"  # or "memory": this process only (one worker; benchmarks)
+    TURN_EVENTS_FLUSH_MS = 10.0  # events are stored in batches gathered over this long
+    TURN_EVENTS_POLL_SECONDS = 0.2  # database log: how often a reader on another worker looks
     # Cancels (POST …/messages/{id}/cancel) reach the worker running the turn: at once over
     # Redis when EVENTS_REDIS_URL is set, else through a database flag each worker checks this
     # often while it runs turns (one query per worker, not per turn).
     TURN_CANCEL_POLL_SECONDS = 0.5
-    EVENTS_REDIS_URL = ""  # redis://host:6379/0: turn events and cancels shared by all hosts
     WS_IDLE_SECONDS = 300.0  # a WebSocket with no frame from its client for this long is closed
 
     # Auth.
@@ -136,6 +144,16 @@ class Config:
                 parse_many(settings[name])
             except ValueError as exc:
                 raise ConfigError(f"{name}: {exc}") from None
+        if settings["TURN_ON_DISCONNECT"] not in {"continue", "cancel"}:
+            raise ConfigError("TURN_ON_DISCONNECT must be 'continue' or 'cancel'")
+        if settings["TURN_EVENTS_STORE"] not in {"database", "memory"}:
+            raise ConfigError("TURN_EVENTS_STORE must be 'database' or 'memory'")
+        if settings["TURN_EVENTS_TTL_SECONDS"] < 1:
+            raise ConfigError("TURN_EVENTS_TTL_SECONDS must be positive")
+        if settings["TURN_EVENTS_FLUSH_MS"] < 0 or settings["TURN_EVENTS_POLL_SECONDS"] <= 0:
+            raise ConfigError(
+                "TURN_EVENTS_FLUSH_MS must be 0 or more, TURN_EVENTS_POLL_SECONDS positive"
+            )
         if settings["LOG_FORMAT"] not in {"json", "text"}:
             raise ConfigError("LOG_FORMAT must be 'json' or 'text'")
         rollover = [key.strip() for key in settings["JWT_SECRETS"].split(",") if key.strip()]
@@ -223,8 +241,13 @@ class TurnSettings:
     session_ttl_seconds: int
     conversation_ttl_seconds: int
     quota_tokens_per_day: int = 0  # 0: no quota (an admin's own cap for a user still applies)
+    on_disconnect: str = "continue"  # TURN_ON_DISCONNECT
+    events_ttl_seconds: int = 3600
+    events_redis_url: str = ""
+    events_store: str = "database"
+    events_flush_ms: float = 10.0
+    events_poll_seconds: float = 0.2
     cancel_poll_seconds: float = 0.5  # how often a worker checks its turns' cancel flags
-    events_redis_url: str = ""  # set: cancels travel over Redis pub/sub at once
 
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> TurnSettings:
@@ -237,8 +260,13 @@ class TurnSettings:
             session_ttl_seconds=int(config["SESSION_TTL_SECONDS"]),
             conversation_ttl_seconds=int(config["CONVERSATION_TTL_SECONDS"]),
             quota_tokens_per_day=int(config["QUOTA_TOKENS_PER_DAY"]),
-            cancel_poll_seconds=float(config["TURN_CANCEL_POLL_SECONDS"]),
+            on_disconnect=str(config["TURN_ON_DISCONNECT"]),
+            events_ttl_seconds=int(config["TURN_EVENTS_TTL_SECONDS"]),
             events_redis_url=str(config["EVENTS_REDIS_URL"]),
+            events_store=str(config["TURN_EVENTS_STORE"]),
+            events_flush_ms=float(config["TURN_EVENTS_FLUSH_MS"]),
+            events_poll_seconds=float(config["TURN_EVENTS_POLL_SECONDS"]),
+            cancel_poll_seconds=float(config["TURN_CANCEL_POLL_SECONDS"]),
         )
 
     def lifetimes(self) -> dict[str, int]:

@@ -18,13 +18,15 @@ from ..schemas import (
     ConversationPageSchema,
     ConversationRenameSchema,
     ConversationSchema,
+    EventsArgsSchema,
+    EventsHeadersSchema,
     ExportArgsSchema,
     MessageSchema,
     PageArgsSchema,
     TurnAcceptedSchema,
 )
 from ..services import conversations
-from . import accepted, cached, problems
+from . import accepted, cached, problems, sse
 
 bp = Blueprint("conversations", __name__, url_prefix="/api", description="Conversation history.")
 
@@ -113,6 +115,21 @@ def cancel_turn(user_id: str, conversation_id: str, message_id: str) -> Any:
     access = auth.user_access(user_id)
     started = current_app.extensions["chatsvc.turns"].cancel(conversation_id, message_id, access)
     return accepted.accepted(started, access.user_id)
+
+
+@bp.get("/<user_id>/conversations/<conversation_id>/messages/<message_id>/events")
+@bp.arguments(EventsArgsSchema, location="query")
+@bp.arguments(EventsHeadersSchema, location="headers")
+@bp.response(200, content_type=sse.EVENT_STREAM, description=sse.EVENTS_DOC)
+@problems(bp, 401, 403, 404, 410, 422, 429)
+def follow_events(
+    args: dict[str, Any], headers: dict[str, Any], user_id: str, conversation_id: str,
+    message_id: str,
+) -> Response:  # fmt: skip
+    """The turn's events after Last-Event-ID, then the live ones until `done` or `error`."""
+    access = auth.user_access(user_id)
+    found = conversations.message(db.session(), conversation_id, message_id, access)
+    return sse.follow(found, args, headers)
 
 
 @bp.delete("/<user_id>/conversations/<conversation_id>")
