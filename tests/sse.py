@@ -37,14 +37,17 @@ class LiveStream:
     event (comments skipped), None once the server has ended the stream."""
 
     def __init__(self, host: str, port: int, path: str, body: dict[str, Any], **headers: str):
+        self._open(host, port, "POST", path, json.dumps(body),
+                   {"Content-Type": "application/json", **headers})  # fmt: skip
+
+    def _open(self, host: str, port: int, method: str, path: str, body: str | None,
+              headers: dict[str, str]) -> None:  # fmt: skip
         import http.client
 
         self.connection = http.client.HTTPConnection(host, port, timeout=15)
         self.connection.request(
-            "POST", path, body=json.dumps(body),
-            headers={"Content-Type": "application/json", "Accept": "text/event-stream",
-                     **headers},
-        )  # fmt: skip
+            method, path, body=body, headers={"Accept": "text/event-stream", **headers}
+        )
         self.response = self.connection.getresponse()
         self.events: list[Event] = []
 
@@ -80,3 +83,10 @@ class LiveStream:
 
     def close(self) -> None:
         self.connection.close()
+
+
+class LiveGet(LiveStream):
+    """A GET of a turn's events link (…/events), read as it arrives."""
+
+    def __init__(self, host: str, port: int, path: str, **headers: str):
+        self._open(host, port, "GET", path, None, headers)

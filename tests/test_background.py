@@ -6,16 +6,31 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from typing import Any
 from urllib.error import HTTPError
 from urllib.request import Request, urlopen
 
+import pytest
+import sse
 from fakellm import endless, say
 from helpers import assert_problem, ok, wait_for
+from werkzeug.serving import make_server
 
 ASYNC = {"Prefer": "respond-async"}
 STORY = "Once upon a time there was a service that kept answering after its client had gone."
+
+
+@pytest.fixture
+def live(llm_app):
+    """chatsvc on a real socket (werkzeug's threaded server): streams are read as they come."""
+    app = llm_app(AGENT_TIMEOUT_SECONDS=20.0)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield app, server.server_port
+    server.shutdown()
 
 
 def message_of(client: Any, links: dict[str, str]) -> dict[str, Any]:
@@ -74,17 +89,34 @@ def test_a_background_session_turn_links_the_session_routes(client):
     assert settled(client, follow.get_json()["links"])["status"] == "completed"
 
 
-def test_a_background_turn_can_be_cancelled(llm_app, fake_llm):
-    client = llm_app(AGENT_TIMEOUT_SECONDS=20.0).test_client()
+def test_a_background_turn_streams_from_its_events_link(llm_app, fake_llm):
+    client = llm_app().test_client()
+    fake_llm.script(say(STORY, chunk_delay=0.03))
+    body = ok(client.post("/api/alice/chat", json={"message": "a story"}, headers=ASYNC), 202)
+    response = client.get(body["links"]["events"], headers={"Accept": "text/event-stream"})
+    events, _ = sse.parse(response.get_data(as_text=True))
+    assert [e.id for e in events] == list(range(1, len(events) + 1))
+    assert events[0].name == "meta" and events[0].data["message_id"] == body["message_id"]
+    assert events[-1].name == "done" and events[-1].data["status"] == "completed"
+    assert sse.text_of(events) == STORY == events[-1].data["response"]
+    assert message_of(client, body["links"])["content"] == STORY
+
+
+def test_a_background_turn_can_be_cancelled(live, fake_llm):
+    app, port = live
+    client = app.test_client()
     fake_llm.script(endless(chunk_delay=0.02))
     body = ok(client.post("/api/alice/chat", json={"message": "go on"}, headers=ASYNC), 202)
-    wait_for(lambda: fake_llm.requests, what="the model to be asked")
-    time.sleep(0.1)  # some text said: it is kept
+    follower = sse.LiveGet("127.0.0.1", port, body["links"]["events"])
+    follower.until("delta", 3)  # some text said: it is kept
     asked = time.monotonic()
     ok(client.post(body["links"]["cancel"]), 202)
+    done = follower.until("done")[-1]
     reply = settled(client, body["links"], timeout=1.0)
     assert time.monotonic() - asked < 1.0
     assert reply["status"] == "cancelled" and reply["content"].startswith("and on and on")
+    assert done.data["status"] == "cancelled" and done.data["response"] == reply["content"]
+    assert sse.text_of(follower.rest()) == reply["content"], "the log holds what was stored"
     assert_problem(client.post(body["links"]["cancel"]), 409, "turn_finished")
 
 

@@ -17,7 +17,7 @@ from conftest import require_service
 from fakellm import endless, slow
 from fakes import ScriptedAgent
 from helpers import assert_problem, chat, ok, tasks, wait_for
-from sse import LiveStream, text_of
+from sse import LiveGet, LiveStream, text_of
 from werkzeug.serving import make_server
 
 from chatsvc.agent.base import Reply
@@ -241,15 +241,21 @@ def test_a_cancel_sent_to_another_host_stops_the_turn_within_a_second(gunicorn, 
     port = int(first.url.rsplit(":", 1)[1])
     stream = LiveStream("127.0.0.1", port, "/api/alice/chat", {"message": "a long story"})
     meta = stream.until("delta", 3)[0].data
+    base = f"/api/alice/conversations/{meta['conversation_id']}/messages/{meta['message_id']}"
+    follower = LiveGet("127.0.0.1", int(second.url.rsplit(":", 1)[1]), f"{base}/events")
+    follower.until("delta", 3)  # the other host follows the turn from its log
 
     asked = time.monotonic()
     status, body = post(second.url + cancel_path(meta), None)
     done = stream.until("done")[-1]
     took = time.monotonic() - asked
+    followed = follower.until("done")[-1]
 
     assert status == 202 and body["status"] == "pending"
     assert took < 1.0, f"the turn on the other host went on for {took:.2f} s"
     assert done.data["status"] == "cancelled"
+    assert followed.data == done.data, "every reader ends with the same cancelled done"
+    assert [e.id for e in follower.events] == [e.id for e in stream.events]
     with urlopen(second.url + body["links"]["message"], timeout=10) as response:
         reply = json.loads(response.read())
     assert reply["status"] == "cancelled" and reply["content"] == text_of(stream.events)

@@ -276,6 +276,34 @@ def test_stop_cancels_the_answer_being_streamed(page, serve):
     agent.gate.set()
 
 
+def test_a_reload_mid_answer_picks_the_answer_up_where_it_was(page, serve):
+    """The turn goes on without the page; after the reload the page follows its events link
+    after the last event it had shown, and the answer completes on the page."""
+    agent = HalfwayAgent()
+    server, app = serve(agent=agent)
+    page.goto(f"{server.origin}/demo")
+    pick_user(page, "dora")
+    page.get_by_label("Message").fill("Think about it")
+    page.get_by_label("Message").press("Enter")
+    expect(page.locator(".message.assistant .content")).to_have_text("Let me think… ")
+
+    with page.expect_request(lambda r: r.url.endswith("/events")) as resumed:
+        page.reload()
+    answer = page.locator(".message.assistant").last
+    expect(answer.locator(".content")).to_have_text("Let me think… ")
+    expect(page.get_by_role("button", name="Stop")).to_be_visible()
+    assert resumed.value.headers["last-event-id"] == "2"  # meta, then the first delta
+    agent.gate.set()
+    expect(answer.locator(".content")).to_have_text("Let me think… done.")
+    expect(answer).to_have_attribute("data-status", "completed")
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+    assert page.evaluate("Object.keys(sessionStorage)") == [], "the finished turn is forgotten"
+    client = app.test_client()
+    (conversation,) = client.get("/api/dora/conversations").json["items"]
+    stored = client.get(f"/api/dora/conversations/{conversation['id']}").json["messages"][-1]
+    assert (stored["status"], stored["content"]) == ("completed", "Let me think… done.")
+
+
 def test_a_knowledge_session_continues_and_reloads(page, serve):
     server, _ = serve()
     page.goto(f"{server.origin}/demo")
