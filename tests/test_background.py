@@ -225,6 +225,10 @@ def test_a_stopping_worker_marks_its_background_turns_interrupted(gunicorn, fake
     reply = ok(client.get(body["links"]["message"]))
     assert reply["status"] == "failed" and reply["error_code"] == "interrupted"
     assert reply["content"].startswith("and on"), "what was said is kept"
+    logged = client.get(body["links"]["events"], headers={"Accept": "text/event-stream"})
+    events, _ = sse.parse(logged.get_data(as_text=True))
+    assert events[-1].name == "error" and events[-1].data["code"] == "interrupted"
+    assert sse.text_of(events) == reply["content"], "its log holds what was stored"
     conversation = ok(client.get(f"/api/alice/conversations/{body['conversation_id']}"))
     assert conversation["messages"][0]["content"] == "go on"
     again = client.post(

@@ -88,11 +88,12 @@ def _turn(
 
 
 def _background(handle: TurnHandle, access: Access, headers: dict[str, str]) -> Response:
-    """202 at once; the turn runs on in the engine (a replay: the stored turn's status)."""
+    """202 at once; the turn runs on with its event log as its only reader, as a stream
+    whose client has gone (a replay: the stored turn's status)."""
     if handle.replayed:
         status = handle.result().status
     else:
-        engine().detach(handle)
+        handle.start()
         status = "pending"
     body, code, location = accepted.accepted(handle.started, access.user_id, status)
     response = jsonify(TurnAcceptedSchema().dump(body))

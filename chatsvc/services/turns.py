@@ -69,7 +69,6 @@ from .toolbox import Done, ToolBox, executed, tools_for
 log = logging.getLogger(__name__)
 
 TITLE_CHARS = 80
-DETACHED_WAIT = 60.0  # a background run's reader wakes this often (it has nothing to ping)
 STOP_WAIT = 5.0  # a stopped turn waits this long at most for its running tool call (one UoW)
 
 
@@ -182,8 +181,6 @@ class TurnEngine:
         self._observe = observe
         self.leases = Leases(database, conversations.lease_seconds(settings.lifetimes()))
         self.cancels = Cancels(database, settings.cancel_poll_seconds, settings.events_redis_url)
-        self._detached: set[threading.Thread] = set()  # background runs (no request waits)
-        self._detached_lock = threading.Lock()
         self.events = events
         self.render = render  # with `events`: streamed turns are logged
 
@@ -297,45 +294,18 @@ class TurnEngine:
             self.cancels.announce(message_id)
         return TurnStarted(conversation_id, message_id, kind)
 
-    def detach(self, handle: TurnHandle) -> None:
-        """Run a taken turn in the background (`Prefer: respond-async`): exactly as a streamed
-        turn whose reader has gone, in a thread (a greenlet under gevent) the engine tracks, so
-        a leaving worker waits for it (`drain`)."""
-
-        def run() -> None:
-            try:
-                for event in handle.events(DETACHED_WAIT):
-                    if isinstance(event, TurnFailed):  # stored `failed`, with its code
-                        log.info("background turn failed: %s", event.error.code)
-            finally:
-                with self._detached_lock:
-                    self._detached.discard(thread)
-
-        thread = threading.Thread(
-            target=contextvars.copy_context().run, args=(run,), daemon=True,
-            name=f"turn-background-{handle.started.message_id}",
-        )  # fmt: skip
-        with self._detached_lock:
-            self._detached.add(thread)
-        thread.start()
-
     def drain(self, wait: float) -> int:
         """The worker is leaving: let the turns still running here (background ones, streams
         whose reader has gone) finish for up to `wait` seconds, then stop the rest, which are
         stored `failed` (`interrupted`) so that clients know to retry. The number stopped."""
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and (self._busy()):
+        while time.monotonic() < deadline and self.cancels.running:
             time.sleep(0.1)
         stopped = self.cancels.stop_all(StopReason.INTERRUPTED)
-        settle_by = time.monotonic() + 5
-        while time.monotonic() < settle_by and self._busy():
+        settle_by = time.monotonic() + STOP_WAIT
+        while time.monotonic() < settle_by and self.cancels.running:
             time.sleep(0.05)
         return stopped
-
-    def _busy(self) -> bool:
-        with self._detached_lock:
-            detached = any(thread.is_alive() for thread in self._detached)
-        return detached or self.cancels.running > 0
 
     def _attempt(self, key: IdempotencyKey | None) -> idempotency.Attempt | None:
         if key is None:
