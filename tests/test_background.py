@@ -14,6 +14,7 @@ from urllib.request import Request, urlopen
 
 import pytest
 import sse
+from conftest import require_service
 from fakellm import endless, say
 from helpers import assert_problem, ok, wait_for
 from werkzeug.serving import make_server
@@ -22,10 +23,14 @@ ASYNC = {"Prefer": "respond-async"}
 STORY = "Once upon a time there was a service that kept answering after its client had gone."
 
 
-@pytest.fixture
-def live(llm_app):
-    """chatsvc on a real socket (werkzeug's threaded server): streams are read as they come."""
-    app = llm_app(AGENT_TIMEOUT_SECONDS=20.0)
+@pytest.fixture(params=["database", "redis"])
+def live(llm_app, request):
+    """chatsvc on a real socket (werkzeug's threaded server): streams are read as they come;
+    the turn's events and cancels go through the database, or through Redis."""
+    log = {}
+    if request.param == "redis":
+        log["EVENTS_REDIS_URL"] = require_service("TEST_REDIS_URL", "Redis")
+    app = llm_app(AGENT_TIMEOUT_SECONDS=20.0, **log)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
