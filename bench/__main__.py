@@ -22,8 +22,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
+
+from chatsvc.auth import create_token
 
 from . import harness, seed
 from .harness import Service, Settings
@@ -381,6 +385,86 @@ def cpu_per_delta(service: Service, count: int, concurrency: int) -> float:
     )  # fmt: skip
     return (service.cpu_seconds() - started) * 1000 / (count * LONG_WORDS)
 
+    def p6_openai_facade(self) -> None:
+        """The OpenAI-compatible facade next to chatsvc's own route, on one server: the same
+        turn (a new conversation of one signed-in user, a 0 ms model, c=16) sent as the `openai`
+        SDK sends it to /v1/chat/completions and as POST /api/{user}/chat, in alternating runs
+        (P1-style); then, P5-style, a streamed turn's first content chunk on /v1 next to the
+        first `delta` event on /api, each split by the fake's trace."""
+        token = create_token(BENCH_USER, secret=BENCH_SECRET, ttl=timedelta(hours=3))
+        routes = {
+            "POST /api/{user}/chat": {"TOKEN": token, "BENCH_USER": BENCH_USER},
+            "POST /v1/chat/completions (SDK-shaped)": {
+                "TOKEN": token, "BENCH_USER": BENCH_USER, "V1": "1",
+            },
+        }  # fmt: skip
+        llm = self.llm(0)
+        svc = self.chatsvc(llm, JWT_SECRET=BENCH_SECRET)
+        for env in routes.values():
+            harness.wrk(svc.url, connections=16, duration_s=2, env=env)  # warm-up
+        runs: dict[str, list[dict]] = {name: [] for name in routes}
+        for _ in range(3):
+            for name, env in routes.items():
+                runs[name].append(
+                    harness.wrk(svc.url, connections=16, duration_s=self.seconds(6), env=env,
+                                watch=(svc, llm))
+                )  # fmt: skip
+        (api_name, api_runs), (v1_name, v1_runs) = runs.items()
+        api, v1 = _median_run(api_runs), _median_run(v1_runs)
+        extra = v1["cpu_ms"]["chatsvc"] / api["cpu_ms"]["chatsvc"] - 1
+        self.report.add(wrk_row("P6", f"{api_name}, LLM 0 ms, c=16", api, svc, "3 runs, medians"))
+        note = f"chatsvc CPU {extra:+.1%} a turn vs /api"
+        self.report.add(wrk_row("P6", f"{v1_name}, LLM 0 ms, c=16", v1, svc, note))
+        svc.stop()
+
+        first_token_ms, count = 50, 40 if self.quick else 200
+        slow = self.llm(200, first_token_ms)
+        streaming = self.chatsvc(slow, JWT_SECRET=BENCH_SECRET)
+        spreads = {}
+        for name, route in (("/api first delta", _api_stream), ("/v1 first chunk", _v1_stream)):
+            turns = first_delta_split(streaming, slow, count, 4, route=partial(route, token))
+            total, own = _spread([t.total for t in turns]), _spread([t.own for t in turns])
+            spreads[name] = (total, own)
+            note = f"chatsvc's own part p50/p95 {own[0]:.1f}/{own[1]:.1f} ms"
+            self.report.add(
+                Row("P6", f"{name}, first token {first_token_ms} ms", count, 0.0, *total, 0, 0.0,
+                    note=note)
+            )  # fmt: skip
+        (api_total, api_own), (v1_total, v1_own) = spreads.values()
+        self.report.verdict(
+            f"P6 chatsvc CPU a turn: /v1 {v1['cpu_ms']['chatsvc']:.2f} ms vs /api "
+            f"{api['cpu_ms']['chatsvc']:.2f} ms = {extra:+.1%} (target ≤ +10%); throughput "
+            f"{v1['rps']:.0f} vs {api['rps']:.0f} turns/s; first streamed text p95: /v1 chunk "
+            f"{v1_total[1]:.1f} ms, /api delta {api_total[1]:.1f} ms (chatsvc's own part p95 "
+            f"{v1_own[1]:.1f} vs {api_own[1]:.1f} ms)"
+        )
+        self.stop_all()
+
+
+BENCH_USER = "bench-v1"
+BENCH_SECRET = "bench-secret-" + "x" * 32  # P6's servers sign and check its token with it
+
+
+def _api_stream(token: str, number: int, message: str) -> StreamedTurn:
+    """A streamed turn on /api as the demo page sends it: its first text is `event: delta`."""
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+        path = f"/api/{BENCH_USER}/chat"
+    else:
+        path = f"/api/bench-stream-{number}/chat"
+    return StreamedTurn(path, json.dumps({"message": message}), headers, b"event: delta")
+
+
+def _v1_stream(token: str, number: int, message: str) -> StreamedTurn:
+    """The same turn as the openai SDK streams it: its first text is the first chunk with
+    content (the one before it, sent as the turn starts, carries the role only)."""
+    body = {"messages": [{"content": message, "role": "user"}], "model": "todo", "stream": True}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    return StreamedTurn(
+        "/v1/chat/completions", json.dumps(body), headers, b"data: ", b'"delta": {"content": "'
+    )
+
 
 def _median_run(results: list[dict]) -> dict:
     """Several wrk runs as one: requests and time added up, every other figure the median."""
@@ -431,18 +515,33 @@ class FirstDelta:
         return self.before + self.after
 
 
+@dataclass(frozen=True)
+class StreamedTurn:
+    """How to ask for one streamed turn, and how its first text line starts (and holds)."""
+
+    path: str
+    body: str
+    headers: dict[str, str]
+    prefix: bytes
+    contains: bytes = b""
+
+
 def first_delta_split(
-    service: Service, llm: Service, count: int, concurrency: int
+    service: Service,
+    llm: Service,
+    count: int,
+    concurrency: int,
+    route: Callable[[int, str], StreamedTurn] | None = None,
 ) -> list[FirstDelta]:
     run = f"{time.monotonic_ns():x}"
-    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    route = route or partial(_api_stream, "")
 
     def one(number: int) -> tuple[str, float, float]:
         message = f"stream please {run}-{number}"
+        turn = route(number, message)
         sent, first = _first_line_at(
-            service.port, f"/api/bench-stream-{number}/chat", json.dumps({"message": message}),
-            headers, b"event: delta",
-        )  # fmt: skip
+            service.port, turn.path, turn.body, turn.headers, turn.prefix, turn.contains
+        )
         return message, sent, first
 
     turns = _timed(one, count, concurrency)
@@ -471,17 +570,17 @@ def _first_line_ms(
 
 
 def _first_line_at(
-    port: int, path: str, body: str, headers: dict[str, str], prefix: bytes
+    port: int, path: str, body: str, headers: dict[str, str], prefix: bytes, contains: bytes = b""
 ) -> tuple[float, float]:
     """When (`time.monotonic()`) a POST was sent and the first line of its stream that starts
-    with `prefix` was read; the rest is read to the end."""
+    with `prefix` (and holds `contains`) was read; the rest is read to the end."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     sent = time.monotonic()
     connection.request("POST", path, body, headers)
     response = connection.getresponse()
     first = None
     while line := response.readline():
-        if first is None and line.startswith(prefix):
+        if first is None and line.startswith(prefix) and contains in line:
             first = time.monotonic()
     connection.close()
     if first is None:
@@ -502,6 +601,7 @@ SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "P3": Bench.p3_long_history,
     "P4": Bench.p4_memory,
     "P5": Bench.p5_streaming,
+    "P6": Bench.p6_openai_facade,
 }
 
 

@@ -76,9 +76,9 @@ def close_app(app: Flask, *, drain_seconds: float = 0.0) -> None:
 
 
 def _register_blueprints(api: Api) -> None:
-    from .api import chat, conversations, demo, documents, meta, sessions, tasks, usage
+    from .api import chat, conversations, demo, documents, meta, sessions, tasks, usage, v1
 
-    for module in (meta, chat, sessions, conversations, tasks, usage, documents, demo):
+    for module in (meta, chat, sessions, conversations, tasks, usage, documents, demo, v1):
         api.register_blueprint(module.bp)
 
 

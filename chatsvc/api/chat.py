@@ -72,7 +72,7 @@ def _turn(
     access: Access, kind: str, body: dict[str, Any], options: dict[str, Any],
     conversation_id: str | None = None,
 ) -> Any:  # fmt: skip
-    idempotent = _idempotency(access, options["idempotency_key"], body, conversation_id)
+    idempotent = idempotency_for(access, options["idempotency_key"], body, conversation_id)
     handle = engine().take(
         TurnRequest(access, kind, body["message"], conversation_id, idempotent,
                     client_address=request.remote_addr, timezone=options["timezone"])
@@ -107,7 +107,7 @@ def _quota(remaining: int | None) -> dict[str, str]:
     return {} if remaining is None else {"X-Quota-Remaining": str(remaining)}
 
 
-def _idempotency(
+def idempotency_for(
     access: Access, key: str | None, body: dict[str, Any], conversation_id: str | None
 ) -> IdempotencyKey | None:
     """The key's scope (contract §1): a signed-in caller's (or a trusted path user's) own id;

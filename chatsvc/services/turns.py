@@ -25,7 +25,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -93,6 +93,12 @@ class TurnRequest:
     idempotency: IdempotencyKey | None = None
     client_address: str | None = None  # whom an anonymous caller's quota counts against
     timezone: str = "UTC"  # the caller's IANA zone (X-Timezone), for the agent's dates
+    # A stateless client (the OpenAI-compatible API) sends the context itself: these messages
+    # replace the stored history (trimmed by the same limits). None: the stored history.
+    context: tuple[HistoryMessage, ...] | None = None
+    instructions: str = ""  # the client's own system message, after the agent's prompt
+    sampling: Mapping[str, Any] = field(default_factory=dict)  # passed on to the agent
+    knowledge_only: bool = False  # no task tools, even for a turn that has a user
 
 
 @dataclass(frozen=True)
@@ -156,6 +162,7 @@ class _Pending:
     idempotent: bool
     quota_subject: str
     quota_remaining: int | None  # at admission
+    knowledge_only: bool = False
     done: list[Done] = field(default_factory=list)  # tool calls earlier attempts executed
     timings: dict[str, float] = field(default_factory=lambda: {"db": 0.0, "agent": 0.0})
     stop: StopSignal = field(default_factory=StopSignal)  # a cancel, from anywhere
@@ -265,6 +272,7 @@ class TurnEngine:
                 sources=list(message.sources or ()), usage=message.usage, model=message.model,
                 status=message.status, created_at=message.created_at,
                 context=Context(message.context_messages or 0, bool(message.context_truncated)),
+                error_code=message.error_code,
             )  # fmt: skip
 
     def cancel(self, conversation_id: str, message_id: str, access: Access) -> TurnStarted:
@@ -350,9 +358,12 @@ class TurnEngine:
                 # Claimed first: the history read next holds every turn that finished before.
                 seq = _claim(session, conversation_id, assistant_id, now, 1 if retry else 2)
                 skip = retry.user_message_id if retry else None
-                history, context = _context(
-                    session, conversation_id, self.settings, request.message, skip
-                )
+                if request.context is None:
+                    history, context = _context(
+                        session, conversation_id, self.settings, request.message, skip
+                    )
+            if request.context is not None:
+                history, context = _given_context(request.context, self.settings, request.message)
             rows = []
             if retry is None:
                 user_message_id = new_id()
@@ -375,11 +386,20 @@ class TurnEngine:
         pending = _Pending(
             TurnStarted(conversation_id, assistant_id, kind),
             user_message_id,
-            Turn(user_id, conversation_id, request.message, history, timezone=request.timezone),
+            Turn(
+                user_id,
+                conversation_id,
+                request.message,
+                history,
+                timezone=request.timezone,
+                instructions=request.instructions,
+                sampling=request.sampling,
+            ),
             context,
             idempotent=attempt is not None,
             quota_subject=who,
             quota_remaining=quota.remaining,
+            knowledge_only=request.knowledge_only,
             done=done,
         )
         pending.timings["db"] += _ms_since(started)
@@ -391,10 +411,14 @@ class TurnEngine:
         """The agent's events as they happen, then the stored TurnResult. An agent failure
         stores a `failed` reply and raises the contract's error; a consumer that stops early
         (the client has gone) stores what was said so far as `cancelled`."""
+        user_id = None if pending.knowledge_only else pending.turn.user_id
         tools = tools_for(
-            self.database, pending.turn.user_id, turn_key=pending.user_message_id,
-            done=pending.done, stop=pending.stop,
-        )  # fmt: skip
+            self.database,
+            user_id,
+            turn_key=pending.user_message_id,
+            done=pending.done,
+            stop=pending.stop,
+        )
         text: list[str] = []
         calls: list[ToolCall] = []
         started = time.perf_counter()
@@ -945,6 +969,22 @@ def _context(
         truncated = True
     kept.reverse()
     return tuple(kept), Context(len(kept), truncated)
+
+
+def _given_context(
+    given: tuple[HistoryMessage, ...], settings: TurnSettings, message: str
+) -> tuple[tuple[HistoryMessage, ...], Context]:
+    """A client's own context (stateless APIs), held to the stored history's limits: the
+    newest HISTORY_LIMIT messages that fit HISTORY_MAX_TOKENS with the new message."""
+    budget = settings.history_max_tokens - estimate_tokens(message)
+    kept: list[HistoryMessage] = []
+    for item in reversed(given[-settings.history_limit :] if settings.history_limit else ()):
+        budget -= message_tokens(item)
+        if budget < 0:
+            break
+        kept.append(item)
+    kept.reverse()
+    return tuple(kept), Context(len(kept), len(kept) < len(given))
 
 
 def message_tokens(item: HistoryMessage) -> int:
