@@ -4,10 +4,13 @@ database (the flag) and Redis (the channel) — storing the text so far as `canc
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.error import HTTPError
 from urllib.request import Request, urlopen
@@ -272,3 +275,68 @@ def test_settings_that_break_the_one_second_promise_refuse_to_start(setting):
 
     with pytest.raises(ConfigError, match=next(iter(setting))):
         create_app(setting)
+
+
+def worker_of(master: int, local_port: int, server_port: int) -> int | None:
+    """The gunicorn worker (pid) holding the server side of the client connection that has
+    `local_port` on this machine, from /proc (None: no worker has accepted it yet)."""
+    inodes = set()
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            here, there = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)
+            if (here, there) == (server_port, local_port) and fields[9] != "0":
+                inodes.add(f"socket:[{fields[9]}]")
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    for pid in map(int, children):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) in inodes:
+                    return pid
+            except OSError:  # closed meanwhile
+                continue
+    return None
+
+
+@pytest.mark.parametrize("signal", ["database", "redis"])
+def test_a_cancel_that_lands_on_the_other_worker_stops_the_turn_within_a_second(
+    gunicorn, fake_llm, signal
+):
+    """One instance, two gevent workers: the stream is on one, the cancel is sent on a
+    connection the other worker accepted (found in /proc), and the turn still stops."""
+    environ = {
+        "AGENT_PROVIDER": "openai", "OPENAI_BASE_URL": fake_llm.url, "OPENAI_MODEL": "fake",
+        "OPENAI_API_KEY": "sk-test", "AGENT_TIMEOUT_SECONDS": "30", "AGENT_MAX_RETRIES": "0",
+        "RATELIMIT_ENABLED": "false", "WEB_CONCURRENCY": "2",
+    }  # fmt: skip
+    if signal == "redis":
+        environ["EVENTS_REDIS_URL"] = require_service("TEST_REDIS_URL", "Redis")
+    server = gunicorn(**environ)
+    port = int(server.url.rsplit(":", 1)[1])
+    master = server.process.pid
+    wait_for(lambda: len(Path(f"/proc/{master}/task/{master}/children").read_text().split()) == 2)
+    fake_llm.script(ENDLESS)
+    stream = LiveStream("127.0.0.1", port, "/api/alice/chat", {"message": "a long story"})
+    meta = stream.until("delta", 3)[0].data
+    running = worker_of(master, stream.connection.sock.getsockname()[1], port)
+    assert running is not None
+
+    for _ in range(40):  # each new connection lands on either worker
+        other = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        other.request("GET", "/health/live")
+        other.getresponse().read()
+        if worker_of(master, other.sock.getsockname()[1], port) not in (running, None):
+            break
+        other.close()
+    else:
+        pytest.fail("no connection reached the second worker")
+
+    asked = time.monotonic()
+    other.request("POST", cancel_path(meta))
+    answer = other.getresponse()
+    answer.read()
+    done = stream.until("done")[-1]
+    took = time.monotonic() - asked
+    assert answer.status == 202
+    assert took < 1.0, f"the turn on the other worker went on for {took:.2f} s"
+    assert done.data["status"] == "cancelled" and done.data["response"] == text_of(stream.events)
