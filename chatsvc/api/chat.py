@@ -7,7 +7,6 @@ import hashlib
 from typing import Any
 
 from flask import Response, current_app, jsonify, request
-from flask_smorest import Blueprint
 
 from .. import auth
 from ..errors import ValidationFailed
@@ -21,7 +20,7 @@ from ..schemas import (
 )
 from ..services.conversations import SESSION, USER, Access
 from ..services.turns import IdempotencyKey, TurnEngine, TurnHandle, TurnRequest
-from . import accepted, problems, sse
+from . import Blueprint, accepted, problems, sse
 
 bp = Blueprint("chat", __name__, url_prefix="/api", description="Chat turns.")
 

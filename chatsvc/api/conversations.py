@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 from flask import Response, current_app
-from flask_smorest import Blueprint
 
 from .. import auth, db
 from ..db import utcnow
@@ -26,7 +25,7 @@ from ..schemas import (
     TurnAcceptedSchema,
 )
 from ..services import conversations
-from . import accepted, cached, problems, sse
+from . import Blueprint, accepted, cached, problems, sse
 
 bp = Blueprint("conversations", __name__, url_prefix="/api", description="Conversation history.")
 

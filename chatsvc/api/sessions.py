@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, current_app
-from flask_smorest import Blueprint
 
 from .. import auth, db
 from ..models import Conversation, Message
@@ -18,7 +17,7 @@ from ..schemas import (
     TurnAcceptedSchema,
 )
 from ..services import conversations
-from . import accepted, cached, problems, sse
+from . import Blueprint, accepted, cached, problems, sse
 
 bp = Blueprint("sessions", __name__, url_prefix="/api/session", description="Knowledge sessions.")
 
