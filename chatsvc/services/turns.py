@@ -409,8 +409,9 @@ class TurnEngine:
 
     def _run(self, pending: _Pending, *, watched: bool) -> Iterator[TurnEvent]:
         """The agent's events as they happen, then the stored TurnResult. An agent failure
-        stores a `failed` reply and raises the contract's error; a consumer that stops early
-        (the client has gone) stores what was said so far as `cancelled`."""
+        stores a `failed` reply and raises the contract's error; a stop (`pending.stop`: a
+        cancel from anywhere) stores what was said so far as `cancelled` and yields that
+        result last, as does a consumer that stops early (without the result)."""
         user_id = None if pending.knowledge_only else pending.turn.user_id
         tools = tools_for(
             self.database,
