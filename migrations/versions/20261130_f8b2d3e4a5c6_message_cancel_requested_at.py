@@ -1,7 +1,7 @@
 """a running turn's reply can be asked to stop from any worker or host (cancel_requested_at)
 
 Revision ID: f8b2d3e4a5c6
-Revises: e7a1c2d3f4b5
+Revises: a9c3e5f7b1d2
 Create Date: 2026-11-30 21:15:00
 
 """
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = 'f8b2d3e4a5c6'
-down_revision = 'e7a1c2d3f4b5'
+down_revision = "a9c3e5f7b1d2"
 branch_labels = None
 depends_on = None
 
