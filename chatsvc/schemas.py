@@ -200,9 +200,11 @@ EVENT_ID = validate.Regexp(r"^[0-9]{1,9}$", error="An event id: digits only, 0 t
 EVENT_ID_DOC = "Read the events after this id (the `id:` of the last event received)."
 
 
+# Absent reads as "" (not None): a None default would make the document call the parameter
+# nullable, and a client (or a fuzzer) would then send the text "null".
 class EventsArgsSchema(Schema):
     last_event_id = fields.String(
-        load_default=None, validate=EVENT_ID, metadata={"description": EVENT_ID_DOC}
+        load_default="", validate=EVENT_ID, metadata={"description": EVENT_ID_DOC}
     )
 
 
@@ -211,7 +213,7 @@ class EventsHeadersSchema(Schema):
         unknown = EXCLUDE  # every other header
 
     last_event_id = fields.String(
-        data_key="Last-Event-ID", load_default=None, validate=EVENT_ID,
+        data_key="Last-Event-ID", load_default="", validate=EVENT_ID,
         metadata={"description": EVENT_ID_DOC + " Wins over `?last_event_id=`."},
     )  # fmt: skip
 

@@ -95,7 +95,7 @@ def openai_errors(*statuses: int) -> Any:
 
 @bp.get("/models")
 @bp.response(200, ModelListSchema)
-@openai_errors(401, 429)
+@openai_errors(401, 422, 429)
 def list_models() -> Any:
     """The models this service answers as (OpenAI's list shape)."""
     return {"object": "list", "data": [_model_card(name) for name in MODELS]}
@@ -103,7 +103,7 @@ def list_models() -> Any:
 
 @bp.get("/models/<model_id>")
 @bp.response(200, ModelSchema)
-@openai_errors(401, 404, 429)
+@openai_errors(401, 404, 422, 429)
 def get_model(model_id: str) -> Any:
     """One model."""
     return _model_card(_model(model_id))
@@ -190,7 +190,7 @@ def create_response(body: dict[str, Any], headers: dict[str, Any]) -> Any:
 
 @bp.get("/responses/<response_id>")
 @bp.response(200, ResponseSchema)
-@openai_errors(401, 404, 410, 429)
+@openai_errors(401, 404, 410, 422, 429)
 def get_response(response_id: str) -> Any:
     """A stored response (the assistant message `response_id`), as the caller may see it."""
     subject = auth.caller_id()
