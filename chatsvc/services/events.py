@@ -33,6 +33,7 @@ turn whose worker died still ends: see `follow`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -40,9 +41,8 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
@@ -75,9 +75,9 @@ MEMORY_TURNS = 10_000
 ORPHAN_MARGIN = timedelta(days=1)
 
 
-@dataclass(frozen=True)
-class Event:
-    """One event of a turn's log: its per-turn id, its §5 name and its JSON body (text)."""
+class Event(NamedTuple):
+    """One event of a turn's log: its per-turn id, its §5 name and its JSON body (text). A
+    tuple: made once per delta, on the stream's path."""
 
     id: int
     name: str
@@ -326,13 +326,16 @@ class _Head:
 
     def add(self, event: Event) -> None:
         self.events.append(event)
-        for bell in self._bells:
-            bell.put(None)
+        self._ring()
 
     def close(self) -> None:
         self.closed = True
+        self._ring()
+
+    def _ring(self) -> None:
         for bell in self._bells:
-            bell.put(None)
+            if bell.empty():  # one ring is enough: the reader takes every event there is
+                bell.put(None)
 
     def after(self, last: int, timeout: float, bell: queue.SimpleQueue[None]) -> list[Event] | None:
         """The events after id `last`, waiting up to `timeout` for one; None once the turn is
@@ -340,12 +343,8 @@ class _Head:
         if bell not in self._bells:
             self._bells = (*self._bells, bell)  # copied, never changed in place: no lock
         if len(self.events) <= last and not self.closed:
-            try:
+            with contextlib.suppress(queue.Empty):  # silence: the caller decides what next
                 bell.get(timeout=timeout)
-                while True:  # the rings of events already there
-                    bell.get_nowait()
-            except queue.Empty:
-                pass
         if len(self.events) > last:
             return self.events[last:]
         return None if self.closed else []
