@@ -1,0 +1,311 @@
+"""Two hosts behind nginx (issue 17, README "Several hosts"): `python -m bench.cluster` — what
+`make cluster` runs — starts two gunicorn instances sharing PostgreSQL and Redis behind nginx
+(deploy/nginx/chatsvc.conf, round robin). Through nginx, requests alternate between the
+instances, and the promises that need shared state hold across them: the chat rate limit, the
+one-turn-per-conversation rule, idempotency, and the client's address (X-Forwarded-For) for the
+anonymous limiter. One cluster serves the module; Ctrl-C stops every process it started."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from conftest import ROOT, empty_tables, require_service
+from fakellm import FakeLLM, say
+from helpers import free_port, wait_for
+from sqlalchemy import create_engine
+
+# Every test runs against the one cluster, on PostgreSQL (hosts cannot share a SQLite file).
+pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
+CHAT_BUDGET = 5  # RATELIMIT_CHAT of the cluster, per caller and minute
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: Any
+    instance: str  # "a" or "b": which instance answered (nginx's X-Upstream)
+
+
+@dataclass
+class Cluster:
+    url: str
+    port: int
+    state: dict[str, Any]
+    process: subprocess.Popen
+    model: FakeLLM
+    names: dict[str, str] = field(default_factory=dict)  # "127.0.0.1:port" → instance name
+
+    def instance(self, headers: dict[str, str]) -> str:
+        return self.names[headers["x-upstream"]]
+
+    def log(self, name: str) -> str:
+        instance = next(i for i in self.state["instances"] if i["name"] == name)
+        return Path(instance["log"]).read_text(errors="replace")
+
+    def request(
+        self, method: str, path: str, body: Any = None, source: str = "127.0.0.1", **headers: str
+    ) -> Reply:
+        """One request through nginx, from `source` (any address of 127/8 is this machine)."""
+        with self.connect(method, path, body, source, headers) as response:
+            data = response.read()
+            found = {name.lower(): value for name, value in response.getheaders()}
+            parsed = json.loads(data) if data and "json" in found.get("content-type", "") else data
+            return Reply(response.status, found, parsed, self.instance(found))
+
+    @contextmanager
+    def connect(
+        self, method: str, path: str, body: Any, source: str, headers: dict[str, str]
+    ) -> Iterator[http.client.HTTPResponse]:
+        connection = http.client.HTTPConnection(
+            "127.0.0.1", self.port, timeout=30, source_address=(source, 0)
+        )
+        try:
+            payload = None if body is None else json.dumps(body).encode()
+            if payload is not None:
+                headers = {"Content-Type": "application/json", **headers}
+            connection.request(method, path, body=payload, headers=headers)
+            yield connection.getresponse()
+        finally:
+            connection.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """`python -m bench.cluster` against the test database and Redis, its agent the fake model;
+    stopped with Ctrl-C (SIGINT) at the end, which must leave none of its processes behind."""
+    redis_url = require_service("TEST_REDIS_URL", "Redis")
+    if not (shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")):
+        require_service("NGINX_BIN", "nginx (apt-get install nginx-light)")
+    model = FakeLLM()
+    directory = tmp_path_factory.mktemp("cluster")
+    port = free_port()
+    env = {
+        **os.environ, "CHATSVC_ENV": "development", "LOG_FORMAT": "json", "LOG_LEVEL": "INFO",
+        "AGENT_PROVIDER": "openai", "OPENAI_BASE_URL": model.url, "OPENAI_API_KEY": "sk-test",
+        "OPENAI_MODEL": "fake-model", "AGENT_MAX_RETRIES": "0", "AGENT_TIMEOUT_SECONDS": "20",
+        "RATELIMIT_CHAT": f"{CHAT_BUDGET} per minute", "RATELIMIT_DEFAULT": "1000 per minute",
+    }  # fmt: skip
+    state_file = directory / "state.json"
+    argv = [sys.executable, "-m", "bench.cluster", "--port", str(port), "--workers", "1",
+            "--database-url", database_url, "--redis-url", redis_url,
+            "--dir", str(directory), "--state-file", str(state_file)]  # fmt: skip
+    output = directory / "cluster.out"
+    with open(output, "wb") as sink:
+        process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        started = wait_for(
+            lambda: state_file.exists() or process.poll() is not None, 120, "the cluster to start"
+        )
+        assert started and process.poll() is None, output.read_text()
+        state = json.loads(state_file.read_text())
+    except BaseException:
+        stop(process, model, database_url)
+        raise
+    names = {i["url"].removeprefix("http://"): i["name"] for i in state["instances"]}
+    yield Cluster(state["url"], port, state, process, model, names)
+    masters = [instance["pid"] for instance in state["instances"]]
+    ours = [state["nginx_pid"], *masters, *[pid for m in masters for pid in children(m)]]
+    code = stop(process, model, database_url)
+    assert code == 0, output.read_text()[-3000:]
+    assert not [pid for pid in ours if alive(pid)], output.read_text()[-3000:]
+
+
+def stop(process: subprocess.Popen, model: FakeLLM, database_url: str) -> int:
+    """Ctrl-C to the cluster; its exit status. What the tests stored is deleted."""
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.wait(timeout=90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        model.close()
+        empty_tables(create_engine(database_url))
+
+
+def children(pid: int) -> list[int]:
+    """A gunicorn master's workers."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        if f"\nPPid:\t{pid}\n" in text:
+            found.append(int(status.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def someone() -> str:
+    return f"cl-{uuid.uuid4().hex[:10]}"
+
+
+def an_address() -> str:
+    """A client address of its own: budgets by address start afresh in every run."""
+    return f"127.{random.randrange(1, 255)}.{random.randrange(256)}.{random.randrange(1, 255)}"
+
+
+def sse_events(response: http.client.HTTPResponse) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(event, data) as each event arrives on a live stream."""
+    fields: dict[str, str] = {}
+    while line := response.readline():
+        line = line.decode().rstrip("\r\n")
+        if line:
+            if not line.startswith(":"):
+                name, _, value = line.partition(": ")
+                fields[name] = value
+            continue
+        if "event" in fields:
+            yield fields["event"], json.loads(fields["data"])
+        fields = {}
+
+
+def test_requests_alternate_between_the_two_instances(cluster):
+    user = someone()
+    ids = [uuid.uuid4().hex for _ in range(6)]
+    replies = [cluster.request("GET", f"/api/{user}/tasks", **{"X-Request-ID": i}) for i in ids]
+    assert [r.status for r in replies] == [200] * 6
+    served = [r.instance for r in replies]
+    assert served in (["a", "b"] * 3, ["b", "a"] * 3), served
+    # The header tells the truth: each request is in the access log of the instance it names.
+    for request_id, instance in zip(ids, served, strict=True):
+        other = "b" if instance == "a" else "a"
+        wait_for(lambda: request_id in cluster.log(instance), 10, "the access line")  # noqa: B023
+        assert request_id not in cluster.log(other)
+
+
+def test_the_chat_rate_limit_holds_across_both_instances(cluster):
+    user = someone()
+    replies = [
+        cluster.request("POST", f"/api/{user}/chat", {"message": f"hello {n}"})
+        for n in range(CHAT_BUDGET + 3)
+    ]
+    assert [r.status for r in replies] == [200] * CHAT_BUDGET + [429] * 3
+    # One count in Redis: each instance's answer continues the other's.
+    remaining = [int(r.headers["x-ratelimit-remaining"]) for r in replies[:CHAT_BUDGET]]
+    assert remaining == list(range(CHAT_BUDGET - 1, -1, -1))
+    assert {r.instance for r in replies[:CHAT_BUDGET]} == {"a", "b"}
+    assert {r.instance for r in replies[CHAT_BUDGET:]} == {"a", "b"}
+    for refused in replies[CHAT_BUDGET:]:
+        assert refused.body["code"] == "rate_limited" and int(refused.headers["retry-after"]) > 0
+
+
+def test_a_turn_running_on_one_instance_is_409_on_the_other(cluster):
+    user = someone()
+    first = cluster.request("POST", f"/api/{user}/chat", {"message": "start"})
+    conversation = first.body["conversation_id"]
+    words = " ".join(f"w{n}" for n in range(16))
+    cluster.model.script(say(words, chunk_delay=0.15))
+    body = {"message": "a slow one", "conversation_id": conversation}
+    stream = {"Accept": "text/event-stream"}
+    with cluster.connect("POST", f"/api/{user}/chat", body, "127.0.0.1", stream) as response:
+        running_on = cluster.instance(dict((k.lower(), v) for k, v in response.getheaders()))
+        events = sse_events(response)
+        assert next(e for e, _ in events if e == "delta")
+        second = cluster.request("POST", f"/api/{user}/chat", body)
+        assert second.instance != running_on
+        assert second.status == 409 and second.body["code"] == "turn_in_progress", second.body
+        rest = [(name, data) for name, data in events]
+    assert rest[-1][0] == "done" and rest[-1][1]["response"] == words
+    after = cluster.request("POST", f"/api/{user}/chat", body)
+    assert after.status == 200, after.body
+    history = cluster.request("GET", f"/api/{user}/conversations/{conversation}?limit=50")
+    said = [(m["role"], m["content"]) for m in history.body["messages"]]
+    assert said == [
+        ("user", "start"), ("assistant", "fake: start"),
+        ("user", "a slow one"), ("assistant", words),
+        ("user", "a slow one"), ("assistant", "fake: a slow one"),
+    ]  # fmt: skip
+
+
+def test_one_idempotency_key_on_both_instances_stores_one_turn(cluster):
+    user = someone()
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    asked = len(cluster.model.requests)
+    first = cluster.request("POST", f"/api/{user}/chat", {"message": "once only"}, **key)
+    again = cluster.request("POST", f"/api/{user}/chat", {"message": "once only"}, **key)
+    assert (first.status, again.status) == (200, 200), (first.body, again.body)
+    assert first.instance != again.instance
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert again.body["message_id"] == first.body["message_id"]
+    assert again.body["conversation_id"] == first.body["conversation_id"]
+    assert len(cluster.model.requests) == asked + 1  # one agent run
+    conversation = first.body["conversation_id"]
+    history = cluster.request("GET", f"/api/{user}/conversations/{conversation}")
+    assert [m["role"] for m in history.body["messages"]] == ["user", "assistant"]
+
+
+def test_one_idempotency_key_sent_to_both_instances_at_once_runs_once(cluster):
+    user = someone()
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    cluster.model.script(say("slowly once", delay=1.5))
+    asked = len(cluster.model.requests)
+    replies: list[Reply] = []
+    first = threading.Thread(
+        target=lambda: replies.append(
+            cluster.request("POST", f"/api/{user}/chat", {"message": "race"}, **key)
+        )
+    )
+    first.start()
+    wait_for(lambda: len(cluster.model.requests) > asked, 10, "the first turn to reach the model")
+    second = cluster.request("POST", f"/api/{user}/chat", {"message": "race"}, **key)
+    first.join(timeout=30)
+    assert replies[0].status == 200 and replies[0].body["response"] == "slowly once"
+    assert second.instance != replies[0].instance
+    assert second.status == 409 and second.body["code"] == "turn_in_progress", second.body
+    replayed = cluster.request("POST", f"/api/{user}/chat", {"message": "race"}, **key)
+    assert replayed.body["message_id"] == replies[0].body["message_id"]
+    assert len(cluster.model.requests) == asked + 1
+
+
+def test_the_anonymous_limit_counts_the_clients_address_behind_nginx(cluster):
+    """Without a token, chat is counted by client address: nginx's X-Forwarded-For carries it
+    (PROXY_FIX_X_FOR=1), so each client has a budget — not one for everyone behind the proxy —
+    and a client's own X-Forwarded-For buys it nothing."""
+    spender, bystander = an_address(), an_address()
+    try:
+        replies = [
+            cluster.request("POST", "/api/chat", {"message": "hi"}, source=spender)
+            for _ in range(CHAT_BUDGET + 2)
+        ]
+        assert [r.status for r in replies] == [200] * CHAT_BUDGET + [429] * 2
+        assert {r.instance for r in replies} == {"a", "b"}
+        forged = {"X-Forwarded-For": an_address()}
+        for _ in range(2):  # on each instance
+            refused = cluster.request("POST", "/api/chat", {"message": "hi"}, spender, **forged)
+            assert refused.status == 429 and refused.body["code"] == "rate_limited"
+        other = cluster.request("POST", "/api/chat", {"message": "hi"}, source=bystander)
+        assert other.status == 200, other.body
+        assert int(other.headers["x-ratelimit-remaining"]) == CHAT_BUDGET - 1
+    finally:
+        client = redis.Redis.from_url(os.environ["TEST_REDIS_URL"])
+        for address in (spender, bystander):
+            for found in client.scan_iter(match=f"LIMITS:*addr:{address}*"):
+                client.delete(found)
