@@ -5,9 +5,10 @@ instances (gevent workers, `gunicorn.conf.py`) on ports of their own sharing one
 (`DATABASE_URL`) and one Redis (`REDIS_URL`: the rate limiter's storage, and the turns' event
 log; a private `redis-server` when unset), then nginx with `deploy/nginx/chatsvc.conf` (the
 file compose mounts) rendered with the two instances as its round-robin upstream. Every
-response says which instance answered (`X-Upstream`). Ctrl-C (or SIGTERM) stops it all: nginx
-first, then each instance gracefully, then the Redis it started. Any other setting passes to
-both instances from the environment (`AGENT_PROVIDER`, `RATELIMIT_CHAT`, ...).
+response says which instance answered (`X-Upstream`). An instance that dies leaves the other
+serving everything; Ctrl-C (or SIGTERM) stops it all: nginx first, then the instances
+gracefully, then the Redis it started. Any other setting passes to both instances from the
+environment (`AGENT_PROVIDER`, `RATELIMIT_CHAT`, ...).
 """
 
 from __future__ import annotations
@@ -209,9 +210,21 @@ class Cluster:
         self.processes.append((name, process))
         return process
 
-    def exited(self) -> str | None:
-        """The name of a process that stopped by itself, if any."""
-        return next((name for name, p in self.processes if p.poll() is not None), None)
+    def exited(self) -> set[str]:
+        """The names of the processes that stopped by themselves."""
+        return {name for name, process in self.processes if process.poll() is not None}
+
+    def watch(self) -> None:
+        """Until nginx or every instance is gone. One instance gone is what a host failing
+        looks like: nginx sends everything to the other, so the cluster goes on without it."""
+        reported: set[str] = set()
+        instances = {name for name, _ in self.processes if name != "nginx"}
+        while "nginx" not in (gone := self.exited()) and not instances <= gone:
+            for name in sorted(gone - reported):
+                print(f"{name} exited: nginx sends its requests to the other", file=sys.stderr)
+            reported |= gone
+            time.sleep(0.2)
+        print(f"{', '.join(sorted(gone))} exited: stopping the cluster", file=sys.stderr)
 
     def stop(self) -> None:
         """nginx first (no new requests), then both instances together (gracefully: each
@@ -325,9 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             written = args.state_file.with_suffix(".tmp")
             written.write_text(json.dumps(asdict(state), indent=2))
             written.replace(args.state_file)  # readers never see half a file
-        while (gone := cluster.exited()) is None:
-            time.sleep(0.2)
-        print(f"{gone} exited: stopping the cluster", file=sys.stderr, flush=True)
+        cluster.watch()
         return 1
     except KeyboardInterrupt:
         return 0

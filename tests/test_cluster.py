@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,7 +34,8 @@ from sqlalchemy import create_engine
 # Every test runs against the one cluster, on PostgreSQL (hosts cannot share a SQLite file).
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
-CHAT_BUDGET = 5  # RATELIMIT_CHAT of the cluster, per caller and minute
+CHAT_BUDGET = 8  # RATELIMIT_CHAT of the cluster, per caller and minute
+LEASE_SECONDS = 3  # TURN_LEASE_SECONDS: how soon a dead worker's turn is taken over
 
 
 @dataclass
@@ -41,7 +43,7 @@ class Reply:
     status: int
     headers: dict[str, str]
     body: Any
-    instance: str  # "a" or "b": which instance answered (nginx's X-Upstream)
+    instance: str  # "a" or "b": which instance answered (nginx's X-Upstream), or "nginx"
 
 
 @dataclass
@@ -54,11 +56,14 @@ class Cluster:
     names: dict[str, str] = field(default_factory=dict)  # "127.0.0.1:port" → instance name
 
     def instance(self, headers: dict[str, str]) -> str:
-        return self.names[headers["x-upstream"]]
+        """The instance that answered; "nginx" for what nginx answered itself."""
+        return self.names[headers["x-upstream"]] if "x-upstream" in headers else "nginx"
 
     def log(self, name: str) -> str:
-        instance = next(i for i in self.state["instances"] if i["name"] == name)
-        return Path(instance["log"]).read_text(errors="replace")
+        return Path(self.of(name)["log"]).read_text(errors="replace")
+
+    def of(self, name: str) -> dict[str, Any]:
+        return next(i for i in self.state["instances"] if i["name"] == name)
 
     def request(
         self, method: str, path: str, body: Any = None, source: str = "127.0.0.1", **headers: str
@@ -102,6 +107,7 @@ def cluster(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "AGENT_PROVIDER": "openai", "OPENAI_BASE_URL": model.url, "OPENAI_API_KEY": "sk-test",
         "OPENAI_MODEL": "fake-model", "AGENT_MAX_RETRIES": "0", "AGENT_TIMEOUT_SECONDS": "20",
         "RATELIMIT_CHAT": f"{CHAT_BUDGET} per minute", "RATELIMIT_DEFAULT": "1000 per minute",
+        "TURN_LEASE_SECONDS": str(LEASE_SECONDS),
     }  # fmt: skip
     state_file = directory / "state.json"
     argv = [sys.executable, "-m", "bench.cluster", "--port", str(port), "--workers", "1",
@@ -309,3 +315,64 @@ def test_the_anonymous_limit_counts_the_clients_address_behind_nginx(cluster):
         for address in (spender, bystander):
             for found in client.scan_iter(match=f"LIMITS:*addr:{address}*"):
                 client.delete(found)
+
+
+def test_a_turn_cut_by_a_dying_instance_is_a_503_problem_sent_to_no_other(cluster):
+    """nginx never sends a POST it forwarded to a second instance (the turn would run twice);
+    the client gets the contract's 503 and retries with its key, which succeeds elsewhere once
+    the dead worker's claim lapses."""
+    user = someone()
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    probe = cluster.request("GET", f"/api/{user}/tasks")
+    target = "b" if probe.instance == "a" else "a"  # round robin: the next request's instance
+    cluster.model.script(say("never heard", delay=5))
+    asked = len(cluster.model.requests)
+    replies: list[Reply] = []
+    path, body = f"/api/{user}/chat", {"message": "cut short"}
+    thread = threading.Thread(
+        target=lambda: replies.append(cluster.request("POST", path, body, **key))
+    )
+    thread.start()
+    wait_for(lambda: len(cluster.model.requests) > asked, 10, "the turn to reach the model")
+    for worker in children(cluster.of(target)["pid"]):
+        os.kill(worker, signal.SIGKILL)
+    thread.join(timeout=30)
+    cut = replies[0]
+    assert (
+        cut.instance == "nginx"
+        and cut.status == 503
+        and cut.headers["content-type"] == "application/problem+json"
+    )
+    assert cut.body["code"] == "unavailable" and cut.headers["retry-after"] == "2", cut.body
+    assert cut.body["request_id"] == cut.headers["x-request-id"]
+    assert len(cluster.model.requests) == asked + 1  # not sent again to the other instance
+    deadline = time.monotonic() + LEASE_SECONDS + 20
+    while (retried := cluster.request("POST", path, body, **key)).status == 409:
+        assert retried.body["code"] == "turn_in_progress"
+        assert time.monotonic() < deadline, "the dead worker's claim was never taken over"
+        time.sleep(1)
+    assert retried.status == 200 and retried.body["response"] == "fake: cut short", retried.body
+    history = cluster.request("GET", f"/api/{user}/conversations/{retried.body['conversation_id']}")
+    said = [
+        (m["role"], m["content"], m["status"], m["error_code"]) for m in history.body["messages"]
+    ]
+    assert said == [
+        ("user", "cut short", "completed", None),
+        ("assistant", "", "failed", "interrupted"),  # the attempt the dead worker ran
+        ("assistant", "fake: cut short", "completed", None),
+    ]
+
+
+# Last: it stops an instance for good.
+def test_with_one_instance_gone_nginx_sends_everything_to_the_other(cluster):
+    gone = cluster.of("b")["pid"]
+    os.kill(gone, signal.SIGTERM)
+    wait_for(lambda: not alive(gone), 60, "instance b to stop")
+    user = someone()
+    # An instance that failed a request (the test before killed a worker) sits out nginx's
+    # fail_timeout (10 s); a is back once it answers.
+    wait_for(lambda: cluster.request("GET", "/health").instance == "a", 15, "a to serve again")
+    replies = [cluster.request("GET", f"/api/{user}/tasks") for _ in range(4)]
+    replies += [cluster.request("POST", f"/api/{user}/chat", {"message": n}) for n in "12"]
+    assert [(r.status, r.instance) for r in replies] == [(200, "a")] * 6
+    assert cluster.process.poll() is None  # the cluster goes on with one instance
