@@ -60,7 +60,7 @@ soak: install
 CLUSTER_PORT ?= 8080
 cluster: install
 	command -v nginx >/dev/null || test -x /usr/sbin/nginx || apt-get install -y -q nginx-light
-	exec $(BIN)/python -m bench.cluster --port $(CLUSTER_PORT) $(CLUSTER_ARGS)
+	exec $(BIN)/python -m bench.cluster --port $(CLUSTER_PORT) --seed $(CLUSTER_ARGS)
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache

@@ -1,14 +1,14 @@
 """Several hosts on one machine (README "Several hosts"): two chatsvc instances behind nginx.
 
-`make cluster` (or `python -m bench.cluster`) migrates the database once, starts two gunicorn
-instances (gevent workers, `gunicorn.conf.py`) on ports of their own sharing one PostgreSQL
-(`DATABASE_URL`) and one Redis (`REDIS_URL`: the rate limiter's storage, and the turns' event
-log; a private `redis-server` when unset), then nginx with `deploy/nginx/chatsvc.conf` (the
-file compose mounts) rendered with the two instances as its round-robin upstream. Every
-response says which instance answered (`X-Upstream`). An instance that dies leaves the other
-serving everything; Ctrl-C (or SIGTERM) stops it all: nginx first, then the instances
-gracefully, then the Redis it started. Any other setting passes to both instances from the
-environment (`AGENT_PROVIDER`, `RATELIMIT_CHAT`, ...).
+`make cluster` (or `python -m bench.cluster`) migrates the database once (`--seed`: and seeds
+the knowledge base, as `make run` does), starts two gunicorn instances (gevent workers,
+`gunicorn.conf.py`) on ports of their own sharing one PostgreSQL (`DATABASE_URL`) and one Redis
+(`REDIS_URL`: the rate limiter's storage, and the turns' event log; a private `redis-server`
+when unset), then nginx with `deploy/nginx/chatsvc.conf` (the file compose mounts) rendered with
+the two instances as its round-robin upstream. Every response says which instance answered
+(`X-Upstream`). An instance that dies leaves the other serving everything; Ctrl-C (or SIGTERM)
+stops it all: nginx first, then the instances gracefully, then the Redis it started. Any other
+setting passes to both instances from the environment (`AGENT_PROVIDER`, `RATELIMIT_CHAT`, ...).
 """
 
 from __future__ import annotations
@@ -99,10 +99,12 @@ class Cluster:
         self.processes: list[tuple[str, subprocess.Popen]] = []  # in start order
         self.redis: subprocess.Popen | None = None
 
-    def start(self, port: int, workers: int) -> State:
+    def start(self, port: int, workers: int, seed: bool) -> State:
         if self.redis_url is None:
             self.redis_url = self.start_redis()
-        self.migrate()
+        self.flask("db", "upgrade")
+        if seed:
+            self.flask("kb", "seed")  # README and docs/ into an empty knowledge base
         ports = distinct_free_ports(len(INSTANCES), avoid={port})
         instances = [
             self.start_instance(name, instance_port, workers)
@@ -138,14 +140,15 @@ class Cluster:
             "PROMETHEUS_MULTIPROC_DIR": str(metrics),
         }
 
-    def migrate(self) -> None:
+    def flask(self, *command: str) -> None:
+        """A flask command on the shared database, once, before any instance starts."""
         env = {"CHATSVC_ENV": "development", **os.environ, "DATABASE_URL": self.database_url}
         done = subprocess.run(
-            [str(BIN / "flask"), "--app", "chatsvc", "db", "upgrade"],
+            [str(BIN / "flask"), "--app", "chatsvc", *command],
             cwd=REPO, env=env, capture_output=True, text=True,
         )  # fmt: skip
         if done.returncode:
-            raise RuntimeError(f"flask db upgrade failed:\n{done.stderr[-3000:]}")
+            raise RuntimeError(f"flask {' '.join(command)} failed:\n{done.stderr[-3000:]}")
 
     def start_instance(self, name: str, port: int, workers: int) -> Instance:
         log = self.directory / f"instance-{name}.log"
@@ -316,6 +319,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--dir", type=Path, help="logs, nginx's files (default: bench/out/cluster, emptied)"
     )
     parser.add_argument("--state-file", type=Path, help="written (JSON) once the cluster is up")
+    parser.add_argument(
+        "--seed", action="store_true", help="ingest README and docs/ into an empty knowledge base"
+    )
     return parser.parse_args(argv)
 
 
@@ -332,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: signal.default_int_handler(signum, frame))
     cluster = Cluster(directory, args.database_url, args.redis_url)
     try:
-        state = cluster.start(args.port, args.workers)
+        state = cluster.start(args.port, args.workers, args.seed)
         print(describe(state), flush=True)
         if args.state_file:
             written = args.state_file.with_suffix(".tmp")
