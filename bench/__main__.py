@@ -22,8 +22,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
+
+from chatsvc.auth import create_token
 
 from . import harness, seed
 from .harness import Service, Settings
@@ -102,8 +106,9 @@ def pool_high_water(service: Service) -> int | str:
 
 
 class Bench:
-    def __init__(self, quick: bool) -> None:
+    def __init__(self, quick: bool, events: str = "database") -> None:
         self.quick = quick
+        self.events = [mode.strip() for mode in events.split(",") if mode.strip()]
         self.report = Report()
         self.workers = int(os.environ.get("BENCH_WORKERS", "2"))
         self.database_url, self.tmp = harness.temporary_sqlite()
@@ -120,8 +125,10 @@ class Bench:
         self.started.append(service)
         return service
 
-    def llm(self, latency_ms: float, first_token_ms: float | None = None) -> Service:
-        service = harness.start_fake_llm(latency_ms, first_token_ms)
+    def llm(
+        self, latency_ms: float, first_token_ms: float | None = None, words: int = 0
+    ) -> Service:
+        service = harness.start_fake_llm(latency_ms, first_token_ms, words)
         self.started.append(service)
         return service
 
@@ -272,21 +279,58 @@ class Bench:
         directly (same concurrency), and split per turn by the fake's trace: what chatsvc spent
         before its provider request left, the fake's own time to its first chunk (its timer
         and HTTP add 1-2 ms to the nominal first token; chatsvc cannot remove that), and what
-        chatsvc spent from that chunk to the client's `delta`."""
+        chatsvc spent from that chunk to the client's `delta`. Once per event-log store asked
+        for (`--events`), each with the server's CPU per delta over long answers."""
         first_token_ms, count = 50, 40 if self.quick else 200
         llm = self.llm(200, first_token_ms)
+        long = self.llm(0, 0, words=LONG_WORDS)
         alone = _spread(first_chunk_ms(llm, count, concurrency=4))
         self.report.add(
             Row("P5", f"fake LLM alone: first chunk, first token {first_token_ms} ms", count, 0.0,
                 *alone, 0, 0.0, note="the floor of this scenario")
         )  # fmt: skip
-        svc = self.chatsvc(llm)
+        measured: dict[str, tuple[float, float]] = {}
+        for mode in self.events:
+            extra = events_env(mode)
+            if extra is None:
+                self.report.verdict(f"P5 log {mode}: not measured (set BENCH_REDIS_URL)")
+                continue
+            svc = self.chatsvc(llm, **extra)
+            p95 = self._p5_one(svc, llm, mode, first_token_ms, alone, count)
+            self._stop(svc)
+            svc = self.chatsvc(long, **extra)
+            cpu = cpu_per_delta(svc, 30 if self.quick else 120, concurrency=4)
+            self.report.verdict(
+                f"P5 (log: {mode}) server CPU per delta {cpu * 1000:.1f} µs ({LONG_WORDS} "
+                "deltas a turn, the turn's own costs included; a Redis server's CPU is not "
+                "counted)"
+            )
+            self._stop(svc)
+            measured[mode] = (p95, cpu)
+        base = measured.get("memory")
+        for mode, (p95, cpu) in measured.items():
+            if base is None or mode == "memory":
+                continue
+            self.report.verdict(
+                f"P5 log {mode} vs memory (no store): first delta p95 {p95 - base[0]:+.1f} ms "
+                f"(≤ +5), CPU per delta {cpu / base[1] - 1:+.1%} (≤ +10%)"
+            )
+        self.stop_all()
+
+    def _stop(self, service: Service) -> None:
+        service.stop()
+        self.started.remove(service)
+
+    def _p5_one(
+        self, svc: Service, llm: Service, mode: str, first_token_ms: int,
+        alone: tuple[float, float, float], count: int,
+    ) -> float:  # fmt: skip
         turns = first_delta_split(svc, llm, count, concurrency=4)
         p50, p95, worst = _spread([turn.total for turn in turns])
         note = f"+{p50 - alone[0]:.1f} ms p50, +{p95 - alone[1]:.1f} ms p95 over the fake alone"
         self.report.add(
-            Row("P5", f"chatsvc: first delta, first token {first_token_ms} ms", count, 0.0,
-                p50, p95, worst, 0, 0.0, note=note)
+            Row("P5", f"chatsvc (log: {mode}): first delta, first token {first_token_ms} ms",
+                count, 0.0, p50, p95, worst, 0, 0.0, note=note)
         )  # fmt: skip
         own = _spread([turn.own for turn in turns])
         before, fake, after = (
@@ -297,13 +341,129 @@ class Bench:
             f"provider request {before[0]:.1f}/{before[1]:.1f} ms, the fake {fake[0]:.1f}/"
             f"{fake[1]:.1f} ms, its first chunk → delta {after[0]:.1f}/{after[1]:.1f} ms"
         )
-        self.report.add(Row("P5", "chatsvc's own part of it", count, 0.0, *own, 0, 0.0, note=note))
+        self.report.add(
+            Row("P5", f"chatsvc's own part of it (log: {mode})", count, 0.0, *own, 0, 0.0,
+                note=note)
+        )  # fmt: skip
         self.report.verdict(
-            f"P5 first delta p95 {p95:.1f} ms = first token + {p95 - first_token_ms:.1f} ms "
-            f"(≤ +10); per turn chatsvc's own part p95 {own[1]:.1f} ms (≤ 10) around the fake's "
-            f"p95 {fake[1]:.1f} ms; the fake alone p95 {alone[1]:.1f} ms"
+            f"P5 (log: {mode}) first delta p95 {p95:.1f} ms = first token + "
+            f"{p95 - first_token_ms:.1f} ms (≤ +10); per turn chatsvc's own part p95 "
+            f"{own[1]:.1f} ms (≤ 10) around the fake's p95 {fake[1]:.1f} ms; the fake alone "
+            f"p95 {alone[1]:.1f} ms"
+        )
+        return p95
+
+
+LONG_WORDS = 200  # chunks of the long answers P5 measures the CPU per delta with
+
+
+def events_env(mode: str) -> dict[str, str] | None:
+    """chatsvc's settings for an event-log store: memory (this process only, no I/O: the
+    log's cost apart from its store), database, redis (BENCH_REDIS_URL or TEST_REDIS_URL)."""
+    if mode == "memory":
+        return {"TURN_EVENTS_STORE": "memory"}
+    if mode == "database":
+        return {"TURN_EVENTS_STORE": "database"}
+    if mode == "redis":
+        url = os.environ.get("BENCH_REDIS_URL") or os.environ.get("TEST_REDIS_URL")
+        return {"EVENTS_REDIS_URL": url} if url else None
+    raise SystemExit(f"--events: unknown store {mode!r} (memory, database, redis)")
+
+
+def cpu_per_delta(service: Service, count: int, concurrency: int) -> float:
+    """The server's CPU milliseconds (master and workers) per delta, over `count` streamed
+    turns of LONG_WORDS deltas (a service whose fake answers that long)."""
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    run = f"{time.monotonic_ns():x}"
+    started = service.cpu_seconds()
+    _timed(
+        lambda n: _first_line_ms(
+            service.port, f"/api/bench-long-{n}/chat",
+            json.dumps({"message": f"long please {run}-{n}"}), headers, b"event: delta",
+        ),
+        count, concurrency,
+    )  # fmt: skip
+    return (service.cpu_seconds() - started) * 1000 / (count * LONG_WORDS)
+
+    def p6_openai_facade(self) -> None:
+        """The OpenAI-compatible facade next to chatsvc's own route, on one server: the same
+        turn (a new conversation of one signed-in user, a 0 ms model, c=16) sent as the `openai`
+        SDK sends it to /v1/chat/completions and as POST /api/{user}/chat, in alternating runs
+        (P1-style); then, P5-style, a streamed turn's first content chunk on /v1 next to the
+        first `delta` event on /api, each split by the fake's trace."""
+        token = create_token(BENCH_USER, secret=BENCH_SECRET, ttl=timedelta(hours=3))
+        routes = {
+            "POST /api/{user}/chat": {"TOKEN": token, "BENCH_USER": BENCH_USER},
+            "POST /v1/chat/completions (SDK-shaped)": {
+                "TOKEN": token, "BENCH_USER": BENCH_USER, "V1": "1",
+            },
+        }  # fmt: skip
+        llm = self.llm(0)
+        svc = self.chatsvc(llm, JWT_SECRET=BENCH_SECRET)
+        for env in routes.values():
+            harness.wrk(svc.url, connections=16, duration_s=2, env=env)  # warm-up
+        runs: dict[str, list[dict]] = {name: [] for name in routes}
+        for _ in range(3):
+            for name, env in routes.items():
+                runs[name].append(
+                    harness.wrk(svc.url, connections=16, duration_s=self.seconds(6), env=env,
+                                watch=(svc, llm))
+                )  # fmt: skip
+        (api_name, api_runs), (v1_name, v1_runs) = runs.items()
+        api, v1 = _median_run(api_runs), _median_run(v1_runs)
+        extra = v1["cpu_ms"]["chatsvc"] / api["cpu_ms"]["chatsvc"] - 1
+        self.report.add(wrk_row("P6", f"{api_name}, LLM 0 ms, c=16", api, svc, "3 runs, medians"))
+        note = f"chatsvc CPU {extra:+.1%} a turn vs /api"
+        self.report.add(wrk_row("P6", f"{v1_name}, LLM 0 ms, c=16", v1, svc, note))
+        svc.stop()
+
+        first_token_ms, count = 50, 40 if self.quick else 200
+        slow = self.llm(200, first_token_ms)
+        streaming = self.chatsvc(slow, JWT_SECRET=BENCH_SECRET)
+        spreads = {}
+        for name, route in (("/api first delta", _api_stream), ("/v1 first chunk", _v1_stream)):
+            turns = first_delta_split(streaming, slow, count, 4, route=partial(route, token))
+            total, own = _spread([t.total for t in turns]), _spread([t.own for t in turns])
+            spreads[name] = (total, own)
+            note = f"chatsvc's own part p50/p95 {own[0]:.1f}/{own[1]:.1f} ms"
+            self.report.add(
+                Row("P6", f"{name}, first token {first_token_ms} ms", count, 0.0, *total, 0, 0.0,
+                    note=note)
+            )  # fmt: skip
+        (api_total, api_own), (v1_total, v1_own) = spreads.values()
+        self.report.verdict(
+            f"P6 chatsvc CPU a turn: /v1 {v1['cpu_ms']['chatsvc']:.2f} ms vs /api "
+            f"{api['cpu_ms']['chatsvc']:.2f} ms = {extra:+.1%} (target ≤ +10%); throughput "
+            f"{v1['rps']:.0f} vs {api['rps']:.0f} turns/s; first streamed text p95: /v1 chunk "
+            f"{v1_total[1]:.1f} ms, /api delta {api_total[1]:.1f} ms (chatsvc's own part p95 "
+            f"{v1_own[1]:.1f} vs {api_own[1]:.1f} ms)"
         )
         self.stop_all()
+
+
+BENCH_USER = "bench-v1"
+BENCH_SECRET = "bench-secret-" + "x" * 32  # P6's servers sign and check its token with it
+
+
+def _api_stream(token: str, number: int, message: str) -> StreamedTurn:
+    """A streamed turn on /api as the demo page sends it: its first text is `event: delta`."""
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+        path = f"/api/{BENCH_USER}/chat"
+    else:
+        path = f"/api/bench-stream-{number}/chat"
+    return StreamedTurn(path, json.dumps({"message": message}), headers, b"event: delta")
+
+
+def _v1_stream(token: str, number: int, message: str) -> StreamedTurn:
+    """The same turn as the openai SDK streams it: its first text is the first chunk with
+    content (the one before it, sent as the turn starts, carries the role only)."""
+    body = {"messages": [{"content": message, "role": "user"}], "model": "todo", "stream": True}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    return StreamedTurn(
+        "/v1/chat/completions", json.dumps(body), headers, b"data: ", b'"delta": {"content": "'
+    )
 
 
 def _median_run(results: list[dict]) -> dict:
@@ -355,18 +515,33 @@ class FirstDelta:
         return self.before + self.after
 
 
+@dataclass(frozen=True)
+class StreamedTurn:
+    """How to ask for one streamed turn, and how its first text line starts (and holds)."""
+
+    path: str
+    body: str
+    headers: dict[str, str]
+    prefix: bytes
+    contains: bytes = b""
+
+
 def first_delta_split(
-    service: Service, llm: Service, count: int, concurrency: int
+    service: Service,
+    llm: Service,
+    count: int,
+    concurrency: int,
+    route: Callable[[int, str], StreamedTurn] | None = None,
 ) -> list[FirstDelta]:
     run = f"{time.monotonic_ns():x}"
-    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    route = route or partial(_api_stream, "")
 
     def one(number: int) -> tuple[str, float, float]:
         message = f"stream please {run}-{number}"
+        turn = route(number, message)
         sent, first = _first_line_at(
-            service.port, f"/api/bench-stream-{number}/chat", json.dumps({"message": message}),
-            headers, b"event: delta",
-        )  # fmt: skip
+            service.port, turn.path, turn.body, turn.headers, turn.prefix, turn.contains
+        )
         return message, sent, first
 
     turns = _timed(one, count, concurrency)
@@ -395,17 +570,17 @@ def _first_line_ms(
 
 
 def _first_line_at(
-    port: int, path: str, body: str, headers: dict[str, str], prefix: bytes
+    port: int, path: str, body: str, headers: dict[str, str], prefix: bytes, contains: bytes = b""
 ) -> tuple[float, float]:
     """When (`time.monotonic()`) a POST was sent and the first line of its stream that starts
-    with `prefix` was read; the rest is read to the end."""
+    with `prefix` (and holds `contains`) was read; the rest is read to the end."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     sent = time.monotonic()
     connection.request("POST", path, body, headers)
     response = connection.getresponse()
     first = None
     while line := response.readline():
-        if first is None and line.startswith(prefix):
+        if first is None and line.startswith(prefix) and contains in line:
             first = time.monotonic()
     connection.close()
     if first is None:
@@ -426,6 +601,7 @@ SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "P3": Bench.p3_long_history,
     "P4": Bench.p4_memory,
     "P5": Bench.p5_streaming,
+    "P6": Bench.p6_openai_facade,
 }
 
 
@@ -442,10 +618,16 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(SCENARIOS))
     parser.add_argument("--quick", action="store_true", help="shorter runs, for a smoke check")
     parser.add_argument("--output", default=str(harness.REPO / "bench" / "RESULTS.md"))
+    parser.add_argument(
+        "--events", default="database",
+        help="P5: event-log stores to measure, comma-separated: memory (no store: the "
+        "baseline), database, redis (needs BENCH_REDIS_URL or TEST_REDIS_URL)",
+    )  # fmt: skip
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
+    wanted = {name.strip() for name in args.only.split(",")}
+    if shutil.which("wrk") is None and wanted - {"P5"}:  # P5 reads its streams itself
         raise SystemExit("bench needs wrk, the load client: apt-get install -y wrk")
-    bench = Bench(args.quick)
+    bench = Bench(args.quick, args.events)
     started = time.monotonic()
     backend = "PostgreSQL" if bench.database_url.startswith("postgresql") else "SQLite"
     print(f"# chatsvc benchmarks — {machine()}; {backend}; {bench.workers} gevent workers")

@@ -1,6 +1,6 @@
 """A fast OpenAI-compatible fake for load: asyncio, keep-alive, TCP_NODELAY, a fixed latency.
 
-    python -m bench.fakellm --port 9100 --latency-ms 2000 [--first-token-ms 50]
+    python -m bench.fakellm --port 9100 --latency-ms 2000 [--first-token-ms 50] [--words N]
 
 It answers `POST /v1/chat/completions` with a short text completion (streamed when asked) and
 never calls a tool, so a turn costs exactly one model round trip of the configured latency.
@@ -57,8 +57,10 @@ def chunk(model: str, delta: dict, finish: str | None = None, usage: dict | None
 
 
 class FakeLLM:
-    def __init__(self, latency_ms: float, first_token_ms: float | None) -> None:
+    def __init__(self, latency_ms: float, first_token_ms: float | None, words: int = 0) -> None:
         self.latency = latency_ms / 1000
+        # A streamed answer's chunks: WORDS, or that many words (a long answer: per-delta costs).
+        self.words = [WORDS[n % len(WORDS)] for n in range(words)] if words else WORDS
         self.first_token = (first_token_ms if first_token_ms is not None else latency_ms) / 1000
         # last message -> (arrived, first chunk sent), for GET /trace
         self.trace: OrderedDict[str, tuple[float, float]] = OrderedDict()
@@ -105,8 +107,8 @@ class FakeLLM:
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n"
         )
-        pieces = [chunk(model, {"role": "assistant", "content": WORDS[0]})]
-        pieces += [chunk(model, {"content": word}) for word in WORDS[1:]]
+        pieces = [chunk(model, {"role": "assistant", "content": self.words[0]})]
+        pieces += [chunk(model, {"content": word}) for word in self.words[1:]]
         pieces.append(chunk(model, {}, "stop"))
         usage = {"prompt_tokens": 20, "completion_tokens": 8, "total_tokens": 28}
         pieces += [chunk(model, {}, usage=usage), b"data: [DONE]\n\n"]
@@ -130,8 +132,8 @@ async def _sleep_until(deadline: float) -> None:
     await asyncio.sleep(max(0.0, deadline - asyncio.get_running_loop().time()))
 
 
-async def serve(port: int, latency_ms: float, first_token_ms: float | None) -> None:
-    fake = FakeLLM(latency_ms, first_token_ms)
+async def serve(port: int, latency_ms: float, first_token_ms: float | None, words: int) -> None:
+    fake = FakeLLM(latency_ms, first_token_ms, words)
     server = await asyncio.start_server(fake.handle, "127.0.0.1", port, backlog=2048)
     async with server:
         await server.serve_forever()
@@ -142,8 +144,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--first-token-ms", type=float, default=None)
+    parser.add_argument("--words", type=int, default=0, help="chunks of a streamed answer")
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.latency_ms, args.first_token_ms))
+    asyncio.run(serve(args.port, args.latency_ms, args.first_token_ms, args.words))
 
 
 if __name__ == "__main__":

@@ -128,10 +128,12 @@ def spawn(name: str, argv: list[str], env: dict[str, str], port: int, health: st
     return service
 
 
-def start_fake_llm(latency_ms: float, first_token_ms: float | None = None) -> Service:
+def start_fake_llm(
+    latency_ms: float, first_token_ms: float | None = None, words: int = 0
+) -> Service:
     port = free_port()
     argv = [str(BIN / "python"), "-m", "bench.fakellm", "--port", str(port)]
-    argv += ["--latency-ms", str(latency_ms)]
+    argv += ["--latency-ms", str(latency_ms), "--words", str(words)]
     if first_token_ms is not None:
         argv += ["--first-token-ms", str(first_token_ms)]
     process = subprocess.Popen(argv, cwd=REPO, start_new_session=True)

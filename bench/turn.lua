@@ -4,6 +4,10 @@
 -- (Server-Timing total minus agent) percentiles, and how many responses completed in each
 -- wall-clock second (for a steady-state rate that leaves out the ramp and the cut-off end).
 --
+-- TOKEN sends `Authorization: Bearer TOKEN`; then every request is a new conversation of the
+-- token's user (BENCH_USER): on /api/BENCH_USER/chat, or, with V1 set, on
+-- /v1/chat/completions as the `openai` SDK sends it (model `todo`, the SDK's headers).
+--
 -- STAGGER_MS with CONNECTIONS_PER_THREAD spreads each connection's first request evenly over
 -- that many milliseconds instead of sending them all in the same instant.
 local threads = {}
@@ -22,6 +26,8 @@ function init(args)
   user = os.getenv("BENCH_USER")
   message = os.getenv("MESSAGE") or "hello there"
   per_thread = tonumber(os.getenv("CONNECTIONS_PER_THREAD") or "1")
+  token = os.getenv("TOKEN")
+  v1 = os.getenv("V1")
   started = 0
   completed = {}
 end
@@ -35,9 +41,30 @@ if stagger_ms then
   end
 end
 
+-- What the openai SDK (3.x, sync client) sends with a chat completion besides the body.
+local sdk_headers = {
+  ["Content-Type"] = "application/json", ["Accept"] = "application/json",
+  ["User-Agent"] = "OpenAI/Python 3.54.0", ["X-Stainless-Lang"] = "python",
+  ["X-Stainless-Package-Version"] = "3.54.0", ["X-Stainless-OS"] = "Linux",
+  ["X-Stainless-Arch"] = "x64", ["X-Stainless-Runtime"] = "CPython",
+  ["X-Stainless-Runtime-Version"] = "3.11.7", ["X-Stainless-Retry-Count"] = "0",
+  ["X-Stainless-Read-Timeout"] = "600",
+}
+
 function request()
   counter = counter + 1
   local body, path
+  if token and token ~= "" then
+    if v1 and v1 ~= "" then
+      local headers = {["Authorization"] = "Bearer " .. token}
+      for name, value in pairs(sdk_headers) do headers[name] = value end
+      body = '{"messages":[{"content":"' .. message .. '","role":"user"}],"model":"todo"}'
+      return wrk.format("POST", "/v1/chat/completions", headers, body)
+    end
+    body = '{"message":"' .. message .. '"}'
+    return wrk.format("POST", "/api/" .. user .. "/chat",
+      {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. token}, body)
+  end
   if conversation and conversation ~= "" then
     body = '{"message":"' .. message .. '","conversation_id":"' .. conversation .. '"}'
     path = "/api/" .. user .. "/chat"

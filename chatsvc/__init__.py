@@ -13,8 +13,9 @@ from . import cli, db, errors, extensions, observability, schemas, tracing
 from . import config as settings
 from .agent import build_agent
 from .agent.base import Agent
-from .api import docs, websocket
+from .api import docs, sse, websocket
 from .extensions import migrate
+from .services.events import EventLog
 from .services.turns import TurnEngine
 
 __version__ = "0.1.0"
@@ -42,11 +43,14 @@ def create_app(config: dict[str, Any] | None = None, *, agent: Agent | None = No
     # OpenTelemetry, when OTEL_* asks for it (TRACER_PROVIDER: a provider handed in by tests)
     tracing.init_app(app, app.config.get("TRACER_PROVIDER"))
     migrate.init_app(app, db.database(app), directory=MIGRATIONS)
+    turn_settings = settings.TurnSettings.of(app.config)
     app.extensions["chatsvc.turns"] = TurnEngine(
         db.database(app),
         agent or build_agent(app.config),
-        settings.TurnSettings.of(app.config),
+        turn_settings,
         observe=observability.record_turn,
+        events=EventLog.open(turn_settings, db.database(app)),
+        render=sse.named_event,
     )
     rest.init_app(app)
     api = Api(app)  # flask-smorest keeps one spec per Api: one Api per app
@@ -61,14 +65,16 @@ def create_app(config: dict[str, Any] | None = None, *, agent: Agent | None = No
 
 def close_app(app: Flask) -> None:
     """Release what the app holds (the agent's clients and sockets): a worker exits."""
-    app.extensions["chatsvc.turns"].agent.close()
+    engine = app.extensions["chatsvc.turns"]
+    engine.agent.close()
+    engine.events.close()  # stores the events still waiting for their batch
     db.database(app).engine.dispose()
 
 
 def _register_blueprints(api: Api) -> None:
-    from .api import chat, conversations, demo, documents, meta, sessions, tasks, usage
+    from .api import chat, conversations, demo, documents, meta, sessions, tasks, usage, v1
 
-    for module in (meta, chat, sessions, conversations, tasks, usage, documents, demo):
+    for module in (meta, chat, sessions, conversations, tasks, usage, documents, demo, v1):
         api.register_blueprint(module.bp)
 
 

@@ -132,7 +132,7 @@ def check_early() -> None:
         require_admin()
     elif "user_id" in path:
         user_for_path(path["user_id"])
-    elif request.blueprint in ("chat", "sessions"):
+    elif request.blueprint in ("chat", "sessions", "openai"):
         session_access()
     elif request.blueprint == "documents":
         require_reader() if request.method == "GET" else require_admin()

@@ -34,10 +34,13 @@ def cleanup_sessions() -> None:
     with db.database().transaction() as session:
         report = conversations.cleanup(session, current_app.config)
         keys = idempotency.purge_expired(session)
+    engine: TurnEngine = current_app.extensions["chatsvc.turns"]
+    engine.interrupted(report.failed_turns)  # their event logs end with `error`
+    events = engine.events.expire() if engine.events is not None else 0
     click.echo(
         f"deleted {report.sessions_deleted} sessions and {report.conversations_deleted} "
         f"conversations; failed {report.turns_failed} stuck turns; purged {keys} expired "
-        "idempotency keys"
+        f"idempotency keys; deleted {events} expired turn events"
     )
 
 

@@ -46,6 +46,13 @@ class Config:
     # (its worker died) is failed by the next request on the conversation, or by cleanup.
     TURN_LEASE_SECONDS = 15.0
     SSE_PING_SECONDS = 15.0
+    # The turn's event log (contract §5): what a stream resumes from.
+    TURN_ON_DISCONNECT = "continue"  # or "cancel": a streaming client that leaves stops its turn
+    TURN_EVENTS_TTL_SECONDS = 3600  # how long a turn's events stay readable
+    EVENTS_REDIS_URL = ""  # set: the log lives in Redis Streams, else in TURN_EVENTS_STORE
+    TURN_EVENTS_STORE = "database"  # or "memory": this process only (one worker; benchmarks)
+    TURN_EVENTS_FLUSH_MS = 10.0  # events are stored in batches gathered over this long
+    TURN_EVENTS_POLL_SECONDS = 0.2  # database log: how often a reader on another worker looks
     WS_IDLE_SECONDS = 300.0  # a WebSocket with no frame from its client for this long is closed
 
     # Auth.
@@ -124,6 +131,16 @@ class Config:
                 parse_many(settings[name])
             except ValueError as exc:
                 raise ConfigError(f"{name}: {exc}") from None
+        if settings["TURN_ON_DISCONNECT"] not in {"continue", "cancel"}:
+            raise ConfigError("TURN_ON_DISCONNECT must be 'continue' or 'cancel'")
+        if settings["TURN_EVENTS_STORE"] not in {"database", "memory"}:
+            raise ConfigError("TURN_EVENTS_STORE must be 'database' or 'memory'")
+        if settings["TURN_EVENTS_TTL_SECONDS"] < 1:
+            raise ConfigError("TURN_EVENTS_TTL_SECONDS must be positive")
+        if settings["TURN_EVENTS_FLUSH_MS"] < 0 or settings["TURN_EVENTS_POLL_SECONDS"] <= 0:
+            raise ConfigError(
+                "TURN_EVENTS_FLUSH_MS must be 0 or more, TURN_EVENTS_POLL_SECONDS positive"
+            )
         if settings["LOG_FORMAT"] not in {"json", "text"}:
             raise ConfigError("LOG_FORMAT must be 'json' or 'text'")
         rollover = [key.strip() for key in settings["JWT_SECRETS"].split(",") if key.strip()]
@@ -211,6 +228,12 @@ class TurnSettings:
     session_ttl_seconds: int
     conversation_ttl_seconds: int
     quota_tokens_per_day: int = 0  # 0: no quota (an admin's own cap for a user still applies)
+    on_disconnect: str = "continue"  # TURN_ON_DISCONNECT
+    events_ttl_seconds: int = 3600
+    events_redis_url: str = ""
+    events_store: str = "database"
+    events_flush_ms: float = 10.0
+    events_poll_seconds: float = 0.2
 
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> TurnSettings:
@@ -223,6 +246,12 @@ class TurnSettings:
             session_ttl_seconds=int(config["SESSION_TTL_SECONDS"]),
             conversation_ttl_seconds=int(config["CONVERSATION_TTL_SECONDS"]),
             quota_tokens_per_day=int(config["QUOTA_TOKENS_PER_DAY"]),
+            on_disconnect=str(config["TURN_ON_DISCONNECT"]),
+            events_ttl_seconds=int(config["TURN_EVENTS_TTL_SECONDS"]),
+            events_redis_url=str(config["EVENTS_REDIS_URL"]),
+            events_store=str(config["TURN_EVENTS_STORE"]),
+            events_flush_ms=float(config["TURN_EVENTS_FLUSH_MS"]),
+            events_poll_seconds=float(config["TURN_EVENTS_POLL_SECONDS"]),
         )
 
     def lifetimes(self) -> dict[str, int]:

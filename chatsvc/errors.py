@@ -127,6 +127,26 @@ class UpstreamFailure(ApiError):
         self.status = self.STATUSES[self.code]
 
 
+class TurnInterrupted(ApiError):
+    status, code = 503, "interrupted"
+    detail = (
+        "The turn was interrupted: the worker running it stopped. Send the message again "
+        "(with the same Idempotency-Key) to retry it."
+    )
+
+
+def stored_failure(code: str | None) -> ApiError:
+    """The problem a failed turn's stored error code stands for: the `error` event a resumed
+    stream ends with when the turn's own was never logged."""
+    if code == TurnInterrupted.code:
+        return TurnInterrupted()
+    if code in UpstreamFailure.STATUSES:
+        return UpstreamFailure(code, "The language model failed to answer.")
+    if code == Unavailable.code:
+        return Unavailable("The database is unavailable; retry later.")
+    return ApiError()
+
+
 def problem(
     status: int,
     code: str,

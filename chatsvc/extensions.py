@@ -35,7 +35,8 @@ EXPOSED_HEADERS = [
 
 
 def _is_chat() -> bool:
-    return request.method == "POST" and request.blueprint == "chat"
+    # The OpenAI-compatible API's turns (blueprint "openai") share the chat budget.
+    return request.method == "POST" and request.blueprint in ("chat", "openai")
 
 
 def _limit() -> str:
@@ -154,7 +155,7 @@ def init_app(app: Flask) -> None:
     origins = [o.strip() for o in app.config["CORS_ORIGINS"].split(",") if o.strip()]
     cors.init_app(
         app,
-        resources={r"/api/*": {"origins": origins}},
+        resources={r"/api/*": {"origins": origins}, r"/v1/*": {"origins": origins}},
         supports_credentials=True,
         expose_headers=EXPOSED_HEADERS,
         max_age=600,

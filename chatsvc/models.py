@@ -249,3 +249,19 @@ class UserQuota(Base):
     user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     tokens_per_day: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class LoggedEvent(Base):
+    """One event of a turn's log (services/events.py, database backend): numbered 1, 2, 3… per
+    turn, its JSON body stored as sent. No foreign key: a batch stored after its conversation
+    was deleted must not fail; logs expire after TURN_EVENTS_TTL_SECONDS whole turns at a time
+    (the age of a turn's first event decides)."""
+
+    __tablename__ = "turn_events"
+    __table_args__ = (Index("ix_turn_events_created_at", "created_at"),)
+
+    message_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(16))
+    data: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -195,6 +195,27 @@ class IdempotencyHeadersSchema(Schema):
     )
 
 
+# A turn's event ids are 1, 2, 3…; 0 (or none) reads from the start. Digits only, ≤ 9 of them.
+EVENT_ID = validate.Regexp(r"^[0-9]{1,9}$", error="An event id: digits only, 0 to 999999999.")
+EVENT_ID_DOC = "Read the events after this id (the `id:` of the last event received)."
+
+
+class EventsArgsSchema(Schema):
+    last_event_id = fields.String(
+        load_default=None, validate=EVENT_ID, metadata={"description": EVENT_ID_DOC}
+    )
+
+
+class EventsHeadersSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE  # every other header
+
+    last_event_id = fields.String(
+        data_key="Last-Event-ID", load_default=None, validate=EVENT_ID,
+        metadata={"description": EVENT_ID_DOC + " Wins over `?last_event_id=`."},
+    )  # fmt: skip
+
+
 def _known_zone(name: str) -> bool:
     """An IANA zone name the system knows ("Europe/Paris"); never a path."""
     try:

@@ -20,7 +20,7 @@ from flask_migrate import upgrade  # noqa: E402
 from helpers import free_port, get  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
-from chatsvc import create_app  # noqa: E402
+from chatsvc import close_app, create_app  # noqa: E402
 from chatsvc.agent.base import Agent  # noqa: E402
 from chatsvc.db import Base, database  # noqa: E402
 
@@ -74,7 +74,7 @@ def make_app(database_url: str) -> Iterator[Callable[..., Flask]]:
 
     yield factory
     for app in apps:
-        database(app).engine.dispose()
+        close_app(app)  # the agent's sockets too: none is left for a later test's GC to find
     if apps:
         empty_tables(database(apps[0]).engine)
 

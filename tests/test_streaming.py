@@ -89,8 +89,10 @@ def test_a_silent_model_gets_pings(llm_app, fake_llm):
 
 @pytest.fixture
 def live_server(llm_app) -> Iterator[tuple[str, int]]:
-    """chatsvc on a real socket (werkzeug's threaded server), to hang up mid-stream."""
-    app = llm_app(SSE_PING_SECONDS=0.05, AGENT_TIMEOUT_SECONDS=10.0)
+    """chatsvc on a real socket (werkzeug's threaded server), to hang up mid-stream; a client
+    that leaves cancels its turn (TURN_ON_DISCONNECT=cancel; tests/test_resume.py has the
+    default, where the turn goes on)."""
+    app = llm_app(SSE_PING_SECONDS=0.05, AGENT_TIMEOUT_SECONDS=10.0, TURN_ON_DISCONNECT="cancel")
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -6,7 +6,7 @@ No vendor type crosses this module; adapters translate their errors into `AgentE
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,6 +39,11 @@ class Turn:
     message: str
     history: tuple[HistoryMessage, ...] = ()
     timezone: str = "UTC"  # the user's IANA zone: what "today" and "tomorrow" mean to them
+    # A client's own system message (the OpenAI-compatible API), said after the agent's prompt.
+    instructions: str = ""
+    # Sampling settings a client asked for (temperature, top_p, max_tokens, stop, seed…): an
+    # adapter that talks to a model passes them on; the offline agent has none to set.
+    sampling: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -203,6 +203,7 @@ class OpenAIAgent(Agent):
     def _run(self, turn: Turn, tools: Tools, stream_provider: bool) -> Iterator[AgentEvent]:
         deadline = _Deadline(self._timeout)
         messages = self._messages(turn, tools)
+        sampling = self._sampling(turn)
         specs = tools.specs()
         usage = Usage()
         said: list[str] = []
@@ -213,7 +214,7 @@ class OpenAIAgent(Agent):
             step = _Step()
             gap = "\n\n" if said and not said[-1][-1:].isspace() else ""
             with tracing.llm_call(GEN_AI_SYSTEM, self.name) as traced:
-                pieces = self._complete(messages, offer, deadline, step, stream_provider)
+                pieces = self._complete(messages, offer, deadline, step, stream_provider, sampling)
                 for piece in pieces:
                     for text in (gap, piece) if gap else (piece,):
                         room = MAX_REPLY_CHARS - length
@@ -255,11 +256,10 @@ class OpenAIAgent(Agent):
         deadline: _Deadline,
         step: _Step,
         stream_provider: bool,
+        sampling: dict[str, Any] | None = None,
     ) -> Iterator[str]:
         """Yield the response's text pieces as they arrive; fill `step` with the rest."""
-        request: dict[str, Any] = {"model": self.name, "messages": messages}
-        if self._max_tokens:
-            request["max_tokens"] = self._max_tokens
+        request: dict[str, Any] = {"model": self.name, "messages": messages, **(sampling or {})}
         if tools:
             # Explicit: OpenAI defaults to "auto" with tools, llama-cpp-python ignores the tools.
             request.update(tools=tools, tool_choice="auto")
@@ -359,9 +359,20 @@ class OpenAIAgent(Agent):
 
     # What the model is sent ----------------------------------------------------------------
 
+    def _sampling(self, turn: Turn) -> dict[str, Any]:
+        """The client's sampling settings, passed on as given; a length limit it asks for is
+        held to OPENAI_MAX_TOKENS when that is set (the operator's cap stays a cap)."""
+        sampling = dict(turn.sampling)
+        if self._max_tokens:
+            for name in ("max_tokens", "max_completion_tokens"):
+                if name in sampling:
+                    sampling[name] = min(int(sampling[name]), self._max_tokens)
+            if "max_completion_tokens" not in sampling:
+                sampling.setdefault("max_tokens", self._max_tokens)
+        return sampling
+
     def _messages(self, turn: Turn, tools: Tools) -> list[dict[str, Any]]:
-        prompt = self._prompt(tools, turn.timezone)
-        messages: list[dict[str, Any]] = [{"role": "system", "content": prompt}]
+        messages: list[dict[str, Any]] = [{"role": "system", "content": self._system(turn, tools)}]
         for number, item in enumerate(turn.history):
             messages.extend(_replay(item, number))
         messages.append({"role": "user", "content": turn.message})
@@ -381,6 +392,14 @@ class OpenAIAgent(Agent):
         # The user's day (X-Timezone), so "tomorrow" in a request becomes the right due date.
         now = datetime.now(UTC).astimezone(ZoneInfo(timezone))
         return f"{base}\nToday is {now:%A %Y-%m-%d} ({timezone})."
+
+    def _system(self, turn: Turn, tools: Tools) -> str:
+        """The prompt, then the client's own instructions (one system message: strict chat
+        templates refuse a second one)."""
+        prompt = self._prompt(tools, turn.timezone)
+        if not turn.instructions:
+            return prompt
+        return f"{prompt}\n\nThe client's instructions:\n{turn.instructions}"
 
 
 def _replay(item: HistoryMessage, number: int) -> list[dict[str, Any]]:

@@ -123,7 +123,7 @@ def _require_json() -> None:
     if not (
         request.method in {"POST", "PUT", "PATCH"}
         and request.url_rule is not None
-        and request.path.startswith("/api/")
+        and request.path.startswith(("/api/", "/v1/"))
         and (request.content_length or request.headers.get("Transfer-Encoding"))
     ):
         return

@@ -71,7 +71,7 @@ def _turn(
     access: Access, kind: str, body: dict[str, Any], key: str | None,
     conversation_id: str | None = None, timezone: str = "UTC",
 ) -> Any:  # fmt: skip
-    idempotent = _idempotency(access, key, body, conversation_id)
+    idempotent = idempotency_for(access, key, body, conversation_id)
     handle = engine().take(
         TurnRequest(access, kind, body["message"], conversation_id, idempotent,
                     client_address=request.remote_addr, timezone=timezone)
@@ -89,7 +89,7 @@ def _quota(remaining: int | None) -> dict[str, str]:
     return {} if remaining is None else {"X-Quota-Remaining": str(remaining)}
 
 
-def _idempotency(
+def idempotency_for(
     access: Access, key: str | None, body: dict[str, Any], conversation_id: str | None
 ) -> IdempotencyKey | None:
     """The key's scope (contract §1): a signed-in caller's (or a trusted path user's) own id;

@@ -18,11 +18,14 @@ from ..schemas import (
     ConversationPageSchema,
     ConversationRenameSchema,
     ConversationSchema,
+    EventsArgsSchema,
+    EventsHeadersSchema,
     ExportArgsSchema,
+    MessageSchema,
     PageArgsSchema,
 )
 from ..services import conversations
-from . import cached, problems
+from . import cached, problems, sse
 
 bp = Blueprint("conversations", __name__, url_prefix="/api", description="Conversation history.")
 
@@ -92,6 +95,30 @@ def export_conversation(args: dict[str, Any], user_id: str, conversation_id: str
         f'attachment; filename="conversation-{found.id}.{extension}"'
     )
     return response
+
+
+@bp.get("/<user_id>/conversations/<conversation_id>/messages/<message_id>")
+@bp.response(200, MessageSchema)
+@problems(bp, 401, 403, 404, 410, 422, 429)
+def get_message(user_id: str, conversation_id: str, message_id: str) -> Message:
+    """One message with its status (`pending` while its turn runs)."""
+    access = auth.user_access(user_id)
+    return conversations.message(db.session(), conversation_id, message_id, access)
+
+
+@bp.get("/<user_id>/conversations/<conversation_id>/messages/<message_id>/events")
+@bp.arguments(EventsArgsSchema, location="query")
+@bp.arguments(EventsHeadersSchema, location="headers")
+@bp.response(200, content_type=sse.EVENT_STREAM, description=sse.EVENTS_DOC)
+@problems(bp, 401, 403, 404, 410, 422, 429)
+def follow_events(
+    args: dict[str, Any], headers: dict[str, Any], user_id: str, conversation_id: str,
+    message_id: str,
+) -> Response:  # fmt: skip
+    """The turn's events after Last-Event-ID, then the live ones until `done` or `error`."""
+    access = auth.user_access(user_id)
+    found = conversations.message(db.session(), conversation_id, message_id, access)
+    return sse.follow(found, args, headers)
 
 
 @bp.delete("/<user_id>/conversations/<conversation_id>")

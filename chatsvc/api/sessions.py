@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app
+from flask import Response, current_app
 from flask_smorest import Blueprint
 
 from .. import auth, db
-from ..models import Conversation
-from ..schemas import HistoryArgsSchema, SessionStateSchema
+from ..models import Conversation, Message
+from ..schemas import (
+    EventsArgsSchema,
+    EventsHeadersSchema,
+    HistoryArgsSchema,
+    MessageSchema,
+    SessionStateSchema,
+)
 from ..services import conversations
-from . import cached, problems
+from . import cached, problems, sse
 
 bp = Blueprint("sessions", __name__, url_prefix="/api/session", description="Knowledge sessions.")
 
@@ -34,6 +40,27 @@ def reset_session(session_id: str) -> dict[str, Any]:
     """Clear a session's history and keep its id."""
     found = conversations.reset(db.session(), session_id, auth.session_access())
     return _state(found, 50)
+
+
+@bp.get("/<session_id>/messages/<message_id>")
+@bp.response(200, MessageSchema)
+@problems(bp, 401, 404, 410, 422, 429)
+def get_message(session_id: str, message_id: str) -> Message:
+    """One message of the session with its status (`pending` while its turn runs)."""
+    return conversations.message(db.session(), session_id, message_id, auth.session_access())
+
+
+@bp.get("/<session_id>/messages/<message_id>/events")
+@bp.arguments(EventsArgsSchema, location="query")
+@bp.arguments(EventsHeadersSchema, location="headers")
+@bp.response(200, content_type=sse.EVENT_STREAM, description=sse.EVENTS_DOC)
+@problems(bp, 401, 404, 410, 422, 429)
+def follow_events(
+    args: dict[str, Any], headers: dict[str, Any], session_id: str, message_id: str
+) -> Response:
+    """The turn's events after Last-Event-ID, then the live ones until `done` or `error`."""
+    found = conversations.message(db.session(), session_id, message_id, auth.session_access())
+    return sse.follow(found, args, headers)
 
 
 def _state(session: Conversation, limit: int) -> dict[str, Any]:

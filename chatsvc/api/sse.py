@@ -9,10 +9,12 @@ from typing import Any
 from flask import Response, current_app, request, stream_with_context
 
 from ..agent.base import TextDelta, ToolCallDone
-from ..errors import problem_body
+from ..errors import NotFound, problem_body
+from ..models import Message, Role
 from ..observability import server_timing
 from ..schemas import TurnSchema
 from ..services.conversations import SESSION
+from ..services.events import Event
 from ..services.turns import (
     SourcesFound,
     TurnEvent,
@@ -24,6 +26,10 @@ from ..services.turns import (
 
 EVENT_STREAM = "text/event-stream"
 PING = ": ping\n\n"
+EVENTS_DOC = (
+    "Server-Sent Events: `meta`, `delta`, `tool_call`, `sources`, then `done` or `error`, each "
+    "with its per-turn `id:`; `: ping` comments while the turn is silent."
+)
 # Proxies must pass each event on as it is written.
 NO_BUFFERING = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -52,13 +58,48 @@ def turn_body(result: TurnResult) -> dict[str, Any]:
 
 
 def respond(handle: TurnHandle, *, headers: dict[str, str] | None = None) -> Response:
-    """Stream the turn's events as they happen; `: ping` while the model is silent."""
-    events = handle.events(current_app.config["SSE_PING_SECONDS"])
+    """Stream the turn's events as they happen, as its event log numbers them (a replay: its
+    `meta` and `done`); `: ping` while the model is silent."""
+    wait = current_app.config["SSE_PING_SECONDS"]
+    if handle.replayed:
+        return _response(_frames(handle.events(wait)), headers)
+    return _response(logged_frames(handle.stream(wait)), headers)
+
+
+def resume(events: Iterator[Event | None]) -> Response:
+    """A turn's logged events (a resume, contract §5), with `: ping` while it is silent."""
+    return _response(logged_frames(events), None)
+
+
+def follow(message: Message, args: dict[str, Any], headers: dict[str, Any]) -> Response:
+    """The events route (contract §5) for a message the caller may see: its turn's events
+    after `Last-Event-ID` (the header, else `?last_event_id=`; none: from the start)."""
+    if message.role != Role.ASSISTANT:
+        raise NotFound("No turn answers this message: it is the user's own.")
+    raw = headers["last_event_id"] or args["last_event_id"]
+    engine = current_app.extensions["chatsvc.turns"]
+    events = engine.follow(message.id, int(raw or 0), current_app.config["SSE_PING_SECONDS"])
+    return resume(events)
+
+
+def _response(frames: Iterator[str], headers: dict[str, str] | None) -> Response:
     return Response(
-        stream_with_context(_frames(events)),
-        mimetype=EVENT_STREAM,
+        stream_with_context(frames), mimetype=EVENT_STREAM,
         headers={**NO_BUFFERING, **(headers or {})},
-    )
+    )  # fmt: skip
+
+
+def logged_frames(events: Iterator[Event | None]) -> Iterator[str]:
+    try:
+        for event in events:
+            if event is None:
+                yield PING
+            else:
+                yield f"event: {event.name}\nid: {event.id}\ndata: {event.data}\n\n"
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()  # the client has gone, or the turn is over
 
 
 def _frames(events: Iterator[TurnEvent | None]) -> Iterator[str]:

@@ -207,6 +207,24 @@ def rename(session: Session, conversation_id: str, access: Access, title: str) -
     return conversation
 
 
+def message(session: Session, conversation_id: str, message_id: str, access: Access) -> Message:
+    """One message of a conversation `access` may see (404 for any other id)."""
+    conversation = find(session, conversation_id, access)
+    found = (
+        session.scalars(
+            select(Message).where(
+                Message.id == message_id, Message.conversation_id == conversation.id
+            )
+        ).first()
+        if _well_formed(message_id)
+        else None
+    )
+    session.commit()
+    if found is None:
+        raise NotFound("The message does not exist.")
+    return found
+
+
 def export(
     session: Session, conversation_id: str, access: Access
 ) -> tuple[Conversation, list[Message]]:
@@ -271,6 +289,7 @@ class CleanupReport:
     conversations_deleted: int
     turns_failed: int
     quota_counters_deleted: int = 0
+    failed_turns: tuple[str, ...] = ()  # their message ids: their event logs end with `error`
 
 
 def cleanup(session: Session, config: dict[str, Any], now: datetime | None = None) -> CleanupReport:
@@ -299,7 +318,7 @@ def cleanup(session: Session, config: dict[str, Any], now: datetime | None = Non
     # Quota counters of days before yesterday never count again.
     counters = quotas.forget_before(session, now.date() - timedelta(days=1))
     session.commit()
-    return CleanupReport(deleted[SESSION], deleted[USER], failed, counters)
+    return CleanupReport(deleted[SESSION], deleted[USER], len(failed), counters, tuple(failed))
 
 
 def lease_seconds(config: Mapping[str, Any]) -> float:
@@ -311,11 +330,12 @@ def lease_seconds(config: Mapping[str, Any]) -> float:
 
 def fail_stale_turns(
     session: Session, config: Mapping[str, Any], now: datetime, conversation_id: str | None = None
-) -> int:
+) -> list[str]:
     """Fail the turns whose worker is gone and free their conversations: a claim whose lease was
     not renewed (a crashed worker: seconds, not minutes), and any reply pending for longer than
     TURN_STALE_SECONDS that no live claim holds. Part of the caller's unit of work: it does not
-    commit."""
+    commit. Returns the failed replies' ids (their event logs get their `error` from the
+    caller, once this is committed)."""
     expired = now - timedelta(seconds=lease_seconds(config))
     stale = now - timedelta(seconds=config["TURN_STALE_SECONDS"])
     claimed = Conversation.active_turn_id.is_not(None)
@@ -334,16 +354,17 @@ def fail_stale_turns(
     )
     if conversation_id is not None:
         pending = and_(pending, Message.conversation_id == conversation_id)
-    result = session.execute(
+    failed = session.scalars(
         update(Message)
         .where(pending)
         .values(status="failed", error_code="interrupted", completed_at=now)
+        .returning(Message.id)
         .execution_options(synchronize_session="fetch")
-    )
+    ).all()
     session.execute(
         update(Conversation)
         .where(lapsed)
         .values(active_turn_id=None, turn_started_at=None)
         .execution_options(synchronize_session="fetch")
     )
-    return result.rowcount
+    return list(failed)

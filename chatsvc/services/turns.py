@@ -10,6 +10,11 @@ finish   stores the reply's outcome with its citations, frees the conversation, 
          idempotency key (unit of work 2)
 
 A transport turns its input into a TurnRequest and the handle's events into its wire format.
+
+A streamed turn's events go to its event log (services/events.py) as they happen, numbered
+1, 2, 3…: `handle.stream(wait)` is the log's first reader, `engine.follow(message_id, after,
+wait)` any later one (a resume, on any worker or host). The transport hands the engine its
+`render` (a TurnEvent → the §5 event name and body), so the log holds what the wire shows.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -47,13 +52,16 @@ from ..errors import (
     ApiError,
     NotFound,
     TurnInProgress,
+    TurnInterrupted,
     UpstreamFailure,
     database_unavailable,
     log_failure,
+    stored_failure,
 )
 from ..models import Conversation, Message, MessageStatus, Role, new_id
 from . import conversations, idempotency, quotas
 from .conversations import Access
+from .events import Event, EventLog, TurnWriter
 from .toolbox import Done, ToolBox, executed, tools_for
 
 log = logging.getLogger(__name__)
@@ -82,6 +90,12 @@ class TurnRequest:
     idempotency: IdempotencyKey | None = None
     client_address: str | None = None  # whom an anonymous caller's quota counts against
     timezone: str = "UTC"  # the caller's IANA zone (X-Timezone), for the agent's dates
+    # A stateless client (the OpenAI-compatible API) sends the context itself: these messages
+    # replace the stored history (trimmed by the same limits). None: the stored history.
+    context: tuple[HistoryMessage, ...] | None = None
+    instructions: str = ""  # the client's own system message, after the agent's prompt
+    sampling: Mapping[str, Any] = field(default_factory=dict)  # passed on to the agent
+    knowledge_only: bool = False  # no task tools, even for a turn that has a user
 
 
 @dataclass(frozen=True)
@@ -132,6 +146,8 @@ class TurnFailed:
 
 
 TurnEvent = TurnStarted | TextDelta | ToolCallDone | SourcesFound | TurnResult | TurnFailed
+# A turn event as the wire names it (§5): (event name, body); None: no wire form.
+Render = Callable[[TurnEvent], tuple[str, dict[str, Any]] | None]
 
 
 @dataclass
@@ -143,6 +159,7 @@ class _Pending:
     idempotent: bool
     quota_subject: str
     quota_remaining: int | None  # at admission
+    knowledge_only: bool = False
     done: list[Done] = field(default_factory=list)  # tool calls earlier attempts executed
     timings: dict[str, float] = field(default_factory=lambda: {"db": 0.0, "agent": 0.0})
 
@@ -158,12 +175,68 @@ class TurnEngine:
         settings: TurnSettings,
         *,
         observe: Callable[[TurnResult, list[str]], None] | None = None,
+        events: EventLog | None = None,
+        render: Render | None = None,
     ) -> None:
         self.database = database
         self.agent = agent
         self.settings = settings
         self._observe = observe
         self.leases = Leases(database, conversations.lease_seconds(settings.lifetimes()))
+        self.events = events
+        self.render = render  # with `events`: streamed turns are logged
+
+    # The event log -------------------------------------------------------------------------
+
+    def follow(self, message_id: str, after: int, wait: float) -> Iterator[Event | None]:
+        """A turn's logged events after id `after`, then its live ones until `done` or
+        `error` (None after `wait` s of silence). A turn whose worker died is failed here
+        once its lease lapsed, so the reader ends instead of waiting for it."""
+        assert self.events is not None
+        return self.events.follow(message_id, after, wait, lambda: self._outcome(message_id))
+
+    def interrupted(self, message_ids: list[str] | tuple[str, ...]) -> None:
+        """End the logs of turns failed as stale (their worker died) with their `error`."""
+        if self.events is None or self.render is None or not message_ids:
+            return
+        named = self.render(TurnFailed(TurnInterrupted()))
+        assert named is not None
+        for message_id in message_ids:
+            try:
+                self.events.append(message_id, *named)
+            except Exception as error:  # its readers still end, from the stored status
+                log.warning("interrupted turn's log not ended: %s", type(error).__name__)
+
+    def _outcome(self, message_id: str) -> tuple[str, dict[str, Any], float] | None:
+        """None while the turn runs (a stale one is failed first); else the ending its stored
+        message makes, and how many seconds ago it was settled."""
+        assert self.render is not None
+        with self.database.read() as session:
+            row = session.execute(_OUTCOME, {"b_id": message_id}).first()
+        if row is None:
+            gone = self.render(TurnFailed(NotFound("The message no longer exists.")))
+            assert gone is not None
+            return (*gone, float("inf"))
+        if row.status == MessageStatus.PENDING:
+            lease = conversations.lease_seconds(self.settings.lifetimes())
+            started = row.turn_started_at
+            if started is None or (utcnow() - started).total_seconds() > lease:
+                self._fail_stale(row.conversation_id)
+            return None
+        if row.status == MessageStatus.FAILED:
+            named = self.render(TurnFailed(stored_failure(row.error_code)))
+        else:
+            named = self.render(self.stored(message_id))
+        assert named is not None
+        age = (utcnow() - row.completed_at).total_seconds() if row.completed_at else float("inf")
+        return (*named, age)
+
+    def _fail_stale(self, conversation_id: str) -> None:
+        with self.database.transaction() as session:
+            failed = conversations.fail_stale_turns(
+                session, self.settings.lifetimes(), utcnow(), conversation_id
+            )
+        self.interrupted(failed)
 
     def take(self, request: TurnRequest) -> TurnHandle:
         """Replay the turn an idempotent retry asks for, or start a new one: 409 while another
@@ -194,6 +267,7 @@ class TurnEngine:
                 sources=list(message.sources or ()), usage=message.usage, model=message.model,
                 status=message.status, created_at=message.created_at,
                 context=Context(message.context_messages or 0, bool(message.context_truncated)),
+                error_code=message.error_code,
             )  # fmt: skip
 
     def _attempt(self, key: IdempotencyKey | None) -> idempotency.Attempt | None:
@@ -216,6 +290,7 @@ class TurnEngine:
         conversation_id = retry.conversation_id if retry else request.conversation_id
         kind = request.kind
         who = quotas.subject(request.access.user_id, request.client_address)
+        failed: list[str] = []
         with tracing.span("chatsvc.turn.begin"), self.database.transaction() as session:
             # Before any model call, after the idempotency look-up (a replay costs nothing).
             quota = quotas.admit(session, who, self.settings.quota_tokens_per_day)
@@ -233,14 +308,17 @@ class TurnEngine:
                     session, conversation_id, request.access, config=rules
                 )
                 if conversation.active_turn_id is not None:
-                    conversations.fail_stale_turns(session, rules, now, conversation.id)
+                    failed = conversations.fail_stale_turns(session, rules, now, conversation.id)
                 kind, user_id = conversation.kind, conversation.user_id
                 # Claimed first: the history read next holds every turn that finished before.
                 seq = _claim(session, conversation_id, assistant_id, now, 1 if retry else 2)
                 skip = retry.user_message_id if retry else None
-                history, context = _context(
-                    session, conversation_id, self.settings, request.message, skip
-                )
+                if request.context is None:
+                    history, context = _context(
+                        session, conversation_id, self.settings, request.message, skip
+                    )
+            if request.context is not None:
+                history, context = _given_context(request.context, self.settings, request.message)
             rows = []
             if retry is None:
                 user_message_id = new_id()
@@ -259,14 +337,24 @@ class TurnEngine:
                     session, attempt, conversation_id=conversation_id,
                     user_message_id=user_message_id, assistant_message_id=assistant_id, now=now,
                 )  # fmt: skip
+        self.interrupted(failed)
         pending = _Pending(
             TurnStarted(conversation_id, assistant_id, kind),
             user_message_id,
-            Turn(user_id, conversation_id, request.message, history, timezone=request.timezone),
+            Turn(
+                user_id,
+                conversation_id,
+                request.message,
+                history,
+                timezone=request.timezone,
+                instructions=request.instructions,
+                sampling=request.sampling,
+            ),
             context,
             idempotent=attempt is not None,
             quota_subject=who,
             quota_remaining=quota.remaining,
+            knowledge_only=request.knowledge_only,
             done=done,
         )
         pending.timings["db"] += _ms_since(started)
@@ -278,8 +366,9 @@ class TurnEngine:
         """The agent's events as they happen, then the stored TurnResult. An agent failure
         stores a `failed` reply and raises the contract's error; a consumer that stops early
         (the client has gone) stores what was said so far as `cancelled`."""
+        user_id = None if pending.knowledge_only else pending.turn.user_id
         tools = tools_for(
-            self.database, pending.turn.user_id, turn_key=pending.user_message_id, done=pending.done
+            self.database, user_id, turn_key=pending.user_message_id, done=pending.done
         )
         text: list[str] = []
         calls: list[ToolCall] = []
@@ -451,7 +540,11 @@ class TurnHandle:
         self._replay = replay
         self._pending = pending
         self._trace = tracing.capture()  # continued in the thread that runs a watched turn
+        # The run's thread runs in a copy of the taker's context (its request id, app and
+        # request globals: the log renders events there), whichever thread reads the events.
+        self._context = contextvars.copy_context()
         self._stop = threading.Event()  # set: the run streamed by `events()` stops
+        self._started = False
 
     @property
     def replayed(self) -> bool:
@@ -483,11 +576,28 @@ class TurnHandle:
                 return event
         raise AssertionError("a turn's run ends with a TurnResult or an error")
 
+    def stream(self, wait: float) -> Iterator[Event | None]:
+        """Run the turn and read its event log as it is written (the log's first reader: the
+        same ids and bodies every later reader gets), ending with `done` or `error`; a None
+        after `wait` seconds of silence. Closing this early (the client has gone) leaves the
+        turn running, unless TURN_ON_DISCONNECT=cancel: then what was said so far is stored
+        `cancelled` (its log ends with that `done`). Not for a replay (see `events`)."""
+        assert self._pending is not None and self._engine.events is not None
+        self.start()
+        reader = self._engine.follow(self._pending.started.message_id, 0, wait)
+        try:
+            yield from reader
+        finally:
+            reader.close()
+            if self._engine.settings.on_disconnect == "cancel":
+                self._stop.set()  # a no-op when the run is over
+
     def events(self, wait: float) -> Iterator[TurnEvent | None]:
         """`TurnStarted`, the run's events as they happen, then a `TurnResult` or `TurnFailed`.
         The agent runs in its own thread (a greenlet under gevent): a `None` comes after `wait`
         seconds of silence (for a keep-alive), and closing this iterator early (the client has
-        gone) stops the run, which stores what was said so far as `cancelled`."""
+        gone) stops the run, which stores what was said so far as `cancelled`. The run's
+        events are logged as `stream` logs them."""
         yield self.started
         if self._replay is not None:
             yield self._replay
@@ -495,12 +605,7 @@ class TurnHandle:
         assert self._pending is not None
         feed: queue.SimpleQueue[Any] = queue.SimpleQueue()
         stop = self._stop
-        # The run goes on in a copy of the caller's context (its request id for the logs).
-        worker = threading.Thread(
-            target=contextvars.copy_context().run, args=(self._feed, feed, stop), daemon=True,
-            name=f"turn-{self._pending.started.message_id}",
-        )  # fmt: skip
-        worker.start()
+        self._start(feed)
         try:
             while True:
                 try:
@@ -522,13 +627,40 @@ class TurnHandle:
         result once the reply is stored. For transports that outlive a turn (the WebSocket)."""
         self._stop.set()
 
-    def _feed(self, feed: queue.SimpleQueue[Any], stop: threading.Event) -> None:
+    def start(self) -> None:
+        """Run the turn with nobody watching but its event log (a background turn): read it
+        with `engine.follow`. Once per handle, as `stream`, `events` and `result` are."""
+        self._start(None)
+
+    def _start(self, feed: queue.SimpleQueue[Any] | None) -> None:
+        """The run, in its own thread, in the context the turn was taken in; its events go to
+        the log (when the engine keeps one) and to `feed`."""
+        assert self._pending is not None and not self._started, "a turn runs once"
+        self._started = True
+        engine = self._engine
+        logged = engine.events is not None and engine.render is not None
+        writer = engine.events.writer(self._pending.started.message_id) if logged else None
+        worker = threading.Thread(
+            target=self._context.run, args=(self._feed, feed, self._stop, writer),
+            daemon=True, name=f"turn-{self._pending.started.message_id}",
+        )  # fmt: skip
+        worker.start()
+
+    def _feed(
+        self,
+        feed: queue.SimpleQueue[Any] | None,
+        stop: threading.Event,
+        writer: TurnWriter | None,
+    ) -> None:
         assert self._pending is not None
         with tracing.attached(self._trace):
-            run = self._engine._run(self._pending, watched=True)
             try:
+                self._record(writer, self._pending.started)
+                run = self._engine._run(self._pending, watched=True)
                 for event in run:
-                    feed.put(event)
+                    self._record(writer, event)
+                    if feed is not None:
+                        feed.put(event)
                     # Let the reader send it now: when the provider's chunks arrive together,
                     # the run would otherwise read them all (and store the reply) first.
                     time.sleep(0)
@@ -536,17 +668,59 @@ class TurnHandle:
                         break
                 run.close()  # after a break: the run stores the partial answer as cancelled
             except ApiError as error:
-                feed.put(TurnFailed(error))
+                self._failed(writer, feed, error)
             except Exception as error:
                 lost = database_unavailable(error)
                 if lost is not None:  # the database went away: 503, as for any other request
                     log.error("database unavailable in a stream: %s", type(error).__name__)
-                    feed.put(TurnFailed(lost))
+                    self._failed(writer, feed, lost)
                 else:
                     log_failure("turn failed", error)
-                    feed.put(TurnFailed(ApiError()))
+                    self._failed(writer, feed, ApiError())
             finally:
-                feed.put(_END)
+                self._end(writer)
+                if feed is not None:
+                    feed.put(_END)
+
+    def _record(self, writer: TurnWriter | None, event: TurnEvent) -> None:
+        if writer is None or writer.ended:
+            return
+        assert self._engine.render is not None
+        named = self._engine.render(event)
+        if named is not None:
+            writer.append(*named)
+
+    def _failed(
+        self, writer: TurnWriter | None, feed: queue.SimpleQueue[Any] | None, error: ApiError
+    ) -> None:
+        failed = TurnFailed(error)
+        if feed is not None:
+            feed.put(failed)
+        try:
+            self._record(writer, failed)
+        except Exception as problem:
+            log_failure("turn's error not logged", problem)
+
+    def _end(self, writer: TurnWriter | None) -> None:
+        """Close the turn's log; a run that stopped without an ending (cancelled) ends it with
+        the reply as stored."""
+        if writer is None:
+            return
+        assert self._pending is not None
+        try:
+            if not writer.ended:
+                stored = self._engine.stored(self._pending.started.message_id)
+                if stored.status == MessageStatus.PENDING:
+                    self._record(writer, TurnFailed(ApiError()))
+                else:
+                    self._record(writer, stored)
+        except Exception as error:
+            try:
+                self._record(writer, TurnFailed(database_unavailable(error) or ApiError()))
+            except Exception as problem:
+                log_failure("turn's ending not logged", problem)
+        finally:
+            writer.close()
 
 
 _END = object()  # the feed is over
@@ -601,6 +775,19 @@ _STORE_REPLY = update(_MESSAGES).where(
 _RENEW = update(_CONVERSATIONS).where(
     _CONVERSATIONS.c.active_turn_id.in_(bindparam("b_turns", expanding=True))
 )
+# What a silent reader of a turn's log asks: is the reply settled, is its claim still renewed?
+_OUTCOME = (
+    select(
+        _MESSAGES.c.status, _MESSAGES.c.error_code, _MESSAGES.c.completed_at,
+        _MESSAGES.c.conversation_id, _CONVERSATIONS.c.turn_started_at,
+    )
+    .select_from(_MESSAGES.outerjoin(
+        _CONVERSATIONS,
+        (_CONVERSATIONS.c.id == _MESSAGES.c.conversation_id)
+        & (_CONVERSATIONS.c.active_turn_id == _MESSAGES.c.id),
+    ))
+    .where(_MESSAGES.c.id == bindparam("b_id"))
+)  # fmt: skip
 _RELEASE = update(_CONVERSATIONS).where(
     _CONVERSATIONS.c.id == bindparam("b_id"), _CONVERSATIONS.c.active_turn_id == bindparam("b_turn")
 )
@@ -707,6 +894,22 @@ def _context(
         truncated = True
     kept.reverse()
     return tuple(kept), Context(len(kept), truncated)
+
+
+def _given_context(
+    given: tuple[HistoryMessage, ...], settings: TurnSettings, message: str
+) -> tuple[tuple[HistoryMessage, ...], Context]:
+    """A client's own context (stateless APIs), held to the stored history's limits: the
+    newest HISTORY_LIMIT messages that fit HISTORY_MAX_TOKENS with the new message."""
+    budget = settings.history_max_tokens - estimate_tokens(message)
+    kept: list[HistoryMessage] = []
+    for item in reversed(given[-settings.history_limit :] if settings.history_limit else ()):
+        budget -= message_tokens(item)
+        if budget < 0:
+            break
+        kept.append(item)
+    kept.reverse()
+    return tuple(kept), Context(len(kept), len(kept) < len(given))
 
 
 def message_tokens(item: HistoryMessage) -> int:

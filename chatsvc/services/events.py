@@ -1,0 +1,559 @@
+"""The event log of a turn (contract §5, "Turns outlive their connection").
+
+Every event a turn produces (`meta`, `delta`, `tool_call`, `sources`, then `done` or `error`)
+gets a per-turn id 1, 2, 3… and is appended to the turn's log. Every reader reads that log:
+the chat POST's own SSE response first, then any resume, on any worker or host. The log lives
+in the database (the embedded default) or in Redis Streams (EVENTS_REDIS_URL); or, for one
+worker or a measurement, in this process's memory only (TURN_EVENTS_STORE=memory).
+
+Public names (other transports and the cancel path use these; keep them stable):
+
+    Event(id, name, data)                one logged event; `data` is its JSON text, as sent
+    EventLog.open(settings, database)    this process's log, on the configured backend
+    log.writer(message_id) -> TurnWriter the one writer of a turn running in this process:
+        writer.append(name, body) -> Event   numbered and handed to this process's readers
+                                         at once; stored in batches by a flusher (never waits
+                                         on the store)
+        writer.close()                   the turn is over (after its `done` or `error`)
+    log.append(message_id, name, body)   an event from outside the running turn (the `error`
+                                         of a turn failed as stale): numbered after the stored
+                                         ones (or handed to the writer when the turn runs
+                                         here), stored at once
+    log.read(message_id, after)          the events after id `after`, in order
+    log.follow(message_id, after, wait, outcome)   replay after `after`, then the live events
+                                         until `done`/`error`; None after `wait` s of silence
+    log.expire(now)                      drop stored logs older than TURN_EVENTS_TTL_SECONDS
+    log.close()                          store what is pending (a worker exits)
+
+Readers of a turn running in this process read its events from memory (the "head"); readers
+elsewhere read the store: a blocking XREAD on Redis, a short poll of the table otherwise. A
+reader that meets silence asks `outcome` (the turn engine: the message's stored status) so a
+turn whose worker died still ends: see `follow`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import bindparam, delete, select
+from sqlalchemy.dialects.postgresql import insert as postgres_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from ..config import TurnSettings
+from ..db import Database, utcnow
+from ..models import LoggedEvent
+
+log = logging.getLogger(__name__)
+
+TERMINAL = frozenset({"done", "error"})
+# Redis MAXLEN per turn: above what one turn can produce (a reply is at most 32,000 characters,
+# one delta at least one; a few tool rounds add a few dozen events), so never reached by a
+# real turn; it bounds what a runaway writer could store.
+MAX_EVENTS_PER_TURN = 40_000
+# A turn's outcome is committed before its last event is stored (by the flusher, milliseconds
+# later): a reader that finds the message settled and no `done`/`error` in the log waits this
+# long (counted from the settling) before it makes the ending from the stored message.
+SETTLE_GRACE_SECONDS = 2.0
+# How often a silent reader asks for the turn's stored status (and fails a stale turn).
+STATUS_EVERY_SECONDS = 1.0
+# Events waiting for the store beyond this are dropped, oldest first (the store is down):
+# memory stays bounded, readers still end through the stored status.
+MAX_PENDING = 100_000
+MAX_BATCH = 5_000  # events stored in one transaction or pipeline
+EXPIRE_EVERY_SECONDS = 60.0
+MEMORY_TURNS = 10_000
+# Rows of a turn that never got a `done`/`error` are dropped once this much older than the TTL.
+ORPHAN_MARGIN = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event of a turn's log: its per-turn id, its §5 name and its JSON body (text)."""
+
+    id: int
+    name: str
+    data: str
+
+    @property
+    def terminal(self) -> bool:
+        return self.name in TERMINAL
+
+
+# What the reader asks when the log is silent: None while the turn runs; else the ending the
+# stored message makes (name, body) and how many seconds ago it was settled.
+Outcome = Callable[[], tuple[str, dict[str, Any], float] | None]
+
+
+def encode(event_id: int, name: str, body: dict[str, Any]) -> Event:
+    return Event(event_id, name, json.dumps(body, ensure_ascii=False))
+
+
+class Store(Protocol):
+    """A backend: where events are kept between processes."""
+
+    def save(self, batch: list[tuple[str, Event]]) -> None: ...
+    def read(self, message_id: str, after: int) -> list[Event]: ...
+    def wait(self, message_id: str, after: int, timeout: float) -> list[Event]: ...
+    def last(self, message_id: str) -> Event | None: ...
+    def expire(self, cutoff: datetime) -> int: ...
+    def close(self) -> None: ...
+
+
+class DatabaseStore:
+    """The table `turn_events`: one row per event, inserted in batches (a conflict, an event
+    someone else already stored under that id, is skipped). Readers elsewhere poll it."""
+
+    def __init__(self, database: Database, poll_seconds: float) -> None:
+        self._database = database
+        self._poll = poll_seconds
+        dialect = database.engine.dialect.name
+        insert = postgres_insert if dialect == "postgresql" else sqlite_insert
+        self._insert = insert(LoggedEvent.__table__).on_conflict_do_nothing()
+        table = LoggedEvent.__table__
+        self._read = (
+            select(table.c.seq, table.c.name, table.c.data)
+            .where(table.c.message_id == bindparam("m"), table.c.seq > bindparam("after"))
+            .order_by(table.c.seq)
+        )
+        self._last = (
+            select(table.c.seq, table.c.name, table.c.data)
+            .where(table.c.message_id == bindparam("m"))
+            .order_by(table.c.seq.desc())
+            .limit(1)
+        )
+
+    def save(self, batch: list[tuple[str, Event]]) -> None:
+        now = utcnow()
+        rows = [
+            {"message_id": m, "seq": e.id, "name": e.name, "data": e.data, "created_at": now}
+            for m, e in batch
+        ]
+        with self._database.transaction() as session:
+            session.execute(self._insert, rows)
+
+    def read(self, message_id: str, after: int) -> list[Event]:
+        with self._database.read() as session:
+            rows = session.execute(self._read, {"m": message_id, "after": after}).all()
+        return [Event(seq, name, data) for seq, name, data in rows]
+
+    def wait(self, message_id: str, after: int, timeout: float) -> list[Event]:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return []
+            time.sleep(min(self._poll, left))
+            events = self.read(message_id, after)
+            if events:
+                return events
+
+    def last(self, message_id: str) -> Event | None:
+        with self._database.read() as session:
+            row = session.execute(self._last, {"m": message_id}).first()
+        return Event(*row) if row else None
+
+    def expire(self, cutoff: datetime) -> int:
+        """Whole turns whose ending is older than `cutoff` (so no reader meets half a log),
+        and rows of endless logs (a turn whose ending was never stored) a day after that."""
+        table = LoggedEvent.__table__
+        ended = (
+            select(table.c.message_id)
+            .where(table.c.created_at < cutoff, table.c.name.in_(sorted(TERMINAL)))
+            .scalar_subquery()
+        )
+        with self._database.transaction() as session:
+            gone = session.execute(delete(table).where(table.c.message_id.in_(ended))).rowcount
+            old = table.c.created_at < cutoff - ORPHAN_MARGIN
+            gone += session.execute(delete(table).where(old)).rowcount
+        return gone
+
+    def close(self) -> None:
+        return None
+
+
+class MemoryStore:
+    """This process only (TURN_EVENTS_STORE=memory): no resume on another worker or host, no
+    I/O; what the log costs apart from its store (bench P5), or a single-worker deployment.
+    At most MEMORY_TURNS turns are kept, the oldest dropped first."""
+
+    def __init__(self) -> None:
+        self._turns: OrderedDict[str, tuple[float, list[Event]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def save(self, batch: list[tuple[str, Event]]) -> None:
+        with self._lock:
+            for message_id, event in batch:
+                kept = self._turns.setdefault(message_id, (time.time(), []))[1]
+                if not kept or kept[-1].id < event.id:
+                    kept.append(event)
+            while len(self._turns) > MEMORY_TURNS:
+                self._turns.popitem(last=False)
+
+    def read(self, message_id: str, after: int) -> list[Event]:
+        with self._lock:
+            kept = self._turns.get(message_id, (0.0, []))[1]
+            return [e for e in kept if e.id > after]
+
+    def wait(self, message_id: str, after: int, timeout: float) -> list[Event]:
+        time.sleep(timeout)
+        return self.read(message_id, after)
+
+    def last(self, message_id: str) -> Event | None:
+        with self._lock:
+            kept = self._turns.get(message_id, (0.0, []))[1]
+            return kept[-1] if kept else None
+
+    def expire(self, cutoff: datetime) -> int:
+        with self._lock:
+            old = [m for m, (at, _) in self._turns.items() if at < cutoff.timestamp()]
+            for message_id in old:
+                del self._turns[message_id]
+        return len(old)
+
+    def close(self) -> None:
+        return None
+
+
+class RedisStore:
+    """Redis Streams: one stream per turn whose entry ids are `0-<event id>` (so a reader
+    resumes with XREAD after `0-<Last-Event-ID>`, and Redis refuses a second event under an
+    id), capped by MAXLEN, expiring TURN_EVENTS_TTL_SECONDS after its last write."""
+
+    PREFIX = "chatsvc:turn-events:"
+
+    def __init__(self, url: str, ttl_seconds: int) -> None:
+        import redis  # only when configured
+
+        # Blocking reads last at most STATUS_EVERY_SECONDS; the socket waits a little longer.
+        self._redis = redis.Redis.from_url(
+            url, socket_connect_timeout=5, socket_timeout=STATUS_EVERY_SECONDS + 10
+        )
+        self._ttl = ttl_seconds
+        self._response_error = redis.ResponseError
+
+    def _key(self, message_id: str) -> str:
+        return self.PREFIX + message_id
+
+    def save(self, batch: list[tuple[str, Event]]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        keys: list[str] = []
+        for message_id, event in batch:
+            key = self._key(message_id)
+            fields = {"n": event.name, "d": event.data}
+            pipe.xadd(key, fields, id=f"0-{event.id}", maxlen=MAX_EVENTS_PER_TURN)
+            if not keys or keys[-1] != key:
+                keys.append(key)
+        for key in dict.fromkeys(keys):
+            pipe.expire(key, self._ttl)
+        for result in pipe.execute(raise_on_error=False):
+            # An id at or below the stream's top: that event is already stored.
+            if isinstance(result, Exception) and not isinstance(result, self._response_error):
+                raise result
+
+    def read(self, message_id: str, after: int) -> list[Event]:
+        return self._events(self._redis.xread({self._key(message_id): f"0-{after}"}))
+
+    def wait(self, message_id: str, after: int, timeout: float) -> list[Event]:
+        block = max(1, int(timeout * 1000))
+        return self._events(self._redis.xread({self._key(message_id): f"0-{after}"}, block=block))
+
+    def last(self, message_id: str) -> Event | None:
+        newest = self._redis.xrevrange(self._key(message_id), count=1)
+        return self._entries(newest)[0] if newest else None
+
+    def expire(self, cutoff: datetime) -> int:
+        return 0  # Redis expires each stream itself
+
+    def close(self) -> None:
+        self._redis.close()
+
+    @staticmethod
+    def _events(reply: Any) -> list[Event]:
+        if not reply:
+            return []
+        _key, entries = reply[0]
+        return RedisStore._entries(entries)
+
+    @staticmethod
+    def _entries(entries: Any) -> list[Event]:
+        return [
+            Event(_seq(entry_id), fields[b"n"].decode(), fields[b"d"].decode())
+            for entry_id, fields in entries
+        ]
+
+
+class _Head:
+    """A turn running in this process: its events in memory, for the readers here."""
+
+    def __init__(self, writer: TurnWriter) -> None:
+        self.writer = writer
+        self.events: list[Event] = []
+        self.closed = False
+        self.changed = threading.Condition()
+
+    def add(self, event: Event) -> None:
+        with self.changed:
+            self.events.append(event)
+            self.changed.notify_all()
+
+    def close(self) -> None:
+        with self.changed:
+            self.closed = True
+            self.changed.notify_all()
+
+    def after(self, last: int, timeout: float) -> list[Event] | None:
+        """The events after id `last`, waiting up to `timeout` for one; None once the turn is
+        over here and nothing more will come."""
+        with self.changed:
+            if len(self.events) <= last and not self.closed:
+                self.changed.wait(timeout)
+            if len(self.events) > last:
+                return self.events[last:]
+            return None if self.closed else []
+
+
+class TurnWriter:
+    """The one writer of a turn's log, in the process that runs the turn."""
+
+    def __init__(self, events: EventLog, message_id: str) -> None:
+        self._log = events
+        self.message_id = message_id
+        self._count = 0
+        self._lock = threading.Lock()
+        self.ended = False  # a `done` or `error` was appended
+        self._head = _Head(self)
+
+    def append(self, name: str, body: dict[str, Any]) -> Event:
+        with self._lock:
+            self._count += 1
+            event = encode(self._count, name, body)
+            self.ended = self.ended or event.terminal
+            self._head.add(event)
+            self._log._enqueue(self.message_id, event)
+        return event
+
+    def close(self) -> None:
+        self._head.close()
+        self._log._enqueue(self.message_id, None)
+
+
+class EventLog:
+    """This process's view of the event log (see the module's docstring)."""
+
+    def __init__(self, store: Store, settings: TurnSettings) -> None:
+        self.store = store
+        self._ttl = timedelta(seconds=settings.events_ttl_seconds)
+        self._flush_seconds = settings.events_flush_ms / 1000
+        self._live: dict[str, _Head] = {}
+        self._pending: deque[tuple[str, Event | None]] = deque()
+        self._wake = threading.Condition()
+        self._flusher: threading.Thread | None = None
+        self._expired_at = time.monotonic()
+        self._flushing = threading.Lock()  # one batch at a time, in order
+
+    @classmethod
+    def open(cls, settings: TurnSettings, database: Database) -> EventLog:
+        if settings.events_redis_url:
+            store: Store = RedisStore(settings.events_redis_url, settings.events_ttl_seconds)
+        elif settings.events_store == "memory":
+            store = MemoryStore()
+        else:
+            store = DatabaseStore(database, settings.events_poll_seconds)
+        return cls(store, settings)
+
+    # Writing ---------------------------------------------------------------------------------
+
+    def writer(self, message_id: str) -> TurnWriter:
+        writer = TurnWriter(self, message_id)
+        self._live[message_id] = writer._head
+        return writer
+
+    def append(self, message_id: str, name: str, body: dict[str, Any]) -> Event:
+        head = self._live.get(message_id)
+        if head is not None and not head.closed:
+            return head.writer.append(name, body)
+        for _attempt in range(3):
+            tail = self.store.last(message_id)
+            event = encode(tail.id + 1 if tail else 1, name, body)
+            self.store.save([(message_id, event)])
+            if self.store.read(message_id, event.id - 1)[:1] == [event]:
+                return event
+        raise RuntimeError("the event could not be appended")  # three writers raced: rare
+
+    def _enqueue(self, message_id: str, event: Event | None) -> None:
+        with self._wake:
+            self._pending.append((message_id, event))
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_loop, name="turn-events")
+                self._flusher.daemon = True
+                self._flusher.start()
+            self._wake.notify()
+
+    def _flush_loop(self) -> None:
+        """Store what was appended, a batch every TURN_EVENTS_FLUSH_MS at most; the thread
+        ends after a quiet while and is started again by the next append."""
+        while True:
+            with self._wake:
+                if not self._pending:
+                    self._wake.wait(5.0)
+                if not self._pending:
+                    self._flusher = None
+                    return
+            time.sleep(self._flush_seconds)  # let the batch fill
+            self.flush()
+            self._maybe_expire()
+
+    def flush(self) -> bool:
+        """Store every pending event now (one batch); True when the store took them."""
+        with self._flushing:
+            return self._flush()
+
+    def _flush(self) -> bool:
+        with self._wake:
+            taken = [self._pending[n] for n in range(min(len(self._pending), MAX_BATCH))]
+        if not taken:
+            return True
+        batch = [(m, e) for m, e in taken if e is not None]
+        try:
+            if batch:
+                self.store.save(batch)
+        except Exception as error:  # kept, and tried again with the next batch
+            log.warning("turn events not stored: %s", type(error).__name__)
+            self._shed()
+            time.sleep(0.5)
+            return False
+        with self._wake:
+            for _ in taken:
+                self._pending.popleft()
+        for message_id, event in taken:
+            if event is None:  # that turn's writer is closed and everything of it is stored
+                self._live.pop(message_id, None)
+        return True
+
+    def _shed(self) -> None:
+        """The store is down: beyond MAX_PENDING, the oldest events are dropped (their
+        readers elsewhere still end, from the turn's stored status)."""
+        with self._wake:
+            extra = len(self._pending) - MAX_PENDING
+            for _ in range(max(0, extra)):
+                self._pending.popleft()
+        if extra > 0:
+            log.warning("%d turn events dropped: the event store is unreachable", extra)
+
+    def _maybe_expire(self) -> None:
+        if time.monotonic() - self._expired_at < EXPIRE_EVERY_SECONDS:
+            return
+        self._expired_at = time.monotonic()
+        try:
+            self.expire()
+        except Exception as error:  # the next round tries again
+            log.warning("turn events not expired: %s", type(error).__name__)
+
+    def expire(self, now: datetime | None = None) -> int:
+        return self.store.expire((now or utcnow()) - self._ttl)
+
+    def close(self, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self._pending and time.monotonic() < deadline:
+            self.flush()
+        self.store.close()
+
+    # Reading ---------------------------------------------------------------------------------
+
+    def read(self, message_id: str, after: int = 0) -> list[Event]:
+        head = self._live.get(message_id)
+        if head is not None:
+            return head.events[after:]
+        return self.store.read(message_id, after)
+
+    def follow(
+        self, message_id: str, after: int, wait: float, outcome: Outcome
+    ) -> Iterator[Event | None]:
+        """The events after id `after`, then the live ones, ending with the turn's `done` or
+        `error`: each once, in order. A None after `wait` seconds of silence (a keep-alive).
+
+        When the log is silent, `outcome` says whether the turn is settled. A settled turn
+        whose log has no ending after SETTLE_GRACE_SECONDS (its worker died, or its log
+        expired or was never kept) ends with the ending made from the stored message:
+        appended to the log when the log has events (so every later read ends the same way),
+        else sent alone, numbered after `after`."""
+        last = after
+        quiet_since = time.monotonic()
+        check_at = 0.0  # at once, the first time the log is silent
+        ending: tuple[str, dict[str, Any], float] | None = None
+        while True:
+            slice_ = min(wait, STATUS_EVERY_SECONDS)
+            events = self._next(message_id, last, slice_)
+            if events:
+                for event in events:
+                    if event.id <= last:
+                        continue
+                    yield event
+                    last = event.id
+                    if event.terminal:
+                        return
+                quiet_since = time.monotonic()
+                continue
+            now = time.monotonic()
+            # A turn running in this process ends its log itself: nothing to ask.
+            if now >= check_at and not self._running_here(message_id):
+                check_at = now + STATUS_EVERY_SECONDS
+                ending = outcome()
+                if ending is not None and ending[2] >= SETTLE_GRACE_SECONDS:
+                    final = self._ending(message_id, last, ending)
+                    if final is not None:
+                        yield final
+                    return
+                if ending is not None:  # settled just now: its ending may be on its way
+                    check_at = now + SETTLE_GRACE_SECONDS - ending[2]
+            if now - quiet_since >= wait:
+                yield None
+                quiet_since = now
+
+    def _running_here(self, message_id: str) -> bool:
+        head = self._live.get(message_id)
+        return head is not None and not head.closed
+
+    def _next(self, message_id: str, last: int, timeout: float) -> list[Event]:
+        head = self._live.get(message_id)
+        if head is not None:
+            events = head.after(last, timeout)
+            if events is not None:
+                return events
+        return self.store.read(message_id, last) or self.store.wait(message_id, last, timeout)
+
+    def _ending(
+        self, message_id: str, last: int, ending: tuple[str, dict[str, Any], float]
+    ) -> Event | None:
+        """The ending of a settled turn whose log has none after `last`; None when the reader
+        has had its `done` already.
+
+        An `error` at or before `last` is sent again, numbered after it: a worker killed
+        mid-turn loses the events of its last batch, which its client may have read, so the
+        interrupted turn's `error` (numbered after the stored ones) can fall on an id that
+        client already had; it must still learn that the turn ended."""
+        name, body, _age = ending
+        tail = self.store.last(message_id)
+        if tail is None:  # expired, or never kept: the ending alone
+            return encode(last + 1, name, body)
+        if tail.terminal:
+            if tail.id > last:
+                return tail
+            return Event(last + 1, tail.name, tail.data) if tail.name == "error" else None
+        event = self.append(message_id, name, body)
+        # Someone else ended it first: theirs is the ending every reader gets.
+        ended = [e for e in self.store.read(message_id, tail.id) if e.terminal]
+        return ended[0] if ended and ended[0].id > last else event
+
+
+def _seq(entry_id: bytes | str) -> int:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.partition("-")[2])

@@ -1,0 +1,401 @@
+"""Turns outlive their connection (contract §5, issue 17): every event of a streamed turn is
+logged with its per-turn id; a client that drops the stream resumes it with Last-Event-ID on
+any worker or instance and gets every remaining event once, in order. With the database log
+(SQLite and PostgreSQL) and with Redis Streams (TEST_REDIS_URL)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import urlopen
+
+import pytest
+import sse
+from conftest import require_service
+from fakellm import endless, say
+from helpers import assert_problem, get, ok, wait_for
+from sqlalchemy import update
+
+from chatsvc.db import database, utcnow
+from chatsvc.models import LoggedEvent
+
+STREAM = {"Accept": "text/event-stream"}
+# About 40 chunks, one every 50 ms: a turn of two seconds.
+LONG_ANSWER = " ".join(f"word{n}" for n in range(40)) + "."
+
+
+@pytest.fixture(params=["database", "redis"])
+def log_config(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Where the event log lives: the database (the default), or Redis Streams."""
+    if request.param == "redis":
+        return {"EVENTS_REDIS_URL": require_service("TEST_REDIS_URL", "Redis")}
+    return {}
+
+
+@pytest.fixture(params=["database", "redis", "memory"])
+def any_log(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Every store, the in-process one (TURN_EVENTS_STORE=memory) included."""
+    if request.param == "redis":
+        return {"EVENTS_REDIS_URL": require_service("TEST_REDIS_URL", "Redis")}
+    return {"TURN_EVENTS_STORE": request.param}
+
+
+def llm(fake_llm: Any, **more: str) -> dict[str, str]:
+    return {
+        "AGENT_PROVIDER": "openai", "OPENAI_BASE_URL": fake_llm.url, "OPENAI_MODEL": "fake-model",
+        "OPENAI_API_KEY": "sk-test", "AGENT_TIMEOUT_SECONDS": "30", "AGENT_MAX_RETRIES": "0",
+        "RATELIMIT_ENABLED": "false", "SSE_PING_SECONDS": "0.5", **more,
+    }  # fmt: skip
+
+
+class Stream:
+    """An SSE response over a real socket (a streamed chat POST, or a GET of …/events), read
+    event by event; `drop()` hangs up."""
+
+    def __init__(
+        self, base: str, path: str, body: dict[str, Any] | None = None, **headers: str
+    ) -> None:
+        parts = urlsplit(base)
+        self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        if body is None:
+            self.connection.request("GET", path, headers=headers)
+        else:
+            headers = {**STREAM, "Content-Type": "application/json", **headers}
+            self.connection.request("POST", path, body=json.dumps(body), headers=headers)
+        self.response = self.connection.getresponse()
+        assert self.response.status == 200, self.response.read()
+        self.events: list[sse.Event] = []
+
+    def next(self) -> bool:
+        """Read one more event (False: the stream is over)."""
+        block = ""
+        while True:
+            line = self.response.readline().decode()
+            if not line:
+                return False
+            if line != "\n":
+                block += line
+            elif block.startswith("event:"):
+                self.events += sse.parse(block + "\n")[0]
+                return True
+            else:
+                block = ""  # a ping
+
+    def until(self, deltas: int) -> list[sse.Event]:
+        while sum(e.name == "delta" for e in self.events) < deltas:
+            assert self.next(), "the stream ended early"
+        return self.events
+
+    def to_end(self) -> list[sse.Event]:
+        while self.next():
+            pass
+        return self.events
+
+    def drop(self) -> None:
+        self.connection.sock.shutdown(socket.SHUT_RDWR)
+        self.connection.close()
+
+
+def events_of(url: str, timeout: float = 30, **headers: str) -> tuple[list[sse.Event], float]:
+    """Every event of a GET …/events response read to its end, and how long that took."""
+    parts = urlsplit(url)
+    started = time.monotonic()
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    connection.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""),
+                       headers=headers)  # fmt: skip
+    response = connection.getresponse()
+    assert response.status == 200, response.read()
+    assert response.getheader("Content-Type").startswith("text/event-stream")
+    text = response.read().decode()
+    connection.close()
+    return sse.parse(text)[0], time.monotonic() - started
+
+
+def as_tuples(events: list[sse.Event]) -> list[tuple[str, int, dict[str, Any]]]:
+    return [(e.name, e.id, e.data) for e in events]
+
+
+def assert_numbered(events: list[sse.Event], first: int = 1) -> None:
+    assert [e.id for e in events] == list(range(first, first + len(events))), "once, in order"
+
+
+def someone() -> str:
+    return "resume-" + uuid.uuid4().hex[:8]
+
+
+# A dropped stream resumes elsewhere ---------------------------------------------------------
+
+
+def test_a_dropped_stream_resumes_on_another_instance_with_every_remaining_event_once(
+    gunicorn, fake_llm, log_config
+):
+    first = gunicorn(WEB_CONCURRENCY="1", **llm(fake_llm), **log_config)
+    other = gunicorn(WEB_CONCURRENCY="1", **llm(fake_llm), **log_config)
+    user = someone()
+    fake_llm.script(say(LONG_ANSWER, chunk_delay=0.05))
+    stream = Stream(first.url, f"/api/{user}/chat", {"message": "tell me a long story"})
+    seen = stream.until(deltas=3)
+    stream.drop()
+    meta = seen[0]
+    assert meta.name == "meta" and meta.id == 1
+    assert_numbered(seen)
+    message = (
+        f"/api/{user}/conversations/{meta.data['conversation_id']}"
+        f"/messages/{meta.data['message_id']}"
+    )
+
+    # The other instance: the turn runs on the first one (continue: the client left, the turn
+    # goes on); the rest of it arrives live, each event once, in order.
+    rest, _ = events_of(other.url + message + "/events", **{"Last-Event-ID": str(seen[-1].id)})
+    assert_numbered(rest, seen[-1].id + 1)
+    assert [e.name for e in rest].count("done") == 1 and rest[-1].name == "done"
+    done = rest[-1].data
+    assert done["status"] == "completed"
+    assert sse.text_of(seen) + sse.text_of(rest) == done["response"] == LONG_ANSWER
+    stored = _get_json(other.url + message)
+    assert (stored["status"], stored["content"]) == ("completed", LONG_ANSWER)
+
+    # Any later read, on either instance, from the start: the same ids and bodies.
+    again, _ = events_of(first.url + message + "/events")
+    assert as_tuples(again) == as_tuples(seen + rest)
+    tail, _ = events_of(other.url + message + f"/events?last_event_id={rest[0].id}")
+    assert as_tuples(tail) == as_tuples(rest[1:])
+
+
+def _get_json(url: str) -> dict[str, Any]:
+    with urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_a_client_that_leaves_does_not_stop_the_turn_unless_told_to(gunicorn, fake_llm):
+    """TURN_ON_DISCONNECT=cancel: the old behaviour, the text so far stored `cancelled`; the
+    log ends with that `done`."""
+    server = gunicorn(WEB_CONCURRENCY="1", **llm(fake_llm, TURN_ON_DISCONNECT="cancel"))
+    user = someone()
+    fake_llm.script(endless(chunk_delay=0.02))
+    stream = Stream(server.url, f"/api/{user}/chat", {"message": "go on forever"})
+    seen = stream.until(deltas=3)
+    stream.drop()
+    meta = seen[0].data
+    message = f"/api/{user}/conversations/{meta['conversation_id']}/messages/{meta['message_id']}"
+    rest, took = events_of(server.url + message + "/events", **{"Last-Event-ID": str(seen[-1].id)})
+    assert took < 10
+    assert_numbered(rest, seen[-1].id + 1)
+    done = rest[-1].data
+    assert rest[-1].name == "done" and done["status"] == "cancelled"
+    assert done["response"] == sse.text_of(seen) + sse.text_of(rest)
+    assert done["response"].startswith("and on and on")
+    stored = _get_json(server.url + message)
+    assert (stored["status"], stored["content"]) == ("cancelled", done["response"])
+
+
+# A finished turn, an expired log -------------------------------------------------------------
+
+
+def stream_turn(client: Any, path: str, body: dict[str, Any]) -> list[sse.Event]:
+    response = client.post(path, json=body, headers=STREAM)
+    assert response.status_code == 200
+    return sse.parse(response.get_data(as_text=True))[0]
+
+
+def read_events(client: Any, path: str, **headers: str) -> list[sse.Event]:
+    response = client.get(path, headers=headers)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.mimetype == "text/event-stream"
+    assert response.headers["Cache-Control"] == "no-cache"
+    return sse.parse(response.get_data(as_text=True))[0]
+
+
+def test_a_finished_turn_replays_the_events_its_stream_sent(make_app, any_log):
+    app = make_app(any_log)
+    client = app.test_client()
+    user = someone()
+    sent = stream_turn(client, f"/api/{user}/chat", {"message": "add a task to buy milk"})
+    assert_numbered(sent)
+    assert [e.name for e in sent][-2:] == ["tool_call", "done"] or sent[-1].name == "done"
+    done = sent[-1].data
+    path = f"/api/{user}/conversations/{done['conversation_id']}/messages/{done['message_id']}"
+
+    assert as_tuples(read_events(client, path + "/events")) == as_tuples(sent)
+    assert as_tuples(read_events(client, path + "/events", **{"Last-Event-ID": "2"})) == (
+        as_tuples(sent[2:])
+    )
+    assert as_tuples(read_events(client, path + "/events?last_event_id=3")) == as_tuples(sent[3:])
+    # The header wins over the query (a browser's EventSource sends it when it reconnects).
+    assert as_tuples(
+        read_events(client, path + "/events?last_event_id=1", **{"Last-Event-ID": "4"})
+    ) == as_tuples(sent[4:])
+    # Read up to its `done`: nothing more, and the stream ends.
+    assert read_events(client, path + "/events", **{"Last-Event-ID": str(sent[-1].id)}) == []
+
+    # Once stored, the same from the store (not this process's memory of the turn).
+    events = app.extensions["chatsvc.turns"].events
+    wait_for(lambda: events.flush() and events.store.read(done["message_id"], 0), 5, "storage")
+    assert [(e.name, e.id) for e in events.store.read(done["message_id"], 0)] == [
+        (e.name, e.id) for e in sent
+    ]
+    assert ok(client.get(path))["status"] == "completed"
+    if "EVENTS_REDIS_URL" in any_log:  # capped, and expiring after TURN_EVENTS_TTL_SECONDS
+        import redis
+
+        key = "chatsvc:turn-events:" + done["message_id"]
+        connection = redis.Redis.from_url(any_log["EVENTS_REDIS_URL"])
+        assert 3500 < connection.ttl(key) <= 3600
+        assert connection.xlen(key) == len(sent)
+        connection.close()
+
+
+def test_a_session_turn_resumes_on_the_session_route(make_app, log_config):
+    client = make_app(log_config).test_client()
+    sent = stream_turn(client, "/api/chat", {"message": "How do I configure the rate limit?"})
+    session, message = sent[0].data["session_id"], sent[0].data["message_id"]
+    path = f"/api/session/{session}/messages/{message}"
+    assert as_tuples(read_events(client, path + "/events", **{"Last-Event-ID": "1"})) == (
+        as_tuples(sent[1:])
+    )
+    stored = ok(client.get(path))
+    assert (stored["id"], stored["status"], stored["content"]) == (
+        message, "completed", sent[-1].data["response"]
+    )  # fmt: skip
+    assert_problem(client.get(f"/api/session/{uuid.uuid4()}/messages/{message}/events"), 404,
+                   "not_found")  # fmt: skip
+
+
+def test_an_expired_log_ends_with_one_done_made_from_the_stored_message(make_app, log_config):
+    app = make_app({"TURN_EVENTS_TTL_SECONDS": 1, **log_config})
+    client = app.test_client()
+    user = someone()
+    sent = stream_turn(client, f"/api/{user}/chat", {"message": "hello there"})
+    done = sent[-1].data
+    events = app.extensions["chatsvc.turns"].events
+    wait_for(lambda: events.flush() and events.store.read(done["message_id"], 0), 5, "storage")
+    if log_config:  # Redis expires the stream itself
+        wait_for(lambda: not events.store.read(done["message_id"], 0), 5, "Redis to expire it")
+    else:
+        _age_events(app, done["message_id"], seconds=10)
+        result = app.test_cli_runner().invoke(args=["sessions", "cleanup"])
+        assert result.exit_code == 0, result.output
+        assert "expired turn events" in result.output
+        assert not events.store.read(done["message_id"], 0)
+    path = f"/api/{user}/conversations/{done['conversation_id']}/messages/{done['message_id']}"
+    replay = read_events(client, path + "/events", **{"Last-Event-ID": "2"})
+    assert [(e.name, e.id) for e in replay] == [("done", 3)]
+    assert replay[0].data["response"] == done["response"]
+    assert replay[0].data["message_id"] == done["message_id"]
+    assert replay[0].data["status"] == "completed"
+
+
+def _age_events(app: Any, message_id: str, seconds: float) -> None:
+    table = LoggedEvent.__table__
+    with database(app).transaction() as session:
+        session.execute(
+            update(table)
+            .where(table.c.message_id == message_id)
+            .values(created_at=utcnow() - timedelta(seconds=seconds))
+        )
+
+
+# A worker killed mid-turn --------------------------------------------------------------------
+
+
+def workers(master: int) -> set[int]:
+    return {int(pid) for pid in Path(f"/proc/{master}/task/{master}/children").read_text().split()}
+
+
+def test_a_killed_worker_s_turn_ends_with_error_for_every_reader(gunicorn, fake_llm, log_config):
+    """A reader following from another instance when the worker dies, and one that comes back
+    after: both get the `error` (interrupted) once the turn is stale, never hang."""
+    quick = {"TURN_LEASE_SECONDS": "2", **log_config}
+    running = gunicorn(WEB_CONCURRENCY="1", **llm(fake_llm, **quick))
+    other = gunicorn(WEB_CONCURRENCY="1", **llm(fake_llm, **quick))
+    user = someone()
+    fake_llm.script(endless(chunk_delay=0.05))
+    stream = Stream(running.url, f"/api/{user}/chat", {"message": "crash while talking"})
+    seen = stream.until(deltas=3)
+    meta = seen[0].data
+    message = f"/api/{user}/conversations/{meta['conversation_id']}/messages/{meta['message_id']}"
+    follower = Stream(other.url, message + "/events", **{"Last-Event-ID": str(seen[-1].id)})
+    follower.until(deltas=1)  # it follows the live turn from the other instance
+    watching = threading.Thread(target=follower.to_end)
+    watching.start()
+    (killed,) = workers(running.process.pid)
+    os.kill(killed, signal.SIGKILL)
+    stream.drop()
+    watching.join(timeout=30)
+    assert not watching.is_alive(), "the follower hung"
+    followed = follower.events
+    assert_numbered(followed, seen[-1].id + 1)
+    assert [e.name for e in followed].count("error") == 1 and followed[-1].name == "error"
+    error = followed[-1].data
+    assert (error["status"], error["code"]) == (503, "interrupted")
+    assert all(e.name == "delta" for e in followed[:-1])
+
+    # The instance that ran it is back (a new worker); a reader from the start gets the log as
+    # stored, ending with that error; one past it gets the error again, never a hang.
+    wait_for(lambda: get(running.url + "/health") == 200, 60, "a new worker")
+    from_start, _ = events_of(running.url + message + "/events")
+    assert_numbered(from_start)
+    assert from_start[-1].name == "error" and from_start[-1].data["code"] == "interrupted"
+    assert [e.name for e in from_start].count("error") == 1
+    past, _ = events_of(running.url + message + "/events",
+                           **{"Last-Event-ID": str(from_start[-1].id + 5)})  # fmt: skip
+    assert [(e.name, e.data["code"]) for e in past] == [("error", "interrupted")]
+    stored = _get_json(other.url + message)
+    assert (stored["status"], stored["error_code"]) == ("failed", "interrupted")
+
+
+def test_the_event_log_settings_are_checked_at_start(make_app):
+    from chatsvc.config import ConfigError
+
+    for bad in (
+        {"TURN_ON_DISCONNECT": "stop"}, {"TURN_EVENTS_STORE": "disk"},
+        {"TURN_EVENTS_TTL_SECONDS": 0}, {"TURN_EVENTS_FLUSH_MS": -1.0},
+        {"TURN_EVENTS_POLL_SECONDS": 0.0},
+    ):  # fmt: skip
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            make_app(bad)
+
+
+# Bad input and isolation ---------------------------------------------------------------------
+
+
+def test_events_and_messages_follow_the_conversation_rules(make_app):
+    client = make_app().test_client()
+    sent = stream_turn(client, "/api/alice/chat", {"message": "hello"})
+    meta = sent[0].data
+    conversation, message = meta["conversation_id"], meta["message_id"]
+    path = f"/api/alice/conversations/{conversation}/messages/{message}"
+    assert ok(client.get(path))["status"] == "completed"
+
+    for bad in ("abc", "-1", "1.5", " 1", "+1", "1234567890", "٣", ""):
+        if bad:
+            assert_problem(client.get(path + "/events", headers={"Last-Event-ID": bad}), 422,
+                           "validation_error")  # fmt: skip
+        assert_problem(client.get(path + f"/events?last_event_id={bad}"), 422, "validation_error")
+
+    # Another user's conversation, an unknown message, a message of another conversation, the
+    # user's own message (no turn answers it): 404, as for the conversation itself.
+    other = stream_turn(client, "/api/alice/chat", {"message": "again"})[0].data
+    user_message = ok(client.get(f"/api/alice/conversations/{conversation}"))["messages"][0]
+    for wrong in (
+        f"/api/mallory/conversations/{conversation}/messages/{message}",
+        f"/api/alice/conversations/{conversation}/messages/{uuid.uuid4()}",
+        f"/api/alice/conversations/{conversation}/messages/{other['message_id']}",
+        f"/api/alice/conversations/{other['conversation_id']}/messages/{message}",
+        f"/api/alice/conversations/{conversation}/messages/{'x' * 40}",
+    ):
+        assert_problem(client.get(wrong), 404, "not_found")
+        assert_problem(client.get(wrong + "/events"), 404, "not_found")
+    user_path = f"/api/alice/conversations/{conversation}/messages/{user_message['id']}"
+    assert ok(client.get(user_path))["role"] == "user"
+    assert_problem(client.get(user_path + "/events"), 404, "not_found")
