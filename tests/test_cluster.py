@@ -2,8 +2,10 @@
 `make cluster` runs — starts two gunicorn instances sharing PostgreSQL and Redis behind nginx
 (deploy/nginx/chatsvc.conf, round robin). Through nginx, requests alternate between the
 instances, and the promises that need shared state hold across them: the chat rate limit, the
-one-turn-per-conversation rule, idempotency, and the client's address (X-Forwarded-For) for the
-anonymous limiter. One cluster serves the module; Ctrl-C stops every process it started."""
+one-turn-per-conversation rule, idempotency, the client's address (X-Forwarded-For) for the
+anonymous limiter, and a turn's event log (resume on the other instance). nginx never sends a
+forwarded POST twice, answers its own failures with problem bodies and routes around a dead
+instance. One cluster serves the module; Ctrl-C stops every process it started."""
 
 from __future__ import annotations
 
@@ -319,6 +321,64 @@ def test_the_anonymous_limit_counts_the_clients_address_behind_nginx(cluster):
         for address in (spender, bystander):
             for found in client.scan_iter(match=f"LIMITS:*addr:{address}*"):
                 client.delete(found)
+
+
+def test_a_stream_dropped_on_one_instance_resumes_on_the_other_then_on_its_own(cluster):
+    """Spec §5: the turn goes on when its client leaves; `GET …/events` with Last-Event-ID
+    replays what was missed and follows the live turn, exactly once and in order, on whichever
+    instance nginx picks (the event log is in the shared Redis)."""
+    user = someone()
+    words = " ".join(f"word{n}" for n in range(24))
+    cluster.model.script(say(words, chunk_delay=0.1))
+    stream = {"Accept": "text/event-stream"}
+    body = {"message": "tell me slowly"}
+    seen: list[tuple[str, int, dict[str, Any]]] = []
+    with cluster.connect("POST", f"/api/{user}/chat", body, "127.0.0.1", stream) as response:
+        running_on = cluster.instance(headers_of(response))
+        for event in sse_events(response):
+            seen.append(event)
+            if sum(name == "delta" for name, _, _ in seen) == 3:
+                break  # the client drops the connection here
+    meta = seen[0][2]
+    events_path = (
+        f"/api/{user}/conversations/{meta['conversation_id']}/messages/{meta['message_id']}/events"
+    )
+    arrivals: list[float] = []  # of the live deltas, on the last resume
+    for hop in ("other", "same"):
+        last = {"Last-Event-ID": str(seen[-1][1])}
+        with cluster.connect("GET", events_path, None, "127.0.0.1", {**stream, **last}) as response:
+            assert response.status == 200
+            served_by = cluster.instance(headers_of(response))
+            assert (served_by == running_on) == (hop == "same"), (hop, served_by, running_on)
+            for event in sse_events(response):
+                seen.append(event)
+                if hop == "other" and sum(name == "delta" for name, _, _ in seen) == 6:
+                    break  # and drops again
+                if hop == "same" and event[0] == "delta":
+                    arrivals.append(time.monotonic())
+    # nginx passed them on as they came (the model's last second), not buffered to the end
+    assert arrivals[-1] - arrivals[0] > 0.5, arrivals
+    assert [number for _, number, _ in seen] == list(range(1, len(seen) + 1))  # once, in order
+    assert seen[0][0] == "meta" and seen[-1][0] == "done"
+    told = "".join(data["text"] for name, _, data in seen if name == "delta")
+    stored = cluster.request("GET", events_path.removesuffix("/events"))
+    assert stored.status == 200 and stored.body["status"] == "completed"
+    assert told == stored.body["content"] == seen[-1][2]["response"] == words
+
+
+def test_a_finished_turn_replays_from_any_instance(cluster):
+    user = someone()
+    done = cluster.request("POST", f"/api/{user}/chat", {"message": "short"})
+    path = f"/api/{user}/conversations/{done.body['conversation_id']}/messages/"
+    path += f"{done.body['message_id']}/events"
+    replays = []
+    for _ in range(2):
+        with cluster.connect("GET", path, None, "127.0.0.1", {"Accept": "text/event-stream"}) as r:
+            replays.append((cluster.instance(headers_of(r)), list(sse_events(r))))
+    assert {instance for instance, _ in replays} == {"a", "b"}
+    assert replays[0][1] == replays[1][1]  # the same ids and events on both
+    assert replays[0][1][-1][0] == "done"
+    assert replays[0][1][-1][2]["response"] == "fake: short"
 
 
 # The last two fail instances: nginx then keeps one out for a while (fail_timeout).
