@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import redis
 from conftest import ROOT, empty_tables, require_service
-from fakellm import FakeLLM, say
+from fakellm import FakeLLM, endless, say
 from helpers import free_port, wait_for
 from sqlalchemy import create_engine
 
@@ -58,14 +58,28 @@ class Cluster:
     names: dict[str, str] = field(default_factory=dict)  # "127.0.0.1:port" → instance name
 
     def instance(self, headers: dict[str, str]) -> str:
-        """The instance that answered; "nginx" for what nginx answered itself."""
-        return self.names[headers["x-upstream"]] if "x-upstream" in headers else "nginx"
+        """The instance that answered; "nginx" for what nginx answered itself. (nginx lists
+        every instance it tried: one it could not reach, then the one that answered.)"""
+        if "x-upstream" not in headers:
+            return "nginx"
+        return self.names[headers["x-upstream"].split(", ")[-1]]
 
     def log(self, name: str) -> str:
         return Path(self.of(name)["log"]).read_text(errors="replace")
 
     def of(self, name: str) -> dict[str, Any]:
         return next(i for i in self.state["instances"] if i["name"] == name)
+
+    def both_serving(self) -> None:
+        """Until nginx sends requests to both instances again (one that failed a request sits
+        out nginx's fail_timeout, 10 s)."""
+        answered: list[str] = []
+
+        def alternating() -> bool:
+            answered.append(self.request("GET", "/health/live").instance)
+            return set(answered[-2:]) == {"a", "b"}
+
+        wait_for(alternating, 20, "both instances to serve")
 
     def request(
         self, method: str, path: str, body: Any = None, source: str = "127.0.0.1", **headers: str
@@ -381,13 +395,14 @@ def test_a_finished_turn_replays_from_any_instance(cluster):
     assert replays[0][1][-1][2]["response"] == "fake: short"
 
 
-# The last two fail instances: nginx then keeps one out for a while (fail_timeout).
+# The last three fail instances: nginx then keeps one out for a while (fail_timeout).
 
 
 def test_a_turn_cut_by_a_dying_instance_is_a_503_problem_sent_to_no_other(cluster):
     """nginx never sends a POST it forwarded to a second instance (the turn would run twice);
     the client gets the contract's 503 and retries with its key, which succeeds elsewhere once
     the dead worker's claim lapses."""
+    cluster.both_serving()
     user = someone()
     key = {"Idempotency-Key": uuid.uuid4().hex}
     probe = cluster.request("GET", f"/api/{user}/tasks")
@@ -428,6 +443,42 @@ def test_a_turn_cut_by_a_dying_instance_is_a_503_problem_sent_to_no_other(cluste
         ("assistant", "", "failed", "interrupted"),  # the attempt the dead worker ran
         ("assistant", "fake: cut short", "completed", None),
     ]
+
+
+def test_a_resume_on_the_other_instance_ends_with_error_when_the_turns_worker_dies(cluster):
+    """Spec §5: a worker that dies mid-turn leaves the turn `failed` (`interrupted`) once its
+    claim lapses, and its log ends with `error`: a resume on the other host ends, never hangs."""
+    cluster.both_serving()
+    user = someone()
+    cluster.model.script(endless(chunk_delay=0.05))
+    stream = {"Accept": "text/event-stream"}
+    seen: list[tuple[str, int, dict[str, Any]]] = []
+    body = {"message": "until my host dies"}
+    with cluster.connect("POST", f"/api/{user}/chat", body, "127.0.0.1", stream) as response:
+        running_on = cluster.instance(headers_of(response))
+        for event in sse_events(response):
+            seen.append(event)
+            if sum(name == "delta" for name, _, _ in seen) == 3:
+                break
+        for worker in children(cluster.of(running_on)["pid"]):
+            os.kill(worker, signal.SIGKILL)
+    meta = seen[0][2]
+    message = f"/api/{user}/conversations/{meta['conversation_id']}/messages/{meta['message_id']}"
+    last = {"Last-Event-ID": str(seen[-1][1])}
+    asked = time.monotonic()
+    with cluster.connect("GET", message + "/events", None, "127.0.0.1", {**stream, **last}) as r:
+        assert r.status == 200 and cluster.instance(headers_of(r)) != running_on
+        rest = list(sse_events(r))
+    took = time.monotonic() - asked
+    assert took < LEASE_SECONDS + 5, f"the resume ended after {took:.1f} s"
+    numbers = [number for _, number, _ in seen + rest]
+    assert numbers == sorted(set(numbers)) and numbers[0] == 1  # in order, none twice
+    assert rest[-1][0] == "error" and rest[-1][2]["code"] == "interrupted", rest[-1:]
+    assert all(name == "delta" for name, _, _ in rest[:-1])
+    stored = cluster.request("GET", message)
+    assert stored.body["status"] == "failed" and stored.body["error_code"] == "interrupted"
+    history = cluster.request("GET", f"/api/{user}/conversations/{meta['conversation_id']}")
+    assert history.body["messages"][0]["content"] == "until my host dies"  # nothing lost
 
 
 # Last: it stops an instance for good.
