@@ -395,6 +395,29 @@ def test_a_finished_turn_replays_from_any_instance(cluster):
     assert replays[0][1][-1][2]["response"] == "fake: short"
 
 
+def test_a_session_turn_resumes_on_the_other_instance_through_the_session_route(cluster):
+    words = " ".join(f"kb{n}" for n in range(12))
+    cluster.model.script(say(words, chunk_delay=0.1))
+    stream = {"Accept": "text/event-stream"}
+    source = an_address()  # anonymous chat is counted by address: a budget of its own
+    seen: list[tuple[str, int, dict[str, Any]]] = []
+    with cluster.connect("POST", "/api/chat", {"message": "docs?"}, source, stream) as response:
+        started_on = cluster.instance(headers_of(response))
+        for event in sse_events(response):
+            seen.append(event)
+            if event[0] == "delta":
+                break
+    meta = seen[0][2]
+    path = f"/api/session/{meta['session_id']}/messages/{meta['message_id']}/events"
+    resume = {**stream, "Last-Event-ID": str(seen[-1][1])}
+    with cluster.connect("GET", path, None, source, resume) as response:
+        assert response.status == 200 and cluster.instance(headers_of(response)) != started_on
+        seen.extend(sse_events(response))
+    assert [number for _, number, _ in seen] == list(range(1, len(seen) + 1))
+    assert seen[-1][0] == "done" and seen[-1][2]["session_id"] == meta["session_id"]
+    assert "".join(data["text"] for name, _, data in seen if name == "delta") == words
+
+
 # The last three fail instances: nginx then keeps one out for a while (fail_timeout).
 
 
