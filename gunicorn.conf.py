@@ -125,12 +125,14 @@ def child_exit(server, worker):
 
 
 def worker_exit(server, worker):
-    """The worker is leaving: close the agent's clients (their sockets) and the database pool."""
+    """The worker is leaving: its background turns get half the graceful timeout to finish
+    (the master kills it at the full one), the rest are stored `failed` (interrupted); then
+    the agent's clients (their sockets) and the database pool are closed."""
     from chatsvc import close_app
 
     app = getattr(worker, "wsgi", None)
     if app is not None and hasattr(app, "extensions"):
-        close_app(app)
+        close_app(app, drain_seconds=server.cfg.graceful_timeout / 2)
     from chatsvc import tracing
 
     tracing.shutdown()  # export the spans still in the batch (a no-op when tracing is off)

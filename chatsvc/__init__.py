@@ -63,9 +63,13 @@ def create_app(config: dict[str, Any] | None = None, *, agent: Agent | None = No
     return app
 
 
-def close_app(app: Flask) -> None:
-    """Release what the app holds (the agent's clients and sockets): a worker exits."""
+def close_app(app: Flask, *, drain_seconds: float = 0.0) -> None:
+    """Release what the app holds: a worker exits. The turns still running here (background
+    ones, streams whose reader has gone) get `drain_seconds` to finish, then are stored
+    `failed` (interrupted); then the agent's clients and sockets, the event log's batch and the
+    pool are closed."""
     engine = app.extensions["chatsvc.turns"]
+    engine.drain(drain_seconds)
     engine.agent.close()
     engine.events.close()  # stores the events still waiting for their batch
     db.database(app).engine.dispose()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,9 +17,10 @@ from flask.cli import AppGroup, with_appcontext
 from . import auth, db
 from .agent.base import TextDelta, ToolCallDone
 from .errors import ApiError
+from .models import MessageStatus
 from .services import conversations, idempotency, knowledge
 from .services.conversations import SESSION, USER, Access
-from .services.turns import TurnEngine, TurnFailed, TurnRequest, TurnResult
+from .services.turns import TurnEngine, TurnFailed, TurnHandle, TurnRequest, TurnResult
 
 sessions_cli = AppGroup("sessions", help="Knowledge sessions.")
 token_cli = AppGroup("token", help="Development tokens.")
@@ -143,8 +148,8 @@ def _shown(path: Path) -> str:
 @click.option("--session", "conversation_id", help="Continue this conversation or session.")
 @click.option("--stream", is_flag=True, help="Print the answer as it is generated.")
 def chat(user: str | None, conversation_id: str | None, stream: bool) -> None:
-    """Chat in the terminal through the same turn service as the API; an empty line or EOF
-    ends it."""
+    """Chat in the terminal through the same turn service as the API; Ctrl-C cancels the
+    answer being written (what was said is kept, `cancelled`); an empty line or EOF ends it."""
     if user is not None and not auth.USER_ID.match(user):
         raise click.ClickException("--user may hold 1-128 of A-Z a-z 0-9 . _ @ -")
     access = Access(user) if user else Access(None, kind=SESSION)
@@ -170,16 +175,32 @@ def _chat_turn(access: Access, message: str, conversation_id: str | None, stream
     if conversation_id is None:
         click.echo(f"(conversation {handle.started.conversation_id})")
     click.echo("assistant> ", nl=False)
-    for event in handle.events(wait=3600):
-        if isinstance(event, TextDelta) and stream:
-            click.echo(event.text, nl=False)
-        elif isinstance(event, ToolCallDone):
-            click.echo(f"[{event.call.tool} {event.call.result}] ", nl=False)
-        elif isinstance(event, TurnResult):
-            click.echo("" if stream else event.text)
-        elif isinstance(event, TurnFailed):
-            click.echo(f"\nerror: {event.error.code}: {event.error.detail}", err=True)
+    with _ctrl_c_cancels(handle):
+        for event in handle.events(wait=3600):
+            if isinstance(event, TextDelta) and stream:
+                click.echo(event.text, nl=False)
+            elif isinstance(event, ToolCallDone):
+                click.echo(f"[{event.call.tool} {event.call.result}] ", nl=False)
+            elif isinstance(event, TurnResult):
+                click.echo("" if stream else event.text, nl=False)
+                click.echo(" (cancelled)" if event.status == MessageStatus.CANCELLED else "")
+            elif isinstance(event, TurnFailed):
+                click.echo(f"\nerror: {event.error.code}: {event.error.detail}", err=True)
     return handle.started.conversation_id
+
+
+@contextmanager
+def _ctrl_c_cancels(handle: TurnHandle) -> Iterator[None]:
+    """While a turn runs, Ctrl-C (SIGINT) cancels it as `POST …/cancel` would, instead of
+    ending the chat; at the prompt it ends the chat as usual."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+    previous = signal.signal(signal.SIGINT, lambda _signum, _frame: handle.cancel())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def init_app(app: Flask) -> None:

@@ -49,10 +49,16 @@ class Config:
     # The turn's event log (contract §5): what a stream resumes from.
     TURN_ON_DISCONNECT = "continue"  # or "cancel": a streaming client that leaves stops its turn
     TURN_EVENTS_TTL_SECONDS = 3600  # how long a turn's events stay readable
-    EVENTS_REDIS_URL = ""  # set: the log lives in Redis Streams, else in TURN_EVENTS_STORE
+    # set: the log lives in Redis Streams (else in TURN_EVENTS_STORE), and cancels travel over
+    # its pub/sub at once
+    EVENTS_REDIS_URL = ""
     TURN_EVENTS_STORE = "database"  # or "memory": this process only (one worker; benchmarks)
     TURN_EVENTS_FLUSH_MS = 10.0  # events are stored in batches gathered over this long
     TURN_EVENTS_POLL_SECONDS = 0.2  # database log: how often a reader on another worker looks
+    # Cancels (POST …/messages/{id}/cancel) reach the worker running the turn: at once over
+    # Redis when EVENTS_REDIS_URL is set, else through a database flag each worker checks this
+    # often while it runs turns (one query per worker, not per turn).
+    TURN_CANCEL_POLL_SECONDS = 0.5
     WS_IDLE_SECONDS = 300.0  # a WebSocket with no frame from its client for this long is closed
 
     # Auth.
@@ -124,6 +130,13 @@ class Config:
                 raise ConfigError(f"{name} must be 0 or more")
         if settings["BODY_TIMEOUT_SECONDS"] <= 0:
             raise ConfigError("BODY_TIMEOUT_SECONDS must be positive")
+        if not 0 < settings["TURN_CANCEL_POLL_SECONDS"] <= 1:
+            raise ConfigError("TURN_CANCEL_POLL_SECONDS must be in (0, 1]: a cancel takes effect "
+                              "within a second")  # fmt: skip
+        if settings["EVENTS_REDIS_URL"] and not settings["EVENTS_REDIS_URL"].startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ConfigError("EVENTS_REDIS_URL must be a redis://, rediss:// or unix:// URL")
         if settings["PROXY_FIX_X_FOR"] < 0:
             raise ConfigError("PROXY_FIX_X_FOR must be 0 or more")
         for name in ("RATELIMIT_CHAT", "RATELIMIT_DEFAULT"):
@@ -234,6 +247,7 @@ class TurnSettings:
     events_store: str = "database"
     events_flush_ms: float = 10.0
     events_poll_seconds: float = 0.2
+    cancel_poll_seconds: float = 0.5  # how often a worker checks its turns' cancel flags
 
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> TurnSettings:
@@ -252,6 +266,7 @@ class TurnSettings:
             events_store=str(config["TURN_EVENTS_STORE"]),
             events_flush_ms=float(config["TURN_EVENTS_FLUSH_MS"]),
             events_poll_seconds=float(config["TURN_EVENTS_POLL_SECONDS"]),
+            cancel_poll_seconds=float(config["TURN_CANCEL_POLL_SECONDS"]),
         )
 
     def lifetimes(self) -> dict[str, int]:

@@ -74,6 +74,10 @@ class TurnInProgress(ApiError):
     detail = "A turn is already running on this conversation; retry when it has finished."
 
 
+class TurnFinished(ApiError):
+    status, code, detail = 409, "turn_finished", "This turn has already finished."
+
+
 class ValidationFailed(ApiError):
     status, code, detail = 422, "validation_error", "The request is not valid."
 

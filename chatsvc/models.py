@@ -92,6 +92,9 @@ class Message(Base):
     context_truncated: Mapped[bool | None] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set by a cancel (from any worker or host) while the reply is pending; the worker running
+    # the turn sees it and stops the turn (services/cancels.py).
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
 

@@ -193,6 +193,15 @@ class IdempotencyHeadersSchema(Schema):
             'takes "today", "tomorrow" and "Friday" to mean. UTC when absent.',
         },
     )
+    prefer = fields.String(
+        data_key="Prefer",
+        load_default="",
+        metadata={
+            "description": "`respond-async`: answer 202 at once with the turn's ids and links "
+            "(`TurnAccepted`) and run the turn in the background (RFC 7240; other preferences "
+            "are ignored)."
+        },
+    )
 
 
 # A turn's event ids are 1, 2, 3…; 0 (or none) reads from the start. Digits only, ≤ 9 of them.
@@ -505,6 +514,24 @@ class TurnSchema(Schema):
     status = fields.String(required=True)
     created_at = UTCDateTime(required=True)
     context = fields.Nested(ContextSchema, required=True)
+
+
+class TurnLinksSchema(Schema):
+    message = fields.String(required=True, metadata={"description": "GET: the reply, its status."})
+    events = fields.String(required=True, metadata={"description": "GET: its events (SSE)."})
+    cancel = fields.String(required=True, metadata={"description": "POST: stop the turn."})
+
+
+class TurnAcceptedSchema(Schema):
+    """A turn running in the background (202): where to follow it and how to stop it."""
+
+    conversation_id = fields.String(required=True)
+    session_id = fields.String(metadata={"description": "Session routes only; = conversation_id."})
+    message_id = fields.String(required=True, metadata={"description": "The reply's id."})
+    status = fields.String(
+        required=True, metadata={"enum": ["pending", "completed", "failed", "cancelled"]}
+    )
+    links = fields.Nested(TurnLinksSchema, required=True)
 
 
 class SessionStateSchema(Schema):

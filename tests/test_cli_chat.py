@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from fakellm import call, say
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from fakellm import call, endless, say
+from helpers import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_chat_as_a_user_manages_tasks_and_keeps_one_conversation(app, client):
@@ -36,3 +46,49 @@ def test_chat_with_an_unknown_conversation_says_so(app):
     )
     assert result.exit_code != 0
     assert "does not exist" in result.output
+
+
+def test_ctrl_c_cancels_the_answer_being_written_and_the_chat_goes_on(
+    database_url, fake_llm, make_app
+):
+    """A real terminal chat (a process): Ctrl-C (SIGINT) mid-answer stops the turn, keeps what
+    was said as `cancelled`, and the chat asks for the next message."""
+    fake_llm.script(endless(chunk_delay=0.02))
+    environ = {
+        **os.environ, "DATABASE_URL": database_url, "AGENT_PROVIDER": "openai",
+        "OPENAI_BASE_URL": fake_llm.url, "OPENAI_MODEL": "fake", "OPENAI_API_KEY": "sk-test",
+        "AGENT_TIMEOUT_SECONDS": "30", "AGENT_MAX_RETRIES": "0",
+    }  # fmt: skip
+    chat = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "chatsvc", "chat", "--user", "alice", "--stream"],
+        cwd=ROOT, env=environ, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    output = bytearray()
+
+    def read() -> None:
+        while chunk := chat.stdout.read1():
+            output.extend(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        chat.stdin.write(b"tell me a long story\n")
+        chat.stdin.flush()
+        wait_for(lambda: output.count(b"and on") >= 3, 20, "the answer to stream")
+        chat.send_signal(signal.SIGINT)
+        wait_for(lambda: b"(cancelled)" in output, 5, "the turn to be cancelled")
+        wait_for(lambda: output.rstrip().endswith(b"you>"), 5, "the next prompt")
+        chat.stdin.write(b"\n")
+        chat.stdin.flush()
+        assert chat.wait(timeout=15) == 0, output.decode()
+    finally:
+        if chat.poll() is None:
+            chat.kill()
+        reader.join(timeout=5)
+    client = make_app().test_client()
+    (conversation,) = client.get("/api/alice/conversations").json["items"]
+    messages = client.get(f"/api/alice/conversations/{conversation['id']}").json["messages"]
+    assert [m["status"] for m in messages] == ["completed", "cancelled"]
+    assert messages[1]["content"].startswith("and on and on")
+    assert messages[1]["content"].strip() in output.decode(), "stored: what the terminal showed"

@@ -251,8 +251,10 @@ def test_the_answer_appears_while_the_agent_is_still_working(page, serve):
 
 
 def test_stop_cancels_the_answer_being_streamed(page, serve):
+    """Stop asks the service to cancel the turn (it goes on without a reader otherwise): the
+    turn ends while its agent is still waiting, stored `cancelled` with what was said."""
     agent = HalfwayAgent()
-    server, _ = serve(agent=agent)
+    server, app = serve(agent=agent)
     page.goto(f"{server.origin}/demo")
     pick_user(page, "cora")
     page.get_by_label("Message").fill("Think about it")
@@ -260,10 +262,46 @@ def test_stop_cancels_the_answer_being_streamed(page, serve):
     answer = page.locator(".message.assistant").last
     expect(answer.locator(".content")).to_have_text("Let me think… ")
 
-    page.get_by_role("button", name="Stop").click()
+    with page.expect_response(lambda r: r.url.endswith("/cancel")) as cancel:
+        page.get_by_role("button", name="Stop").click()
+    assert cancel.value.status == 202
     expect(answer.locator(".badge")).to_have_text("cancelled")
     expect(page.get_by_role("button", name="Send")).to_be_visible()
+    expect(page.get_by_role("status")).to_have_text("Stopped.")
+    client = app.test_client()
+    (conversation,) = client.get("/api/cora/conversations").json["items"]
+    stored = client.get(f"/api/cora/conversations/{conversation['id']}").json["messages"][-1]
+    assert (stored["status"], stored["content"]) == ("cancelled", "Let me think… ")
+    assert not agent.gate.is_set(), "the turn ended while its agent still waited"
     agent.gate.set()
+
+
+def test_a_reload_mid_answer_picks_the_answer_up_where_it_was(page, serve):
+    """The turn goes on without the page; after the reload the page follows its events link
+    after the last event it had shown, and the answer completes on the page."""
+    agent = HalfwayAgent()
+    server, app = serve(agent=agent)
+    page.goto(f"{server.origin}/demo")
+    pick_user(page, "dora")
+    page.get_by_label("Message").fill("Think about it")
+    page.get_by_label("Message").press("Enter")
+    expect(page.locator(".message.assistant .content")).to_have_text("Let me think… ")
+
+    with page.expect_request(lambda r: r.url.endswith("/events")) as resumed:
+        page.reload()
+    answer = page.locator(".message.assistant").last
+    expect(answer.locator(".content")).to_have_text("Let me think… ")
+    expect(page.get_by_role("button", name="Stop")).to_be_visible()
+    assert resumed.value.headers["last-event-id"] == "2"  # meta, then the first delta
+    agent.gate.set()
+    expect(answer.locator(".content")).to_have_text("Let me think… done.")
+    expect(answer).to_have_attribute("data-status", "completed")
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+    assert page.evaluate("Object.keys(sessionStorage)") == [], "the finished turn is forgotten"
+    client = app.test_client()
+    (conversation,) = client.get("/api/dora/conversations").json["items"]
+    stored = client.get(f"/api/dora/conversations/{conversation['id']}").json["messages"][-1]
+    assert (stored["status"], stored["content"]) == ("completed", "Let me think… done.")
 
 
 def test_a_knowledge_session_continues_and_reloads(page, serve):

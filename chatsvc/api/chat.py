@@ -6,61 +6,61 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from flask import current_app, request
-from flask_smorest import Blueprint
+from flask import Response, current_app, jsonify, request
 
 from .. import auth
 from ..errors import ValidationFailed
 from ..observability import record_timings
-from ..schemas import IdempotencyHeadersSchema, SessionChatSchema, TurnSchema, UserChatSchema
+from ..schemas import (
+    IdempotencyHeadersSchema,
+    SessionChatSchema,
+    TurnAcceptedSchema,
+    TurnSchema,
+    UserChatSchema,
+)
 from ..services.conversations import SESSION, USER, Access
-from ..services.turns import IdempotencyKey, TurnEngine, TurnRequest
-from . import problems, sse
+from ..services.turns import IdempotencyKey, TurnEngine, TurnHandle, TurnRequest
+from . import Blueprint, accepted, problems, sse
 
 bp = Blueprint("chat", __name__, url_prefix="/api", description="Chat turns.")
 
 TURN_ERRORS = (400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 502, 503, 504)
 REPLAYED = {"Idempotent-Replayed": "true"}
+BACKGROUND = "With `Prefer: respond-async`: the turn runs in the background."
 
 
 @bp.post("/<user_id>/chat")
 @bp.arguments(UserChatSchema)
 @bp.arguments(IdempotencyHeadersSchema, location="headers")
 @bp.response(200, TurnSchema)
+@bp.alt_response(202, schema=TurnAcceptedSchema, description=BACKGROUND)
 @problems(bp, *TURN_ERRORS)
 def chat_as_user(body: dict[str, Any], headers: dict[str, Any], user_id: str) -> Any:
     """Send a message to the Todo assistant, in a new or an existing conversation."""
     access = auth.user_access(user_id)
-    return _turn(
-        access, USER, body, headers["idempotency_key"], body["conversation_id"],
-        headers["timezone"],
-    )  # fmt: skip
+    return _turn(access, USER, body, headers, body["conversation_id"])
 
 
 @bp.post("/chat")
 @bp.arguments(SessionChatSchema)
 @bp.arguments(IdempotencyHeadersSchema, location="headers")
 @bp.response(200, TurnSchema)
+@bp.alt_response(202, schema=TurnAcceptedSchema, description=BACKGROUND)
 @problems(bp, *TURN_ERRORS)
 def start_session(body: dict[str, Any], headers: dict[str, Any]) -> Any:
     """Start a knowledge session with its first message."""
-    return _turn(
-        auth.session_access(), SESSION, body, headers["idempotency_key"],
-        timezone=headers["timezone"],
-    )  # fmt: skip
+    return _turn(auth.session_access(), SESSION, body, headers)
 
 
 @bp.post("/chat/<session_id>")
 @bp.arguments(SessionChatSchema)
 @bp.arguments(IdempotencyHeadersSchema, location="headers")
 @bp.response(200, TurnSchema)
+@bp.alt_response(202, schema=TurnAcceptedSchema, description=BACKGROUND)
 @problems(bp, *TURN_ERRORS, 410)
 def continue_session(body: dict[str, Any], headers: dict[str, Any], session_id: str) -> Any:
     """Send the next message of a knowledge session."""
-    return _turn(
-        auth.session_access(), SESSION, body, headers["idempotency_key"], session_id,
-        headers["timezone"],
-    )  # fmt: skip
+    return _turn(auth.session_access(), SESSION, body, headers, session_id)
 
 
 def engine() -> TurnEngine:
@@ -68,20 +68,37 @@ def engine() -> TurnEngine:
 
 
 def _turn(
-    access: Access, kind: str, body: dict[str, Any], key: str | None,
-    conversation_id: str | None = None, timezone: str = "UTC",
+    access: Access, kind: str, body: dict[str, Any], options: dict[str, Any],
+    conversation_id: str | None = None,
 ) -> Any:  # fmt: skip
-    idempotent = idempotency_for(access, key, body, conversation_id)
+    idempotent = idempotency_for(access, options["idempotency_key"], body, conversation_id)
     handle = engine().take(
         TurnRequest(access, kind, body["message"], conversation_id, idempotent,
-                    client_address=request.remote_addr, timezone=timezone)
+                    client_address=request.remote_addr, timezone=options["timezone"])
     )  # fmt: skip
     headers = dict(REPLAYED) if handle.replayed else {}
+    if accepted.prefers_async(options["prefer"]):
+        return _background(handle, access, {**headers, **_quota(handle.quota_remaining)})
     if sse.wants_stream():
         return sse.respond(handle, headers={**headers, **_quota(handle.quota_remaining)})
     result = handle.result()
     record_timings(result.timings)
     return sse.turn_body(result), 200, {**headers, **_quota(result.quota_remaining)}
+
+
+def _background(handle: TurnHandle, access: Access, headers: dict[str, str]) -> Response:
+    """202 at once; the turn runs on with its event log as its only reader, as a stream
+    whose client has gone (a replay: the stored turn's status)."""
+    if handle.replayed:
+        status = handle.result().status
+    else:
+        handle.start()
+        status = "pending"
+    body, code, location = accepted.accepted(handle.started, access.user_id, status)
+    response = jsonify(TurnAcceptedSchema().dump(body))
+    response.status_code = code
+    response.headers.update({**headers, **location, "Preference-Applied": accepted.PREFERENCE})
+    return response
 
 
 def _quota(remaining: int | None) -> dict[str, str]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Response
-from flask_smorest import Blueprint
+from flask import Response, current_app
 
 from .. import auth, db
 from ..db import utcnow
@@ -23,9 +22,10 @@ from ..schemas import (
     ExportArgsSchema,
     MessageSchema,
     PageArgsSchema,
+    TurnAcceptedSchema,
 )
 from ..services import conversations
-from . import cached, problems, sse
+from . import Blueprint, accepted, cached, problems, sse
 
 bp = Blueprint("conversations", __name__, url_prefix="/api", description="Conversation history.")
 
@@ -104,6 +104,16 @@ def get_message(user_id: str, conversation_id: str, message_id: str) -> Message:
     """One message with its status (`pending` while its turn runs)."""
     access = auth.user_access(user_id)
     return conversations.message(db.session(), conversation_id, message_id, access)
+
+
+@bp.post("/<user_id>/conversations/<conversation_id>/messages/<message_id>/cancel")
+@bp.response(202, TurnAcceptedSchema)
+@problems(bp, 401, 403, 404, 409, 410, 422, 429)
+def cancel_turn(user_id: str, conversation_id: str, message_id: str) -> Any:
+    """Stop the running turn whose reply this is, on whatever worker or host runs it."""
+    access = auth.user_access(user_id)
+    started = current_app.extensions["chatsvc.turns"].cancel(conversation_id, message_id, access)
+    return accepted.accepted(started, access.user_id)
 
 
 @bp.get("/<user_id>/conversations/<conversation_id>/messages/<message_id>/events")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, current_app
-from flask_smorest import Blueprint
 
 from .. import auth, db
 from ..models import Conversation, Message
@@ -15,9 +14,10 @@ from ..schemas import (
     HistoryArgsSchema,
     MessageSchema,
     SessionStateSchema,
+    TurnAcceptedSchema,
 )
 from ..services import conversations
-from . import cached, problems, sse
+from . import Blueprint, accepted, cached, problems, sse
 
 bp = Blueprint("sessions", __name__, url_prefix="/api/session", description="Knowledge sessions.")
 
@@ -61,6 +61,16 @@ def follow_events(
     """The turn's events after Last-Event-ID, then the live ones until `done` or `error`."""
     found = conversations.message(db.session(), session_id, message_id, auth.session_access())
     return sse.follow(found, args, headers)
+
+
+@bp.post("/<session_id>/messages/<message_id>/cancel")
+@bp.response(202, TurnAcceptedSchema)
+@problems(bp, 401, 404, 409, 410, 422, 429)
+def cancel_session_turn(session_id: str, message_id: str) -> Any:
+    """Stop the running turn whose reply this is, on whatever worker or host runs it."""
+    access = auth.session_access()
+    started = current_app.extensions["chatsvc.turns"].cancel(session_id, message_id, access)
+    return accepted.accepted(started, access.user_id)
 
 
 def _state(session: Conversation, limit: int) -> dict[str, Any]:

@@ -26,7 +26,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, g, request
-from flask_smorest import Blueprint
 from flask_sock import ConnectionClosed, Sock
 from limits import parse_many
 from marshmallow import Schema, ValidationError, fields
@@ -39,6 +38,7 @@ from ..errors import (
     ApiError,
     Forbidden,
     NotFound,
+    TurnFinished,
     TurnInProgress,
     Unauthorized,
     Unavailable,
@@ -49,7 +49,7 @@ from ..errors import (
 from ..schemas import SessionChatSchema, UserChatSchema
 from ..services.conversations import SESSION, USER, Access
 from ..services.turns import TurnFailed, TurnHandle, TurnRequest, TurnResult
-from . import problems, sse
+from . import Blueprint, problems, sse
 
 bp = Blueprint(
     "websocket", __name__, url_prefix="/api",
@@ -425,8 +425,8 @@ class _Socket:
         self._send(named[0], turn.counter, named[1])
 
     def _on_end(self, turn: _Turn) -> None:
-        """The run is over. A cancelled one ends without a result: its `done` is the reply
-        as stored."""
+        """The run is over. One that ended without a result (closed early) gets the reply as
+        stored for its `done`; a cancelled run ends with its own `cancelled` result."""
         if not turn.ended:
             stored = current_app.extensions["chatsvc.turns"].stored(turn.message_id)
             self._on_event(turn, stored)
@@ -448,10 +448,6 @@ class _Socket:
     def _close(self, code: int, reason: str) -> None:
         with contextlib.suppress(ConnectionClosed):  # already closed by the client
             self.ws.close(reason=code, message=reason)
-
-
-class TurnFinished(ApiError):
-    status, code, detail = 409, "turn_finished", "This turn has already finished."
 
 
 def _is_auth(data: Any) -> bool:

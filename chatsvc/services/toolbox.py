@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -31,6 +33,7 @@ from ..schemas import (
 )
 from . import knowledge
 from . import tasks as task_service
+from .cancels import StopSignal
 from .citations import Citations
 
 log = logging.getLogger(__name__)
@@ -79,7 +82,10 @@ class ToolBox:
     A call that changes state is recorded (ToolExecution) in the same transaction as its
     effect, keyed to the turn (`turn_key`, its user message). An idempotent retry of the turn
     gets the earlier attempts' executions (`done`): the same call (tool and arguments) then
-    returns the result it had, and is not executed again."""
+    returns the result it had, and is not executed again.
+
+    Once the turn is stopped (`stop`: a cancel) no call runs any more, and `finished()` waits
+    for the one running, so that the stored reply lists every call that took effect."""
 
     def __init__(
         self,
@@ -88,12 +94,17 @@ class ToolBox:
         *,
         turn_key: str | None = None,
         done: list[Done] | None = None,
+        stop: StopSignal | None = None,
     ) -> None:
         self._database = database
         self._tools = {tool.name: tool for tool in tools}
         self._turn_key = turn_key
         self._done = list(done or ())
         self.citations = Citations()
+        self._stop = stop
+        self._calls = threading.Condition()
+        self._running = 0
+        self.made: list[ToolCall] = []  # every call this turn made, in order
 
     @property
     def names(self) -> list[str]:
@@ -103,11 +114,31 @@ class ToolBox:
         return [tool.spec() for tool in self._tools.values()]
 
     def call(self, name: str, arguments: dict[str, Any] | str | None) -> ToolCall:
-        with tracing.span(*_tool_span(name, self._tools)) as span:
-            call = self._call(name, arguments)
-            if span is not None and "error" in call.result:
-                span.set_attribute("error.type", str(call.result["error"]))
-            return call
+        with self._calls:
+            if self._stop is not None and self._stop.is_set():
+                return ToolCall(name, {}, {"error": "turn_stopped", "detail": "Not executed."})
+            self._running += 1
+        made: ToolCall | None = None
+        try:
+            with tracing.span(*_tool_span(name, self._tools)) as span:
+                made = self._call(name, arguments)
+                if span is not None and "error" in made.result:
+                    span.set_attribute("error.type", str(made.result["error"]))
+                return made
+        finally:
+            with self._calls:
+                self._running -= 1
+                if made is not None:
+                    self.made.append(made)
+                self._calls.notify_all()
+
+    def finished(self, timeout: float) -> list[ToolCall]:
+        """The calls made, once none is running (or after `timeout` seconds)."""
+        deadline = time.monotonic() + timeout
+        with self._calls:
+            while self._running and (left := deadline - time.monotonic()) > 0:
+                self._calls.wait(left)
+            return list(self.made)
 
     def _call(self, name: str, arguments: dict[str, Any] | str | None) -> ToolCall:
         parameters: dict[str, Any] = {}
@@ -183,10 +214,11 @@ def tools_for(
     *,
     turn_key: str | None = None,
     done: list[Done] | None = None,
+    stop: StopSignal | None = None,
 ) -> ToolBox:
     """A turn's tools: the task tools only when the turn has a user; knowledge search always."""
     tasks = task_tools(user_id) if user_id is not None else []
-    return ToolBox(database, [*tasks, *knowledge_tools()], turn_key=turn_key, done=done)
+    return ToolBox(database, [*tasks, *knowledge_tools()], turn_key=turn_key, done=done, stop=stop)
 
 
 def knowledge_tools() -> list[Tool]:

@@ -51,6 +51,7 @@ from ..db import Database, utcnow
 from ..errors import (
     ApiError,
     NotFound,
+    TurnFinished,
     TurnInProgress,
     TurnInterrupted,
     UpstreamFailure,
@@ -60,6 +61,7 @@ from ..errors import (
 )
 from ..models import Conversation, Message, MessageStatus, Role, new_id
 from . import conversations, idempotency, quotas
+from .cancels import Cancels, StopReason, StopSignal, stoppable
 from .conversations import Access
 from .events import Event, EventLog, TurnWriter
 from .toolbox import Done, ToolBox, executed, tools_for
@@ -67,6 +69,7 @@ from .toolbox import Done, ToolBox, executed, tools_for
 log = logging.getLogger(__name__)
 
 TITLE_CHARS = 80
+STOP_WAIT = 5.0  # a stopped turn waits this long at most for its running tool call (one UoW)
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,7 @@ class _Pending:
     knowledge_only: bool = False
     done: list[Done] = field(default_factory=list)  # tool calls earlier attempts executed
     timings: dict[str, float] = field(default_factory=lambda: {"db": 0.0, "agent": 0.0})
+    stop: StopSignal = field(default_factory=StopSignal)  # a cancel, from anywhere
 
 
 class TurnEngine:
@@ -183,6 +187,7 @@ class TurnEngine:
         self.settings = settings
         self._observe = observe
         self.leases = Leases(database, conversations.lease_seconds(settings.lifetimes()))
+        self.cancels = Cancels(database, settings.cancel_poll_seconds, settings.events_redis_url)
         self.events = events
         self.render = render  # with `events`: streamed turns are logged
 
@@ -269,6 +274,46 @@ class TurnEngine:
                 context=Context(message.context_messages or 0, bool(message.context_truncated)),
                 error_code=message.error_code,
             )  # fmt: skip
+
+    def cancel(self, conversation_id: str, message_id: str, access: Access) -> TurnStarted:
+        """Ask the turn whose reply is `message_id` to stop, wherever it runs: the reply is
+        flagged (unit of work), then the turn is stopped here if it runs here, else announced
+        to the other workers and hosts. 404 for a reply the caller cannot see, 409
+        `turn_finished` once it has ended (a turn whose worker died is failed first)."""
+        now = utcnow()
+        rules = self.settings.lifetimes()
+        with self.database.transaction() as session:
+            conversation = conversations.find(session, conversation_id, access, config=rules)
+            kind = conversation.kind
+            if conversation.active_turn_id is not None:
+                conversations.fail_stale_turns(session, rules, now, conversation.id)
+            flagged = session.execute(
+                _REQUEST_CANCEL,
+                {"b_id": message_id, "b_conversation": conversation.id, "cancel_requested_at": now},
+            ).rowcount
+            status = None if flagged else session.execute(
+                _REPLY_STATUS, {"b_id": message_id, "b_conversation": conversation.id}
+            ).scalar_one_or_none()  # fmt: skip
+        if not flagged:
+            if status is None:
+                raise NotFound("The message does not exist.")
+            raise TurnFinished()
+        if not self.cancels.stop(message_id):
+            self.cancels.announce(message_id)
+        return TurnStarted(conversation_id, message_id, kind)
+
+    def drain(self, wait: float) -> int:
+        """The worker is leaving: let the turns still running here (background ones, streams
+        whose reader has gone) finish for up to `wait` seconds, then stop the rest, which are
+        stored `failed` (`interrupted`) so that clients know to retry. The number stopped."""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and self.cancels.running:
+            time.sleep(0.1)
+        stopped = self.cancels.stop_all(StopReason.INTERRUPTED)
+        settle_by = time.monotonic() + STOP_WAIT
+        while time.monotonic() < settle_by and self.cancels.running:
+            time.sleep(0.05)
+        return stopped
 
     def _attempt(self, key: IdempotencyKey | None) -> idempotency.Attempt | None:
         if key is None:
@@ -364,31 +409,42 @@ class TurnEngine:
 
     def _run(self, pending: _Pending, *, watched: bool) -> Iterator[TurnEvent]:
         """The agent's events as they happen, then the stored TurnResult. An agent failure
-        stores a `failed` reply and raises the contract's error; a consumer that stops early
-        (the client has gone) stores what was said so far as `cancelled`."""
+        stores a `failed` reply and raises the contract's error; a stop (`pending.stop`: a
+        cancel from anywhere) stores what was said so far as `cancelled` and yields that
+        result last, as does a consumer that stops early (without the result)."""
         user_id = None if pending.knowledge_only else pending.turn.user_id
         tools = tools_for(
-            self.database, user_id, turn_key=pending.user_message_id, done=pending.done
+            self.database,
+            user_id,
+            turn_key=pending.user_message_id,
+            done=pending.done,
+            stop=pending.stop,
         )
         text: list[str] = []
         calls: list[ToolCall] = []
         started = time.perf_counter()
         settled = False
 
-        def settle(status: str, code: str | None) -> None:
+        def settle(status: str, code: str | None) -> TurnResult:
             nonlocal settled
             settled = True
             pending.timings["agent"] = _ms_since(started)
             partial = Reply("".join(text), self.agent.name, list(calls))
-            self._finish(pending, tools, partial, status=status, error_code=code)
+            return self._finish(pending, tools, partial, status=status, error_code=code)
 
-        events = tracing.steps(
-            self.agent.stream(pending.turn, tools, watched=watched),
-            f"invoke_agent {self.agent.name}",
-            _agent_attributes(self.agent.name, pending),
-            last=_is_reply,
+        message_id = pending.started.message_id
+        self.cancels.register(message_id, pending.stop)
+        # A stop (a cancel from anywhere) ends the loop below at once, even mid-silence.
+        events = stoppable(
+            tracing.steps(
+                self.agent.stream(pending.turn, tools, watched=watched),
+                f"invoke_agent {self.agent.name}",
+                _agent_attributes(self.agent.name, pending),
+                last=_is_reply,
+            ),
+            pending.stop,
         )
-        self.leases.hold(pending.started.message_id)
+        self.leases.hold(message_id)
         try:
             for event in events:
                 if isinstance(event, ReplyDone):
@@ -404,6 +460,15 @@ class TurnEngine:
                 elif isinstance(event, ToolCallDone):
                     calls.append(event.call)
                 yield event
+            if pending.stop.is_set():
+                # Stored with every tool call that took effect, seen by a reader or not.
+                calls[:] = tools.finished(STOP_WAIT)
+                if pending.stop.reason == StopReason.CANCELLED:
+                    yield settle(MessageStatus.CANCELLED, None)
+                    return
+                # The worker is leaving: failed as a crash would leave it (its log: `error`).
+                settle(MessageStatus.FAILED, TurnInterrupted.code)
+                raise TurnInterrupted()
             settle(MessageStatus.FAILED, "upstream_error")
             raise UpstreamFailure("upstream_error", "The agent ended without an answer.")
         except GeneratorExit:
@@ -423,7 +488,8 @@ class TurnEngine:
                 settle(MessageStatus.FAILED, "internal_error")
             raise
         finally:
-            self.leases.release(pending.started.message_id)
+            self.leases.release(message_id)
+            self.cancels.unregister(message_id)
             close = getattr(events, "close", None)
             if close is not None:
                 close()  # stops the provider's stream when the client has gone
@@ -543,7 +609,8 @@ class TurnHandle:
         # The run's thread runs in a copy of the taker's context (its request id, app and
         # request globals: the log renders events there), whichever thread reads the events.
         self._context = contextvars.copy_context()
-        self._stop = threading.Event()  # set: the run streamed by `events()` stops
+        # set: the run stops (its reader has gone, a cancel came from anywhere)
+        self._stop = pending.stop if pending is not None else StopSignal()
         self._started = False
 
     @property
@@ -622,9 +689,9 @@ class TurnHandle:
             stop.set()  # a no-op when the run is over; otherwise the client has gone
 
     def cancel(self) -> None:
-        """Stop the run `events()` streams, as a client that has gone would (what was said so
-        far is stored `cancelled`), while its reader stays: `events()` then ends without a
-        result once the reply is stored. For transports that outlive a turn (the WebSocket)."""
+        """Stop the run now (what was said so far is stored `cancelled`) while its reader
+        stays: `events()` then ends with that `cancelled` TurnResult. For transports that
+        outlive a turn (the WebSocket, the terminal chat)."""
         self._stop.set()
 
     def start(self) -> None:
@@ -641,7 +708,7 @@ class TurnHandle:
         logged = engine.events is not None and engine.render is not None
         writer = engine.events.writer(self._pending.started.message_id) if logged else None
         worker = threading.Thread(
-            target=self._context.run, args=(self._feed, feed, self._stop, writer),
+            target=self._context.run, args=(self._feed, feed, writer),
             daemon=True, name=f"turn-{self._pending.started.message_id}",
         )  # fmt: skip
         worker.start()
@@ -649,7 +716,6 @@ class TurnHandle:
     def _feed(
         self,
         feed: queue.SimpleQueue[Any] | None,
-        stop: threading.Event,
         writer: TurnWriter | None,
     ) -> None:
         assert self._pending is not None
@@ -657,6 +723,8 @@ class TurnHandle:
             try:
                 self._record(writer, self._pending.started)
                 run = self._engine._run(self._pending, watched=True)
+                # A stop (the reader has gone, a cancel) ends the run itself: it stores what
+                # was said so far and yields that `cancelled` result last.
                 for event in run:
                     self._record(writer, event)
                     if feed is not None:
@@ -664,9 +732,6 @@ class TurnHandle:
                     # Let the reader send it now: when the provider's chunks arrive together,
                     # the run would otherwise read them all (and store the reply) first.
                     time.sleep(0)
-                    if stop.is_set():
-                        break
-                run.close()  # after a break: the run stores the partial answer as cancelled
             except ApiError as error:
                 self._failed(writer, feed, error)
             except Exception as error:
@@ -774,6 +839,17 @@ _STORE_REPLY = update(_MESSAGES).where(
 )
 _RENEW = update(_CONVERSATIONS).where(
     _CONVERSATIONS.c.active_turn_id.in_(bindparam("b_turns", expanding=True))
+)
+_REQUEST_CANCEL = update(_MESSAGES).where(
+    _MESSAGES.c.id == bindparam("b_id"),
+    _MESSAGES.c.conversation_id == bindparam("b_conversation"),
+    _MESSAGES.c.role == Role.ASSISTANT.value,
+    _MESSAGES.c.status == MessageStatus.PENDING.value,
+)
+_REPLY_STATUS = select(_MESSAGES.c.status).where(
+    _MESSAGES.c.id == bindparam("b_id"),
+    _MESSAGES.c.conversation_id == bindparam("b_conversation"),
+    _MESSAGES.c.role == Role.ASSISTANT.value,
 )
 # What a silent reader of a turn's log asks: is the reply settled, is its claim still renewed?
 _OUTCOME = (

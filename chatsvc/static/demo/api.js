@@ -27,14 +27,19 @@ export class Api {
       yield { type: "done", data: await response.json(), id: null };
       return;
     }
-    for await (const event of readEvents(response.body)) {
-      if (event.type === "comment") yield event;
-      else yield { ...event, data: JSON.parse(event.data) };
-    }
+    yield* parsed(response.body);
   }
 
-  async fetch(method, path, body, accept, signal) {
-    const headers = { Accept: accept };
+  // The events of a running (or finished) turn after `lastEventId`, from its events link
+  // (GET …/messages/{id}/events): what a client that lost its stream reads, on any worker.
+  async *events(path, lastEventId, signal = undefined) {
+    const headers = lastEventId ? { "Last-Event-ID": String(lastEventId) } : {};
+    const response = await this.fetch("GET", path, undefined, "text/event-stream", signal, headers);
+    yield* parsed(response.body);
+  }
+
+  async fetch(method, path, body, accept, signal, extraHeaders = {}) {
+    const headers = { Accept: accept, ...extraHeaders };
     if (body !== undefined) headers["Content-Type"] = "application/json";
     const token = this.token().trim();
     if (token) headers.Authorization = `Bearer ${token}`;
@@ -57,6 +62,13 @@ export class Api {
     }
     if (!response.ok) throw await problemOf(response);
     return response;
+  }
+}
+
+async function* parsed(body) {
+  for await (const event of readEvents(body)) {
+    if (event.type === "comment") yield event;
+    else yield { ...event, data: JSON.parse(event.data) };
   }
 }
 

@@ -5,8 +5,13 @@ const $ = (id) => document.getElementById(id);
 const apiBase = (new URLSearchParams(location.search).get("api") || location.origin).replace(/\/+$/, "");
 const api = new Api(apiBase, () => $("token").value);
 const storeKey = `chatsvc-demo:${apiBase}`;
+// The turn being answered, kept for this tab only: a reload (or a dropped connection) picks
+// the answer up where it was, from the turn's events link.
+const turnKey = `chatsvc-demo-turn:${apiBase}`;
 const saved = loadSaved();
-let turn = null; // the AbortController of the turn streaming now
+// The turn being answered now: {controller, answer, base (its message link), messageId,
+// lastEventId, deltas}.
+let turn = null;
 
 function loadSaved() {
   try {
@@ -196,6 +201,7 @@ function setStatus(item, status, code) {
 
 function renderMessage(message) {
   const item = addMessage(message.role, message.content);
+  item.dataset.messageId = message.id;
   for (const call of message.tool_calls || []) addToolCall(item, call);
   addSources(item, message.sources || []);
   setStatus(item, message.status, message.error_code);
@@ -239,6 +245,7 @@ async function loadHistory() {
     const found = await api.json("GET", path);
     $("transcript").replaceChildren();
     found.messages.forEach(renderMessage);
+    resumeKept(found.messages);
   } catch (error) {
     const problem = asProblem(error);
     if (problem.status === 404 || problem.status === 410) rememberConversation(null);
@@ -291,48 +298,48 @@ async function send(text) {
     : conversationId() ? `/api/chat/${enc(conversationId())}` : "/api/chat";
   const extra = mode() === "user" && conversationId() ? { conversation_id: conversationId() } : {};
   const question = addMessage("user", text);
-  const answer = addMessage("assistant");
-  const content = answer.querySelector(".content");
+  const state = newTurn(addMessage("assistant"));
+  await watch(state, api.chat(path, text, extra, state.controller.signal), (error) => {
+    // Refused before the turn began (422, 429, network…): nothing was stored, so give
+    // the text back to the composer instead of showing a message that does not exist.
+    question.remove();
+    state.answer.remove();
+    $("message").value = text;
+    $("status").textContent = "Not sent.";
+    const problem = asProblem(error);
+    if ((problem.status === 404 || problem.status === 410) && conversationId()) {
+      rememberConversation(null); // gone or expired: the next message starts a new one
+      $("transcript").replaceChildren();
+      $("status").textContent = "Not sent: that conversation is gone; send again to start a new one.";
+    }
+    showError(problem);
+  });
+}
+
+function newTurn(answer) {
+  return { controller: new AbortController(), answer, base: null, messageId: null, lastEventId: 0,
+    deltas: 0 };
+}
+
+// Runs a turn's events into its answer until `done` or `error`: from `events` (the chat
+// POST's stream), then, if that connection drops, from the turn's events link after the last
+// event received. `refused` handles a failure before the turn began.
+async function watch(state, events, refused = null) {
+  const { answer } = state;
   answer.setAttribute("aria-busy", "true");
   answer.dataset.status = "pending";
-  let deltas = 0;
-  let started = false;
-  turn = new AbortController();
+  turn = state;
   setBusy(true);
   try {
-    for await (const event of api.chat(path, text, extra, turn.signal)) {
-      started = true;
-      if (event.type === "meta") rememberConversation(event.data.session_id || event.data.conversation_id);
-      else if (event.type === "delta") {
-        content.textContent += event.data.text;
-        answer.dataset.deltas = String(++deltas);
-      } else if (event.type === "tool_call") {
-        addToolCall(answer, event.data);
-        refreshTasks();
-      } else if (event.type === "sources") addSources(answer, event.data.sources);
-      else if (event.type === "comment") $("status").textContent = "The assistant is working…";
-      else if (event.type === "done") finish(answer, event.data, deltas);
-      else if (event.type === "error") throw new ApiProblem(event.data);
-    }
+    if (!(events && await follow(state, events))) await resume(state);
   } catch (error) {
     if (error.name === "AbortError") {
       setStatus(answer, "cancelled");
       $("status").textContent = "Stopped.";
-    } else if (!started) {
-      // Refused before the turn began (422, 429, network…): nothing was stored, so give
-      // the text back to the composer instead of showing a message that does not exist.
-      question.remove();
-      answer.remove();
-      $("message").value = text;
-      $("status").textContent = "Not sent.";
-      const problem = asProblem(error);
-      if ((problem.status === 404 || problem.status === 410) && conversationId()) {
-        rememberConversation(null); // gone or expired: the next message starts a new one
-        $("transcript").replaceChildren();
-        $("status").textContent = "Not sent: that conversation is gone; send again to start a new one.";
-      }
-      showError(problem);
+    } else if (!state.messageId && refused) {
+      refused(error);
     } else {
+      forgetTurn();
       setStatus(answer, "failed", asProblem(error).code);
       $("status").textContent = "The turn failed.";
       showError(asProblem(error));
@@ -344,15 +351,136 @@ async function send(text) {
   }
 }
 
+// Applies events until the turn ends (true) or the connection drops mid-turn (false).
+async function follow(state, events) {
+  try {
+    for await (const event of events) {
+      if (apply(state, event)) return true;
+    }
+    return false;
+  } catch (error) {
+    const dropped = !(error instanceof ApiProblem) && error.name !== "AbortError";
+    if (dropped && state.base) return false;
+    throw error;
+  }
+}
+
+// The turn goes on without us: read it again from its events link, after the last event seen.
+async function resume(state) {
+  for (let attempt = 1; attempt <= 5; attempt++) {
+    if (!state.base) break;
+    $("status").textContent = "Connection lost: picking the answer up again…";
+    try {
+      const events = api.events(`${state.base}/events`, state.lastEventId, state.controller.signal);
+      if (await follow(state, events)) return;
+    } catch (error) {
+      if (!(error instanceof ApiProblem) || error.code !== "network_error") throw error;
+    }
+    await new Promise((wake) => setTimeout(wake, 300 * attempt));
+  }
+  throw new ApiProblem({ code: "network_error", detail: "The answer could not be picked up again." });
+}
+
+// One event of the turn, shown; true once the turn has ended.
+function apply(state, event) {
+  const { answer } = state;
+  const content = answer.querySelector(".content");
+  if (event.id !== null && event.id !== undefined) state.lastEventId = Number(event.id);
+  if (event.type === "meta") {
+    rememberConversation(event.data.session_id || event.data.conversation_id);
+    state.messageId = event.data.message_id;
+    state.base = messageLink(event.data);
+    answer.dataset.messageId = state.messageId;
+  } else if (event.type === "delta") {
+    content.textContent += event.data.text;
+    answer.dataset.deltas = String(++state.deltas);
+  } else if (event.type === "tool_call") {
+    addToolCall(answer, event.data);
+    refreshTasks();
+  } else if (event.type === "sources") addSources(answer, event.data.sources);
+  else if (event.type === "comment") $("status").textContent = "The assistant is working…";
+  else if (event.type === "done") {
+    forgetTurn();
+    finish(answer, event.data, state.deltas);
+    return true;
+  } else if (event.type === "error") {
+    forgetTurn();
+    throw new ApiProblem(event.data);
+  }
+  if (state.base && event.type !== "comment") keepTurn(state);
+  return false;
+}
+
+function messageLink(meta) {
+  return meta.session_id
+    ? `/api/session/${enc(meta.session_id)}/messages/${enc(meta.message_id)}`
+    : `/api/${enc(userId())}/conversations/${enc(meta.conversation_id)}/messages/${enc(meta.message_id)}`;
+}
+
+function keepTurn(state) {
+  sessionStorage.setItem(turnKey, JSON.stringify({
+    mode: mode(), userId: userId(), conversationId: conversationId(), messageId: state.messageId,
+    base: state.base, lastEventId: state.lastEventId, deltas: state.deltas,
+    text: state.answer.querySelector(".content").textContent,
+  }));
+}
+
+function forgetTurn() {
+  sessionStorage.removeItem(turnKey);
+}
+
+function keptTurn() {
+  try {
+    return JSON.parse(sessionStorage.getItem(turnKey) || "null");
+  } catch {
+    return null;
+  }
+}
+
+// After a reload: the answer that was being written goes on from where the page left it.
+function resumeKept(messages) {
+  const kept = keptTurn();
+  if (!kept || turn || kept.mode !== mode() || kept.conversationId !== conversationId()) return;
+  if (mode() === "user" && kept.userId !== userId()) return;
+  const message = messages.find((m) => m.id === kept.messageId);
+  const answer = [...document.querySelectorAll(".message.assistant")]
+    .find((item) => item.dataset.messageId === kept.messageId);
+  if (!message || message.status !== "pending" || !answer) {
+    forgetTurn(); // it ended meanwhile: the history shows it as stored
+    return;
+  }
+  answer.querySelector(".content").textContent = kept.text;
+  const state = { ...newTurn(answer), base: kept.base, messageId: kept.messageId,
+    lastEventId: kept.lastEventId, deltas: kept.deltas };
+  watch(state, null);
+}
+
+// Stop: the service cancels the turn wherever it runs, and the stream ends with the
+// `cancelled` answer as stored. Before the turn has an id, the request is simply abandoned.
+async function stop(state) {
+  if (!state.base) {
+    state.controller.abort();
+    return;
+  }
+  $("status").textContent = "Stopping…";
+  try {
+    await api.json("POST", `${state.base}/cancel`);
+  } catch (error) {
+    const problem = asProblem(error);
+    if (problem.code !== "turn_finished") showError(problem); // finished anyway: its done comes
+  }
+}
+
 function finish(answer, body, deltas) {
   if (!deltas) answer.querySelector(".content").textContent = body.response;
   if (!answer.querySelector(".tool-calls")) (body.tool_calls || []).forEach((call) => addToolCall(answer, call));
   addSources(answer, body.sources || []);
-  setStatus(answer, body.status);
+  setStatus(answer, body.status, body.error_code);
   if (!conversationId()) rememberConversation(body.session_id || body.conversation_id);
   if ((body.tool_calls || []).length) refreshTasks();
   const total = body.timing?.total;
-  $("status").textContent = total === undefined ? "Answered." : `Answered in ${Math.round(total)} ms.`;
+  if (body.status === "cancelled") $("status").textContent = "Stopped.";
+  else $("status").textContent = total === undefined ? "Answered." : `Answered in ${Math.round(total)} ms.`;
 }
 
 function setBusy(busy) {
@@ -379,7 +507,7 @@ function applyMode() {
 $("send").addEventListener("click", (event) => {
   if (!turn) return;
   event.preventDefault();
-  turn.abort();
+  stop(turn);
 });
 
 $("composer").addEventListener("submit", (event) => {
@@ -420,7 +548,8 @@ $("user-id").addEventListener("change", () => {
 });
 
 $("new-conversation").addEventListener("click", () => {
-  turn?.abort();
+  turn?.controller.abort(); // the turn goes on, stored; this page stops following it
+  forgetTurn();
   rememberConversation(null);
   clearError();
   $("transcript").replaceChildren();
