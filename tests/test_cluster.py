@@ -3,9 +3,10 @@
 (deploy/nginx/chatsvc.conf, round robin). Through nginx, requests alternate between the
 instances, and the promises that need shared state hold across them: the chat rate limit, the
 one-turn-per-conversation rule, idempotency, the client's address (X-Forwarded-For) for the
-anonymous limiter, and a turn's event log (resume on the other instance). nginx never sends a
-forwarded POST twice, answers its own failures with problem bodies and routes around a dead
-instance. One cluster serves the module; Ctrl-C stops every process it started."""
+anonymous limiter, a turn's event log (resume on the other instance), cancel and background
+turns. nginx never sends a forwarded POST twice, answers its own failures with problem bodies
+and routes around a dead instance. One cluster serves the module; Ctrl-C stops every process it
+started."""
 
 from __future__ import annotations
 
@@ -416,6 +417,73 @@ def test_a_session_turn_resumes_on_the_other_instance_through_the_session_route(
     assert [number for _, number, _ in seen] == list(range(1, len(seen) + 1))
     assert seen[-1][0] == "done" and seen[-1][2]["session_id"] == meta["session_id"]
     assert "".join(data["text"] for name, _, data in seen if name == "delta") == words
+
+
+def test_a_cancel_sent_to_the_other_instance_stops_the_turn_within_a_second(cluster):
+    """Spec §5: `POST …/cancel` reaches the turn on whatever host runs it (Redis, shared)."""
+    user = someone()
+    cluster.model.script(endless(chunk_delay=0.05))
+    stream = {"Accept": "text/event-stream"}
+    seen: list[tuple[str, int, dict[str, Any]]] = []
+    body = {"message": "go on forever"}
+    with cluster.connect("POST", f"/api/{user}/chat", body, "127.0.0.1", stream) as response:
+        running_on = cluster.instance(headers_of(response))
+        events = sse_events(response)
+        for event in events:
+            seen.append(event)
+            if sum(name == "delta" for name, _, _ in seen) == 3:
+                break
+        meta = seen[0][2]
+        message = f"/api/{user}/conversations/{meta['conversation_id']}/messages/"
+        message += meta["message_id"]
+        asked = time.monotonic()
+        cancel = cluster.request("POST", message + "/cancel")
+        assert cancel.instance != running_on and cancel.status == 202, cancel.body
+        seen.extend(events)  # to the end of the stream
+        took = time.monotonic() - asked
+    assert took < 1.0, f"the turn on the other instance stopped after {took:.2f} s"
+    assert seen[-1][0] == "done" and seen[-1][2]["status"] == "cancelled"
+    said = "".join(data["text"] for name, _, data in seen if name == "delta")
+    stored = cluster.request("GET", message)
+    assert stored.body["status"] == "cancelled" and stored.body["content"] == said != ""
+    again = cluster.request("POST", message + "/cancel")
+    assert again.status == 409 and again.body["code"] == "turn_finished"
+
+
+def test_a_background_turn_started_on_one_instance_is_seen_and_replayed_on_the_other(cluster):
+    """Spec §5: `Prefer: respond-async` → 202, the turn runs on; any instance shows it, refuses
+    the same key while it runs, and replays it (same ids) once it is over."""
+    user = someone()
+    words = " ".join(f"bg{n}" for n in range(12))
+    cluster.model.script(say(words, chunk_delay=0.1))
+    asked = len(cluster.model.requests)
+    background = {"Prefer": "respond-async", "Idempotency-Key": uuid.uuid4().hex}
+    body = {"message": "in the background"}
+    started = cluster.request("POST", f"/api/{user}/chat", body, **background)
+    assert started.status == 202 and started.body["status"] == "pending", started.body
+    links = started.body["links"]
+    pending = cluster.request("GET", links["message"])
+    assert pending.instance != started.instance and pending.body["status"] == "pending"
+    running = cluster.request("POST", f"/api/{user}/chat", body, **background)
+    other = cluster.request("POST", f"/api/{user}/chat", body, **background)
+    assert {running.instance, other.instance} == {"a", "b"}
+    for refused in (running, other):
+        assert refused.status == 409 and refused.body["code"] == "turn_in_progress"
+    with cluster.connect(
+        "GET", links["events"], None, "127.0.0.1", {"Accept": "text/event-stream"}
+    ) as response:
+        assert response.status == 200
+        events = list(sse_events(response))
+    assert [number for _, number, _ in events] == list(range(1, len(events) + 1))
+    assert events[-1][0] == "done" and events[-1][2]["status"] == "completed"
+    assert "".join(data["text"] for name, _, data in events if name == "delta") == words
+    final = cluster.request("GET", links["message"])
+    assert final.body["status"] == "completed" and final.body["content"] == words
+    for _ in range(2):  # on each instance
+        replayed = cluster.request("POST", f"/api/{user}/chat", body, **background)
+        assert replayed.status == 202 and replayed.headers["idempotent-replayed"] == "true"
+        assert replayed.body == {**started.body, "status": "completed"}
+    assert len(cluster.model.requests) == asked + 1  # the model ran once
 
 
 # The last three fail instances: nginx then keeps one out for a while (fail_timeout).
