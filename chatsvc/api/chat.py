@@ -7,7 +7,6 @@ import hashlib
 from typing import Any
 
 from flask import current_app, request
-from flask_smorest import Blueprint
 
 from .. import auth
 from ..errors import ValidationFailed
@@ -15,7 +14,7 @@ from ..observability import record_timings
 from ..schemas import IdempotencyHeadersSchema, SessionChatSchema, TurnSchema, UserChatSchema
 from ..services.conversations import SESSION, USER, Access
 from ..services.turns import IdempotencyKey, TurnEngine, TurnRequest
-from . import problems, sse
+from . import Blueprint, problems, sse
 
 bp = Blueprint("chat", __name__, url_prefix="/api", description="Chat turns.")
 

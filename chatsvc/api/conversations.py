@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 from flask import Response
-from flask_smorest import Blueprint
 
 from .. import auth, db
 from ..db import utcnow
@@ -25,7 +24,7 @@ from ..schemas import (
     PageArgsSchema,
 )
 from ..services import conversations
-from . import cached, problems, sse
+from . import Blueprint, cached, problems, sse
 
 bp = Blueprint("conversations", __name__, url_prefix="/api", description="Conversation history.")
 

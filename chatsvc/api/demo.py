@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, current_app
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
-from . import problems
+from . import Blueprint, problems
 
 bp = Blueprint("demo", __name__, description="The demo chat page.")
 

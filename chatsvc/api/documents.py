@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask_smorest import Blueprint
-
 from .. import auth, db
 from ..models import Document
 from ..schemas import DocumentCreateSchema, DocumentPageSchema, DocumentSchema, PageArgsSchema
 from ..services import knowledge
-from . import body_limit, cached, problems
+from . import Blueprint, body_limit, cached, problems
 
 bp = Blueprint("documents", __name__, url_prefix="/api/documents", description="Knowledge base.")
 

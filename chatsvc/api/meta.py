@@ -6,14 +6,13 @@ import hmac
 from typing import Any
 
 from flask import Response, current_app, request, url_for
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import __version__, db, observability
 from ..errors import Unauthorized, Unavailable
-from . import docs, problems
+from . import Blueprint, docs, problems
 
 bp = Blueprint("meta", __name__, description="Service endpoints.")
 

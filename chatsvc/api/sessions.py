@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, current_app
-from flask_smorest import Blueprint
 
 from .. import auth, db
 from ..models import Conversation, Message
@@ -17,7 +16,7 @@ from ..schemas import (
     SessionStateSchema,
 )
 from ..services import conversations
-from . import cached, problems, sse
+from . import Blueprint, cached, problems, sse
 
 bp = Blueprint("sessions", __name__, url_prefix="/api/session", description="Knowledge sessions.")
 

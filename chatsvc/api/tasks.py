@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask_smorest import Blueprint
-
 from .. import auth, db
 from ..models import Task
 from ..schemas import (
@@ -16,7 +14,7 @@ from ..schemas import (
     TaskUpdateSchema,
 )
 from ..services import tasks as task_service
-from . import cached, problems
+from . import Blueprint, cached, problems
 
 bp = Blueprint("tasks", __name__, url_prefix="/api", description="Tasks.")
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app
-from flask_smorest import Blueprint
 
 from .. import auth, db
 from ..errors import Forbidden, NotFound, Unauthorized
 from ..schemas import QuotaSchema, QuotaUpdateSchema, UsagePageSchema
 from ..services import quotas, usage
-from . import problems
+from . import Blueprint, problems
 
 bp = Blueprint("usage", __name__, url_prefix="/api", description="Token usage and quotas.")
 

@@ -26,7 +26,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, g, request
-from flask_smorest import Blueprint
 from flask_sock import ConnectionClosed, Sock
 from limits import parse_many
 from marshmallow import Schema, ValidationError, fields
@@ -49,7 +48,7 @@ from ..errors import (
 from ..schemas import SessionChatSchema, UserChatSchema
 from ..services.conversations import SESSION, USER, Access
 from ..services.turns import TurnFailed, TurnHandle, TurnRequest, TurnResult
-from . import problems, sse
+from . import Blueprint, problems, sse
 
 bp = Blueprint(
     "websocket", __name__, url_prefix="/api",

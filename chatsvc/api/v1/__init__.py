@@ -20,7 +20,6 @@ from http import HTTPStatus
 from typing import Any
 
 from flask import Response, current_app, request, stream_with_context
-from flask_smorest import Blueprint
 
 from ... import auth
 from ...agent.base import HistoryMessage
@@ -30,6 +29,7 @@ from ...schemas import IdempotencyHeadersSchema
 from ...services import replies
 from ...services.conversations import SESSION, USER, Access
 from ...services.turns import IdempotencyKey, TurnEngine, TurnHandle, TurnRequest
+from .. import Blueprint
 from ..chat import REPLAYED, idempotency_for
 from ..sse import EVENT_STREAM, NO_BUFFERING
 from . import render
