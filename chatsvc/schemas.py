@@ -193,15 +193,6 @@ class IdempotencyHeadersSchema(Schema):
             'takes "today", "tomorrow" and "Friday" to mean. UTC when absent.',
         },
     )
-    prefer = fields.String(
-        data_key="Prefer",
-        load_default="",
-        metadata={
-            "description": "`respond-async`: answer 202 at once with the turn's ids and links "
-            "(`TurnAccepted`) and run the turn in the background (RFC 7240; other preferences "
-            "are ignored)."
-        },
-    )
 
 
 # A turn's event ids are 1, 2, 3…; 0 (or none) reads from the start. Digits only, ≤ 9 of them.
@@ -223,6 +214,20 @@ class EventsHeadersSchema(Schema):
         data_key="Last-Event-ID", load_default=None, validate=EVENT_ID,
         metadata={"description": EVENT_ID_DOC + " Wins over `?last_event_id=`."},
     )  # fmt: skip
+
+
+class ChatHeadersSchema(IdempotencyHeadersSchema):
+    """The headers of a chat POST under /api: those of every turn, and `Prefer`."""
+
+    prefer = fields.String(
+        data_key="Prefer",
+        load_default="",
+        metadata={
+            "description": "`respond-async`: answer 202 at once with the turn's ids and links "
+            "(`TurnAccepted`) and run the turn in the background (RFC 7240; other preferences "
+            "are ignored)."
+        },
+    )
 
 
 def _known_zone(name: str) -> bool:

@@ -12,7 +12,7 @@ from .. import auth
 from ..errors import ValidationFailed
 from ..observability import record_timings
 from ..schemas import (
-    IdempotencyHeadersSchema,
+    ChatHeadersSchema,
     SessionChatSchema,
     TurnAcceptedSchema,
     TurnSchema,
@@ -31,7 +31,7 @@ BACKGROUND = "With `Prefer: respond-async`: the turn runs in the background."
 
 @bp.post("/<user_id>/chat")
 @bp.arguments(UserChatSchema)
-@bp.arguments(IdempotencyHeadersSchema, location="headers")
+@bp.arguments(ChatHeadersSchema, location="headers")
 @bp.response(200, TurnSchema)
 @bp.alt_response(202, schema=TurnAcceptedSchema, description=BACKGROUND)
 @problems(bp, *TURN_ERRORS)
@@ -43,7 +43,7 @@ def chat_as_user(body: dict[str, Any], headers: dict[str, Any], user_id: str) ->
 
 @bp.post("/chat")
 @bp.arguments(SessionChatSchema)
-@bp.arguments(IdempotencyHeadersSchema, location="headers")
+@bp.arguments(ChatHeadersSchema, location="headers")
 @bp.response(200, TurnSchema)
 @bp.alt_response(202, schema=TurnAcceptedSchema, description=BACKGROUND)
 @problems(bp, *TURN_ERRORS)
@@ -54,7 +54,7 @@ def start_session(body: dict[str, Any], headers: dict[str, Any]) -> Any:
 
 @bp.post("/chat/<session_id>")
 @bp.arguments(SessionChatSchema)
-@bp.arguments(IdempotencyHeadersSchema, location="headers")
+@bp.arguments(ChatHeadersSchema, location="headers")
 @bp.response(200, TurnSchema)
 @bp.alt_response(202, schema=TurnAcceptedSchema, description=BACKGROUND)
 @problems(bp, *TURN_ERRORS, 410)
