@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export CHATSVC_ENV ?= development
 
-.PHONY: install run migrate seed test lint format bench bench-knowledge fuzz clean token soak
+.PHONY: install run migrate seed test lint format bench bench-knowledge fuzz clean token soak cluster
 
 install: $(STAMP)
 
@@ -58,6 +58,14 @@ fuzz: install
 # (PostgreSQL) and redis-server; SOAK_ARGS="--seconds 60" is CI's short run.
 soak: install
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
+
+# Two instances behind nginx on one machine (README "Several hosts"): DATABASE_URL must name a
+# PostgreSQL database, REDIS_URL a Redis (a private redis-server when unset); nginx on
+# CLUSTER_PORT (8080). Ctrl-C stops all.
+CLUSTER_PORT ?= 8080
+cluster: install
+	command -v nginx >/dev/null || test -x /usr/sbin/nginx || apt-get install -y -q nginx-light
+	exec $(BIN)/python -m bench.cluster --port $(CLUSTER_PORT) --seed $(CLUSTER_ARGS)
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache

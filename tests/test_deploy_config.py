@@ -32,33 +32,40 @@ def k8s() -> dict[str, dict]:
     return objects
 
 
-def test_compose_runs_migrations_then_the_api_behind_nginx():
+APIS = ("api1", "api2")  # two replicas, as two hosts
+
+
+def test_compose_runs_migrations_then_two_api_replicas_behind_nginx():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"db", "redis", "migrate", "api", "proxy"}
-    assert services["migrate"]["build"] == services["api"]["build"] == "."
+    assert set(services) == {"db", "redis", "migrate", *APIS, "proxy"}
     assert services["migrate"]["command"] == ["flask", "--app", "chatsvc", "db", "upgrade"]
-    assert services["api"]["depends_on"]["migrate"] == {
-        "condition": "service_completed_successfully"
-    }
+    for api in APIS:
+        assert services["migrate"]["build"] == services[api]["build"] == "."
+        assert services[api]["depends_on"]["migrate"] == {
+            "condition": "service_completed_successfully"
+        }
+        assert services[api]["environment"] == services[APIS[0]]["environment"]
+        assert "ports" not in services[api], "only the proxy is published"
     assert services["db"]["image"].startswith("postgres:")
     assert services["redis"]["image"].startswith("redis:")
     assert services["proxy"]["image"].startswith("nginx:")
-    # nginx gets the committed config, which proxies to the api service on the image's PORT.
+    assert set(services["proxy"]["depends_on"]) == set(APIS)
+    # nginx gets the committed config, which balances the api replicas on the image's PORT.
     source, target, _ = services["proxy"]["volumes"][0].split(":")
     assert (ROOT / source).resolve() == ROOT / "deploy" / "nginx" / "chatsvc.conf"
     assert target.startswith("/etc/nginx/conf.d/")
     conf = (ROOT / source).read_text()
-    assert "server api:8000;" in conf
+    upstream = re.search(r"upstream chatsvc \{(.*?)\}", conf, re.S).group(1)
+    assert re.findall(r"server (\S+):8000;", upstream) == list(APIS)
     assert "PORT=8000" in (ROOT / "Dockerfile").read_text()
     listen = re.search(r"listen (\d+);", conf).group(1)
     assert services["proxy"]["ports"] == [f"127.0.0.1:8080:{listen}"]
-    assert "ports" not in services["api"], "only the proxy is published"
 
 
 def test_compose_variables_are_settings_the_readme_documents():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    environment = compose["services"]["api"]["environment"]
+    environment = compose["services"]["api1"]["environment"]
     assert environment == compose["services"]["migrate"]["environment"]
     for name in environment:
         assert known_setting(name), f"compose sets {name}, which nothing reads"

@@ -24,7 +24,7 @@ from sqlalchemy import create_engine
 from chatsvc.config import Config
 
 CONF = Path(__file__).resolve().parent.parent / "deploy" / "nginx" / "chatsvc.conf"
-UPSTREAM = "server api:8000;"
+UPSTREAM = re.compile(r"^ *server api\d+:8000;\n", re.M)  # compose's API replicas
 LISTEN = "listen 8080;"
 
 
@@ -34,12 +34,14 @@ def nginx_binary() -> str:
 
 
 def site(backend_port: int, port: int) -> str:
-    """The committed config with only its upstream address and listen port changed."""
+    """The committed config with only its upstream (one backend) and listen port changed."""
     text = CONF.read_text()
-    assert text.count(UPSTREAM) == 1 and text.count(LISTEN) == 1
-    return text.replace(UPSTREAM, f"server 127.0.0.1:{backend_port};").replace(
-        LISTEN, f"listen 127.0.0.1:{port};"
-    )
+    servers = UPSTREAM.findall(text)
+    assert servers and text.count(LISTEN) == 1
+    text = text.replace(servers[0], f"    server 127.0.0.1:{backend_port};\n", 1)
+    for other in servers[1:]:
+        text = text.replace(other, "", 1)
+    return text.replace(LISTEN, f"listen 127.0.0.1:{port};")
 
 
 @pytest.fixture
