@@ -138,40 +138,51 @@ class Server:
     log: Path  # gunicorn's stderr: its own log and the app's JSON lines
 
 
+def start_gunicorn(database_url: str, directory: Path, **environ: str) -> Server:
+    """`gunicorn -c gunicorn.conf.py wsgi:app` on a free port, as `make run` starts it, its
+    log and metrics in `directory`; the caller stops it (stop_gunicorn)."""
+    port = free_port()
+    env = {
+        **os.environ, "CHATSVC_ENV": "development", "HOST": "127.0.0.1", "PORT": str(port),
+        "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING",
+        "PROMETHEUS_MULTIPROC_DIR": str(directory / f"metrics-{port}"), **environ,
+    }  # fmt: skip
+    os.makedirs(env["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+    log = directory / f"gunicorn-{port}.log"
+    with open(log, "wb") as sink:  # a file, not a pipe: a full pipe would block the server
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=sink,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while get(url + "/health/live") != 200:
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_gunicorn(process)
+            raise RuntimeError("gunicorn did not start: " + log.read_text()[-2000:])
+        time.sleep(0.1)
+    return Server(url, process, log)
+
+
+def stop_gunicorn(process: subprocess.Popen) -> None:
+    """Stop gracefully and wait; killed after 30 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
 @pytest.fixture
 def gunicorn(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """`gunicorn -c gunicorn.conf.py wsgi:app` on a free port, as `make run` starts it; stopped
-    (and waited for) after the test."""
-    servers: list[subprocess.Popen] = []
+    """Start gunicorns for the test (start_gunicorn); stopped (and waited for) after it."""
+    servers: list[Server] = []
 
     def start(**environ: str) -> Server:
-        port = free_port()
-        env = {
-            **os.environ, "CHATSVC_ENV": "development", "HOST": "127.0.0.1", "PORT": str(port),
-            "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING",
-            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / f"metrics-{port}"), **environ,
-        }  # fmt: skip
-        os.makedirs(env["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
-        log = tmp_path / f"gunicorn-{port}.log"
-        with open(log, "wb") as sink:  # a file, not a pipe: a full pipe would block the server
-            process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"],
-                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=sink,
-            )  # fmt: skip
-        servers.append(process)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while get(url + "/health/live") != 200:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("gunicorn did not start: " + log.read_text()[-2000:])
-            time.sleep(0.1)
-        return Server(url, process, log)
+        servers.append(start_gunicorn(database_url, tmp_path, **environ))
+        return servers[-1]
 
     yield start
-    for process in servers:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    for server in servers:
+        stop_gunicorn(server.process)

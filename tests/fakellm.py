@@ -104,6 +104,14 @@ class FakeLLM:
         last = users[-1]["content"] if users else ""
         return Response(text=f"fake: {last}")
 
+    def reset(self) -> None:
+        """Forget the script and what was asked (one server shared by several tests)."""
+        with self._lock:
+            self._script.clear()
+            self.requests.clear()
+            self.headers.clear()
+            self.peers.clear()
+
     def close(self) -> None:
         self.stopped.set()
         self._server.shutdown()

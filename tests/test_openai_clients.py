@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.request import Request, urlopen
 
 import openai
 import pytest
-from fakellm import call, say
+from conftest import start_gunicorn, stop_gunicorn
+from fakellm import FakeLLM, call, say
 
 from chatsvc.auth import create_token
 
@@ -26,18 +28,34 @@ CORPUS = Path(__file__).parent / "corpus"
 QUIET = {"JWT_SECRET": SECRET, "RATELIMIT_ENABLED": "false"}
 
 
-@pytest.fixture(params=["local", "openai"])
-def server(request, gunicorn, fake_llm) -> Any:
-    """chatsvc on the offline agent, or on the openai adapter in front of the fake model."""
-    if request.param == "local":
-        started = gunicorn(**QUIET)
-    else:
-        started = gunicorn(
-            AGENT_PROVIDER="openai", OPENAI_BASE_URL=fake_llm.url, OPENAI_MODEL="fake-model",
-            OPENAI_API_KEY="sk-test", AGENT_TIMEOUT_SECONDS="20", AGENT_MAX_RETRIES="0", **QUIET,
+@pytest.fixture(scope="module")
+def shared_llm() -> Iterator[FakeLLM]:
+    server = FakeLLM()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def fake_llm(shared_llm: FakeLLM) -> FakeLLM:
+    """The module's fake model, its script and record fresh for each test."""
+    shared_llm.reset()
+    return shared_llm
+
+
+@pytest.fixture(scope="module", params=["local", "openai"])
+def server(request, database_url, shared_llm, tmp_path_factory) -> Iterator[Any]:
+    """chatsvc on the offline agent, or on the openai adapter in front of the fake model: one
+    instance of each for the module (starting one per test cost most of its time)."""
+    environ = dict(QUIET)
+    if request.param == "openai":
+        environ.update(
+            AGENT_PROVIDER="openai", OPENAI_BASE_URL=shared_llm.url, OPENAI_MODEL="fake-model",
+            OPENAI_API_KEY="sk-test", AGENT_TIMEOUT_SECONDS="20", AGENT_MAX_RETRIES="0",
         )  # fmt: skip
+    started = start_gunicorn(database_url, tmp_path_factory.mktemp("clients"), **environ)
     started.provider = request.param
-    return started
+    yield started
+    stop_gunicorn(started.process)
 
 
 def someone() -> str:
