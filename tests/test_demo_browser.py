@@ -424,7 +424,7 @@ def test_keyboard_only_use(page, serve):
     while "message" not in order and time.monotonic() < deadline:
         page.keyboard.press("Tab")
         order.append(page.evaluate("document.activeElement.id || document.activeElement.value"))
-    assert order == ["user", "user-id", "token", "new-conversation", "message"]
+    assert order == ["user", "user-id", "token", "sse", "new-conversation", "message"]
 
     page.keyboard.type("Add a task to")
     page.keyboard.press("Shift+Enter")  # a new line, not a send
@@ -629,3 +629,184 @@ def test_a_citation_without_a_url_opens_the_document(page, serve):
     href = link.get_attribute("href")
     assert href.startswith(f"{server.origin}/api/documents/{added.json['id']}")
     assert page.request.get(href.split("#")[0]).json()["title"] == "Opening hours"
+
+
+# The WebSocket transport (issue 18): the same turns, events and conversation as SSE. --------
+
+
+class SocketLog:
+    """The WebSocket frames the page sends and receives (parsed), as Chromium saw them."""
+
+    def __init__(self, page: Any) -> None:
+        self.urls: list[str] = []
+        self.sent: list[dict[str, Any]] = []
+        self.received: list[dict[str, Any]] = []
+        page.on("websocket", self._opened)
+
+    def _opened(self, ws: Any) -> None:
+        self.urls.append(ws.url)
+        ws.on("framesent", lambda payload: self.sent.append(json.loads(payload)))
+        ws.on("framereceived", lambda payload: self.received.append(json.loads(payload)))
+
+
+@pytest.fixture
+def sockets(page: Any) -> Iterator[SocketLog]:
+    log = SocketLog(page)
+    yield log
+    page.remove_listener("websocket", log._opened)
+
+
+def send_ws(page: Any, text: str) -> None:
+    """Type a message and press Enter with the WebSocket transport chosen: no chat POST."""
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+    posts: list[str] = []
+    page.on("request", lambda r: r.method == "POST" and "/chat" in r.url and posts.append(r.url))
+    page.get_by_label("Message").fill(text)
+    page.get_by_label("Message").press("Enter")
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+    assert posts == [], "the turn went over HTTP, not the socket"
+
+
+def test_a_todo_turn_over_a_websocket_streams_like_sse(page, serve, sockets):
+    server, _ = serve()
+    page.goto(f"{server.origin}/demo")
+    page.get_by_label("WebSocket").check()
+    pick_user(page, "wanda")
+    send_ws(page, "Add a task to buy milk")
+
+    answer = page.locator(".message.assistant").last
+    expect(answer.locator(".content")).to_have_text("Added task 1: “buy milk”.")
+    expect(answer).to_have_attribute("data-status", "completed")
+    expect(answer).to_have_attribute("data-transport", "websocket")
+    assert int(answer.get_attribute("data-deltas")) > 1  # built from the socket's deltas
+    expect(answer.locator(".tool-name")).to_have_text("Tool call: add_task")
+    expect(answer.locator(".tool-parameters")).to_have_text('{"title":"buy milk"}')
+    expect(answer.locator(".tool-result")).to_contain_text('"status":"created"')
+    expect(page.locator("#task-list .task-title")).to_have_text(["buy milk"])
+    expect(page.get_by_role("status")).to_contain_text("Answered in")
+    assert sockets.urls == [f"ws://127.0.0.1:{server.server.server_port}/api/wanda/chat/ws"]
+    assert sockets.sent == [{"type": "message", "message": "Add a task to buy milk"}]
+    events = [frame["event"] for frame in sockets.received]
+    assert events[0] == "meta" and events[-1] == "done" and "tool_call" in events
+
+    page.reload()  # the choice is kept
+    expect(page.get_by_label("WebSocket")).to_be_checked()
+
+
+def test_one_conversation_goes_on_across_sse_and_websocket(page, serve, sockets):
+    server, app = serve()
+    page.goto(f"{server.origin}/demo")
+    pick_user(page, "xena")
+    send(page, "Add a task to buy milk", "/api/xena/chat")
+    expect(page.locator(".message.assistant").last).to_have_attribute("data-status", "completed")
+
+    page.get_by_label("WebSocket").check()
+    send_ws(page, "Add a task to call mum")
+    expect(page.locator(".message.assistant").last).to_have_attribute("data-transport", "websocket")
+    page.get_by_label("Server-Sent Events").check()
+    response = send(page, "What are my tasks?", "/api/xena/chat")
+    last = page.locator(".message.assistant").last
+    expect(last).to_have_attribute("data-status", "completed")
+    expect(last.locator(".content")).to_contain_text("call mum")
+
+    expect(page.locator(".message.assistant .content")).to_have_count(3)
+    expect(page.locator(".message.assistant .content").nth(1)).to_have_text(
+        "Added task 2: “call mum”."
+    )
+    client = app.test_client()
+    (conversation,) = client.get("/api/xena/conversations").json["items"]
+    (frame,) = sockets.sent
+    assert frame == {"type": "message", "message": "Add a task to call mum"} | {
+        "conversation_id": conversation["id"]
+    }
+    assert json.loads(response.request.post_data)["conversation_id"] == conversation["id"]
+    stored = client.get(f"/api/xena/conversations/{conversation['id']}").json["messages"]
+    assert [m["content"] for m in stored if m["role"] == "user"] == [
+        "Add a task to buy milk",
+        "Add a task to call mum",
+        "What are my tasks?",
+    ]
+    assert [t["title"] for t in client.get("/api/xena/tasks").json["items"]] == [
+        "buy milk",
+        "call mum",
+    ]
+
+
+def test_stop_over_a_websocket_sends_the_cancel_frame(page, serve, sockets):
+    agent = HalfwayAgent()
+    server, app = serve(agent=agent)
+    page.goto(f"{server.origin}/demo")
+    page.get_by_label("WebSocket").check()
+    pick_user(page, "yuri")
+    page.get_by_label("Message").fill("Think about it")
+    page.get_by_label("Message").press("Enter")
+    answer = page.locator(".message.assistant").last
+    expect(answer.locator(".content")).to_have_text("Let me think… ")
+
+    page.get_by_role("button", name="Stop").click()
+    expect(answer.locator(".badge")).to_have_text("cancelled")
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+    expect(page.get_by_role("status")).to_have_text("Stopped.")
+    message_id = answer.get_attribute("data-message-id")
+    assert sockets.sent[-1] == {"type": "cancel", "message_id": message_id}
+    client = app.test_client()
+    (conversation,) = client.get("/api/yuri/conversations").json["items"]
+    stored = client.get(f"/api/yuri/conversations/{conversation['id']}").json["messages"][-1]
+    assert (stored["status"], stored["content"]) == ("cancelled", "Let me think… ")
+    agent.gate.set()
+
+
+def test_a_knowledge_session_over_a_websocket_shows_its_citation(page, serve, sockets):
+    server, app = serve()
+    added = app.test_client().post(
+        "/api/documents",
+        json={
+            "title": "Returns policy",
+            "text": "Items can be returned within 30 days of delivery for a full refund.",
+            "url": "https://example.com/returns",
+        },
+    )
+    assert added.status_code == 201, added.json
+    page.goto(f"{server.origin}/demo")
+    page.get_by_label("Knowledge assistant (anonymous session)").check()
+    page.get_by_label("WebSocket").check()
+    send_ws(page, "hello")
+    label = page.locator("#conversation-label")
+    expect(label).to_have_text(re.compile(r"^Anonymous session: [0-9a-f-]{36}$"))
+    session_id = label.inner_text().rsplit(" ", 1)[1]
+    send_ws(page, "How many days do I have to return items?")
+
+    citation = page.locator(".message.assistant").last.locator(".sources .source").first
+    expect(citation.get_by_role("link", name="Returns policy")).to_have_attribute(
+        "href", "https://example.com/returns"
+    )
+    expect(citation.locator(".snippet")).to_contain_text("30 days")
+    assert sockets.sent[-1]["session_id"] == session_id
+    assert all(url.endswith("/api/chat/ws") for url in sockets.urls)
+    stored = app.test_client().get(f"/api/session/{session_id}").json["messages"]
+    assert [m["role"] for m in stored] == ["user", "assistant", "user", "assistant"]
+    assert stored[-1]["sources"][0]["title"] == "Returns policy"
+
+
+def test_a_websocket_turn_signs_in_with_the_first_frame(page, serve, sockets):
+    """Browsers cannot set Authorization on a WebSocket: the token goes in the first frame; a
+    wrong one refuses the turn like a refused POST (the text comes back, nothing stored)."""
+    secret = "w" * 40
+    server, app = serve({"AUTH_MODE": "required", "JWT_SECRET": secret})
+    page.goto(f"{server.origin}/demo")
+    page.get_by_label("WebSocket").check()
+    page.get_by_label("Bearer token").fill(auth.create_token("zoe", secret=secret))
+    pick_user(page, "zoe")
+    send_ws(page, "Add a task to buy milk")
+    expect(page.locator(".message.assistant .content")).to_have_text("Added task 1: “buy milk”.")
+    assert sockets.sent[0]["type"] == "auth" and sockets.sent[1]["type"] == "message"
+
+    page.get_by_label("Bearer token").fill(auth.create_token("zoe", secret="x" * 40))
+    send_ws(page, "Add a task to buy bread")
+    expect(page.get_by_role("alert").locator(".error-code")).to_have_text("401 unauthorized")
+    expect(page.get_by_label("Message")).to_have_value("Add a task to buy bread")
+    expect(page.locator(".message")).to_have_count(2)
+    assert len(sockets.urls) == 2  # a new token, a new socket
+    headers = {"Authorization": f"Bearer {auth.create_token('zoe', secret=secret)}"}
+    tasks = app.test_client().get("/api/zoe/tasks", headers=headers).json["items"]
+    assert [t["title"] for t in tasks] == ["buy milk"]

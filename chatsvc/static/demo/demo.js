@@ -1,9 +1,11 @@
 // The demo chat page: a frontend of chatsvc using only its public API.
 import { Api, ApiProblem } from "./api.js";
+import { ChatSockets } from "./ws.js";
 
 const $ = (id) => document.getElementById(id);
 const apiBase = (new URLSearchParams(location.search).get("api") || location.origin).replace(/\/+$/, "");
 const api = new Api(apiBase, () => $("token").value);
+const sockets = new ChatSockets(apiBase, () => $("token").value);
 const storeKey = `chatsvc-demo:${apiBase}`;
 // The turn being answered, kept for this tab only: a reload (or a dropped connection) picks
 // the answer up where it was, from the turn's events link.
@@ -15,10 +17,10 @@ let turn = null;
 
 function loadSaved() {
   try {
-    return { mode: "user", userId: "demo-user", conversations: {}, sessionId: null,
+    return { mode: "user", userId: "demo-user", conversations: {}, sessionId: null, transport: "sse",
       ...JSON.parse(localStorage.getItem(storeKey) || "{}") };
   } catch {
-    return { mode: "user", userId: "demo-user", conversations: {}, sessionId: null };
+    return { mode: "user", userId: "demo-user", conversations: {}, sessionId: null, transport: "sse" };
   }
 }
 
@@ -291,15 +293,30 @@ function taskItem(task) {
   return item;
 }
 
-async function send(text) {
-  clearError();
+// The turn's events over the chosen transport: the chat POST's SSE stream, or a WebSocket
+// frame (the same events); either continues the conversation the page shows.
+function turnEvents(state, text) {
+  const signal = state.controller.signal;
+  if (state.transport === "websocket") {
+    const path = mode() === "user" ? `/api/${enc(userId())}/chat/ws` : "/api/chat/ws";
+    const id = conversationId();
+    const frame = { message: text };
+    if (id) frame[mode() === "user" ? "conversation_id" : "session_id"] = id;
+    return sockets.turn(path, frame, signal);
+  }
   const path = mode() === "user"
     ? `/api/${enc(userId())}/chat`
     : conversationId() ? `/api/chat/${enc(conversationId())}` : "/api/chat";
   const extra = mode() === "user" && conversationId() ? { conversation_id: conversationId() } : {};
+  return api.chat(path, text, extra, signal);
+}
+
+async function send(text) {
+  clearError();
   const question = addMessage("user", text);
-  const state = newTurn(addMessage("assistant"));
-  await watch(state, api.chat(path, text, extra, state.controller.signal), (error) => {
+  const state = newTurn(addMessage("assistant"), saved.transport);
+  state.answer.dataset.transport = state.transport;
+  await watch(state, turnEvents(state, text), (error) => {
     // Refused before the turn began (422, 429, network…): nothing was stored, so give
     // the text back to the composer instead of showing a message that does not exist.
     question.remove();
@@ -316,9 +333,9 @@ async function send(text) {
   });
 }
 
-function newTurn(answer) {
+function newTurn(answer, transport = "sse") {
   return { controller: new AbortController(), answer, base: null, messageId: null, lastEventId: 0,
-    deltas: 0 };
+    deltas: 0, transport };
 }
 
 // Runs a turn's events into its answer until `done` or `error`: from `events` (the chat
@@ -455,14 +472,16 @@ function resumeKept(messages) {
   watch(state, null);
 }
 
-// Stop: the service cancels the turn wherever it runs, and the stream ends with the
-// `cancelled` answer as stored. Before the turn has an id, the request is simply abandoned.
+// Stop: the service cancels the turn wherever it runs (asked over the turn's WebSocket, or
+// by its cancel link), and the stream ends with the `cancelled` answer as stored. Before the
+// turn has an id, the request is simply abandoned.
 async function stop(state) {
   if (!state.base) {
     state.controller.abort();
     return;
   }
   $("status").textContent = "Stopping…";
+  if (state.transport === "websocket" && sockets.cancel(state.messageId)) return; // its done comes
   try {
     await api.json("POST", `${state.base}/cancel`);
   } catch (error) {
@@ -565,6 +584,14 @@ $("search").addEventListener("submit", (event) => {
 
 $("export-markdown").addEventListener("click", (event) => downloadWithToken(event, "markdown"));
 $("export-json").addEventListener("click", (event) => downloadWithToken(event, "json"));
+
+for (const radio of document.querySelectorAll("input[name=transport]")) {
+  radio.checked = radio.value === saved.transport;
+  radio.addEventListener("change", () => {
+    saved.transport = radio.value;
+    save();
+  });
+}
 
 $("api-base").textContent = apiBase;
 $("user-id").value = saved.userId;
