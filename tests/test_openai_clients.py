@@ -10,6 +10,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.request import Request, urlopen
@@ -151,7 +152,10 @@ def test_the_async_client(server):
             text = "".join([c.choices[0].delta.content or "" async for c in streamed if c.choices])
             return completion.choices[0].message.content, text
 
-    whole, streamed = asyncio.run(run())
+    # In a thread of its own: the session's Chromium tests (playwright's sync API) keep an event
+    # loop running in the main thread, where asyncio.run() refuses to start.
+    with ThreadPoolExecutor(1) as thread:
+        whole, streamed = thread.submit(asyncio.run, run()).result(timeout=60)
     assert whole and whole == streamed
 
 
