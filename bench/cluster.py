@@ -234,10 +234,15 @@ class Cluster:
         finishes its requests within GUNICORN_GRACEFUL_TIMEOUT), then the Redis started here."""
         nginx = [p for name, p in self.processes if name == "nginx"]
         instances = [p for name, p in self.processes if name != "nginx"]
-        for group, signum in ((nginx, signal.SIGQUIT), (instances, signal.SIGTERM)):
-            stop_processes(group, signum)
+        # nginx's graceful quit waits for every open stream (read timeouts are an hour): it gets
+        # NGINX_QUIT_SECONDS, then it is killed; its clients see the connection end.
+        stop_processes(nginx, signal.SIGQUIT, NGINX_QUIT_SECONDS)
+        stop_processes(instances, signal.SIGTERM)
         if self.redis is not None:
             stop_processes([self.redis], signal.SIGTERM)
+
+
+NGINX_QUIT_SECONDS = 10
 
 
 def stop_processes(processes: list[subprocess.Popen], signum: int, seconds: float = 60) -> None:
