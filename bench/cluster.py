@@ -339,7 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dir is None:
         shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True, exist_ok=True)
-    # SIGTERM unwinds like Ctrl-C, so that everything started is stopped.
+    # Ctrl-C stops everything even when this was started with SIGINT ignored (a background job
+    # of a non-interactive shell inherits that, as CI's nohup'd runs did); SIGTERM unwinds the
+    # same way.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda signum, frame: signal.default_int_handler(signum, frame))
     cluster = Cluster(directory, args.database_url, args.redis_url)
     try:
