@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Mapping
@@ -295,9 +296,9 @@ def development_secret(instance_path: str) -> str:
         with os.fdopen(descriptor, "w") as sink:
             sink.write(secrets.token_hex(32))
         try:
-            os.link(draft, path)  # atomic: of several processes starting at once, one wins
-        except FileExistsError:
-            pass
+            # Atomic: of several processes starting at once, one wins; the others read its secret.
+            with contextlib.suppress(FileExistsError):
+                os.link(draft, path)
         finally:
             os.unlink(draft)
     with open(path) as source:

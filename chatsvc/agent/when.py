@@ -86,7 +86,7 @@ def find_date(text: str, today: date) -> Found | None:
 
 
 class _NoSuchDay(ValueError):
-    pass
+    """A date that does not exist ("31 February"): the agent asks instead of guessing."""
 
 
 def _resolve(kind: str, match: re.Match[str], today: date) -> date:
