@@ -149,6 +149,10 @@ class Document(Base):
     text: Mapped[str] = mapped_column(Text)
     chunk_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # `ready`, or `indexing` while a large document is split in the background (its lease:
+    # until when the worker doing it is presumed alive), or `failed` when splitting raised.
+    status: Mapped[str] = mapped_column(String(16), default="ready", server_default="ready")
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     sections: Mapped[list[Section]] = relationship(
         back_populates="document", passive_deletes=True, order_by="Section.ordinal"
