@@ -5,9 +5,12 @@ job that lost its lease writes nothing more."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import timedelta
+from urllib.error import HTTPError
+from urllib.request import Request, urlopen
 
 import pytest
 from sqlalchemy import func, select, update
@@ -173,3 +176,50 @@ def test_a_job_that_lost_its_lease_writes_nothing_more(app, client):
     ready = client.get(f"/api/documents/{document_id}").json
     assert ready["status"] == "ready"
     assert ready["chunk_count"] == stored(app, document_id)[0] > 1
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["background", "inline"])
+def test_chat_turns_on_the_same_worker_go_on_during_an_ingest(gunicorn, inline):
+    """One gevent worker: turns that write while a document is stored are answered. (On
+    SQLite a transaction that paused for other requests held the one writer's lock, and a turn
+    waiting for it blocked the whole worker: 10 s, then 503 for the turn.)"""
+    environ = {"WEB_CONCURRENCY": "1", "RATELIMIT_ENABLED": "false"}
+    if inline:
+        environ["INGEST_INLINE_BYTES"] = str(2 * 1024 * 1024)
+    server = gunicorn(**environ)
+    text = large_text("quoll", paragraphs=2500)  # about 500 kB, 2500+ passages
+    outcome: dict = {}
+
+    def ingest() -> None:
+        status, document = _post(server.url + "/api/documents", {"title": "M", "text": text})
+        while status in (200, 201, 202) and document["status"] == "indexing":
+            time.sleep(0.05)
+            status, document = _get(f"{server.url}/api/documents/{document['id']}")
+        outcome.update(status=status, document=document)
+
+    worker = threading.Thread(target=ingest)
+    worker.start()
+    answered = []
+    while worker.is_alive() or not answered:
+        status, body = _post(server.url + "/api/chat", {"message": "Where do marmots whistle?"})
+        answered.append((status, body.get("code")))
+    worker.join()
+    assert outcome["status"] == 200 and outcome["document"]["status"] == "ready", outcome
+    assert set(answered) == {(200, None)}, answered
+
+
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    request = Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    return _open(request)
+
+
+def _get(url: str) -> tuple[int, dict]:
+    return _open(Request(url))
+
+
+def _open(request: Request) -> tuple[int, dict]:
+    try:
+        with urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")

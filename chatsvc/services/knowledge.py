@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 
 MAX_K = 10
 INSERT_BATCH = 500  # passages per INSERT statement
+# ... and per transaction of a background indexing. On SQLite the worker runs nothing else
+# while a batch is stored (the index triggers: about 1 ms per passage on a busy 2-core machine),
+# so a chat turn may wait for one batch: with 500, turns' p95 was 436 ms during a 2 MiB ingest
+# (60 ms alone), with 50 it is 136 ms. PostgreSQL's driver yields while the server works, and
+# its statement triggers run once per batch: it keeps 500 (bench/ingest_chat.py).
+BACKGROUND_BATCH = {"sqlite": 50}
 # What a search hit carries: a passage is at most chunking.CAPACITY[1] characters and a
 # section path at most chunking.MAX_SECTION_CHARS; the caps hold whatever the stored rows say.
 MAX_SNIPPET_CHARS = chunking.CAPACITY[1]
@@ -80,12 +86,20 @@ def ingest(
     url: str | None = None,
     meta: dict[str, Any] | None = None,
 ) -> tuple[Document, bool]:
-    """Store a document and its passages; the same text again returns the stored document.
-    The flag says whether it is new."""
+    """Store a document and its passages in one transaction; the same text again returns the
+    stored document. The flag says whether it is new. Splitting (which pauses for other
+    requests) comes before the transaction, and nothing pauses inside it: SQLite has one
+    writer, and a request of the same worker waiting for its lock blocks the whole worker, so
+    the writer could never finish (a chat turn during a large inline ingest: 10 s, then 503)."""
     text = normalise(body)
+    existing = _by_hash(session, content_hash(text))
+    if existing is not None:
+        session.commit()
+        return existing, False
+    session.rollback()  # no snapshot held across the split
+    parts = chunking.split(title, text)
     document, created = _store_document(session, title, text, url, meta, READY)
     if created:
-        parts = chunking.split(title, text)
         document.chunk_count = sum(len(part.passages) for part in parts)
         _store_passages(session, document.id, parts)
     session.commit()
@@ -207,7 +221,8 @@ def _index(
         session.execute(delete(Chunk).where(Chunk.document_id == document_id))
         session.execute(delete(Section).where(Section.document_id == document_id))
         section_ids = _insert_sections(session, document_id, parts)
-    for batch in _batches(document_id, parts, section_ids):
+    size = BACKGROUND_BATCH.get(database.engine.dialect.name, INSERT_BATCH)
+    for batch in _batches(document_id, parts, section_ids, size):
         chunking.pause()
         with database.transaction() as session:
             lease = _renew(session, document_id, lease, _lease(lease_seconds))
@@ -273,12 +288,10 @@ def _lease(seconds: float) -> datetime:
 
 def _store_passages(session: Session, document_id: str, parts: list[chunking.Section]) -> None:
     """Each section path once, each passage pointing at its section; inserted in batches
-    (thousands of ORM objects took 6 s for a 2 MiB document, these statements well under 1 s),
-    with a cooperative pause between batches (see chunking.pause)."""
+    (thousands of ORM objects took 6 s for a 2 MiB document, these statements well under 1 s)."""
     section_ids = _insert_sections(session, document_id, parts)
     for batch in _batches(document_id, parts, section_ids):
         _insert_passages(session, batch)
-        chunking.pause()
 
 
 def _insert_sections(
@@ -296,16 +309,19 @@ def _insert_sections(
 
 
 def _batches(
-    document_id: str, parts: list[chunking.Section], section_ids: list[int]
+    document_id: str,
+    parts: list[chunking.Section],
+    section_ids: list[int],
+    size: int = INSERT_BATCH,
 ) -> Iterator[list[dict[str, Any]]]:
-    """The passages' rows, numbered in document order, INSERT_BATCH at a time."""
+    """The passages' rows, numbered in document order, `size` at a time."""
     rows = [
         {"document_id": document_id, "section_id": section_id, "text": passage}
         for section_id, part in zip(section_ids, parts, strict=True)
         for passage in part.passages
     ]
-    for start in range(0, len(rows), INSERT_BATCH):
-        batch = rows[start : start + INSERT_BATCH]
+    for start in range(0, len(rows), size):
+        batch = rows[start : start + size]
         for n, row in enumerate(batch, start):
             row["ordinal"] = n
         yield batch
