@@ -223,3 +223,43 @@ def _open(request: Request) -> tuple[int, dict]:
             return response.status, json.loads(response.read())
     except HTTPError as error:
         return error.code, json.loads(error.read() or b"{}")
+
+
+def _stored_text(app, document_id: str) -> str:
+    with database(app).read() as session:
+        return session.get(Document, document_id).text
+
+
+def test_a_documents_text_is_stored_once_in_its_passages(app, client):
+    """The text is kept on the document only while it waits to be indexed."""
+    small = client.post("/api/documents", json={"title": "Small", "text": "Marmots whistle."})
+    assert small.status_code == 201
+    assert _stored_text(app, small.json["id"]) == ""
+    text = large_text("potoroo")
+    document_id, lease = _accepted(app, text, lease_seconds=60)
+    assert _stored_text(app, document_id) == knowledge.normalise(text)  # to index from
+    knowledge.index(database(app), document_id, lease, 60)
+    assert client.get(f"/api/documents/{document_id}").json["status"] == "ready"
+    assert _stored_text(app, document_id) == ""
+    with database(app).read() as session:
+        assert [hit.document_id for hit in knowledge.search(session, "potoroo")] == [document_id]
+    # The same text again is still the same document (its hash is kept).
+    again = client.post("/api/documents", json={"title": "Again", "text": text})
+    assert (again.status_code, again.json["id"]) == (200, document_id)
+
+
+def test_boilerplate_shared_by_many_documents_is_cited_once(client):
+    footer = "Report bugs to the maintainers of the marmot observatory mailing list."
+    for n in range(6):
+        body = f"# Burrow {n}\n\nBurrow {n} has {n + 2} entrances.\n\n## Bugs\n\n{footer}\n"
+        response = client.post("/api/documents", json={"title": f"Burrow {n}", "text": body})
+        assert response.status_code == 201
+    unique = "The marmot observatory mailing list meets on Mondays to report sightings."
+    response = client.post("/api/documents", json={"title": "Observatory", "text": unique})
+    assert response.status_code == 201
+    with database(client.application).read() as session:
+        hits = knowledge.search(session, "report bugs marmot observatory mailing list", k=5)
+    snippets = [" ".join(hit.snippet.split()) for hit in hits]
+    assert len(snippets) == len(set(snippets)), snippets  # the footer once, not six times
+    assert sum(footer in snippet for snippet in snippets) == 1, snippets
+    assert any("meets on Mondays" in snippet for snippet in snippets), snippets

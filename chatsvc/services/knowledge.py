@@ -98,9 +98,9 @@ def ingest(
         return existing, False
     session.rollback()  # no snapshot held across the split
     parts = chunking.split(title, text)
-    document, created = _store_document(session, title, text, url, meta, READY)
+    count = sum(len(part.passages) for part in parts)
+    document, created = _store_document(session, title, text, url, meta, READY, count)
     if created:
-        document.chunk_count = sum(len(part.passages) for part in parts)
         _store_passages(session, document.id, parts)
     session.commit()
     return document, created
@@ -133,15 +133,19 @@ def _store_document(
     url: str | None,
     meta: dict[str, Any] | None,
     status: str,
+    chunk_count: int = 0,
     lease_until: datetime | None = None,
 ) -> tuple[Document, bool]:
+    """The new document's row, or the one stored with the same text. Its text is kept only
+    while it is to be indexed (`indexing`): once indexed, the passages hold it."""
     digest = content_hash(text)
     existing = _by_hash(session, digest)
     if existing is not None:
         return existing, False
     document = Document(
-        title=title, url=url, meta=meta or {}, content_hash=digest, text=text,
-        chunk_count=0, status=status, lease_until=lease_until,
+        title=title, url=url, meta=meta or {}, content_hash=digest,
+        text=text if status == INDEXING else "", chunk_count=chunk_count, status=status,
+        lease_until=lease_until,
     )  # fmt: skip
     session.add(document)
     try:
@@ -195,7 +199,9 @@ def index(database: Database, document_id: str, lease: datetime, lease_seconds: 
         lease = _index(database, document_id, parts, lease, lease_seconds)
         with database.transaction() as session:
             count = sum(len(part.passages) for part in parts)
-            _renew(session, document_id, lease, None, status=READY, chunk_count=count)
+            # The text is kept while it may have to be indexed again (a dead worker's job is
+            # taken over from it); once indexed, it lives in its passages only.
+            _renew(session, document_id, lease, None, status=READY, chunk_count=count, text="")
     except (_Lost, IntegrityError):  # deleted (its passages' foreign key) or taken over
         log.info("indexing document %s stopped: deleted or taken over", document_id)
     except Exception as error:
@@ -536,11 +542,18 @@ def find(session: Session, query: str, k: int = 5) -> Found:
 
 def _spread(ranked: list[tuple[Any, float]], k: int) -> list[tuple[Any, float]]:
     """The k best, at most one passage per document while other documents are left: three
-    passages of one page (or the same boilerplate in many) say less than three pages do."""
+    passages of one page say less than three pages do. A passage whose words repeat one ranked
+    above it (boilerplate that many documents share: "Report bugs to …", a licence) is left out
+    altogether: citing the same text twice says nothing more, and it would crowd out the rest."""
     first: list[int] = []
     rest: list[int] = []
     seen: set[str] = set()
+    said: set[str] = set()
     for n, (row, _) in enumerate(ranked):
+        words = " ".join(row.text.casefold().split())
+        if words in said:
+            continue
+        said.add(words)
         (rest if row.document_id in seen else first).append(n)
         seen.add(row.document_id)
     return [ranked[n] for n in sorted((first + rest)[:k])]
