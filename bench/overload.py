@@ -88,7 +88,8 @@ async def one_stream(port: int, number: int, out: list[dict]) -> None:
         writer.write(
             f"POST /api/bench-{number}/chat HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n".encode() + body
+            "Connection: close\r\n\r\n".encode()
+            + body
         )
         status = await asyncio.wait_for(reader.readline(), 60)
         result["status"] = int(status.split()[1])
@@ -100,7 +101,7 @@ async def one_stream(port: int, number: int, out: list[dict]) -> None:
                 result["end"] = line.split(b": ")[1].strip().decode()
                 break
         writer.close()
-    except (OSError, asyncio.TimeoutError) as error:
+    except (TimeoutError, OSError) as error:
         result["error"] = type(error).__name__
     out.append(result)
 
