@@ -314,7 +314,7 @@ def test_on_gunicorn_two_streams_are_admitted_and_the_third_turn_is_refused(
         frame = json.loads(ws.recv())
         assert time.monotonic() - started < AT_ONCE
         assert frame["event"] == "error" and frame["data"]["code"] == "overloaded"
-        assert frame["data"]["status"] == 503
+        assert frame["data"]["status"] == 503 and frame["data"]["retry_after"] == 2
     finally:
         ws.close()
     scraped = metrics(server.url)
