@@ -30,7 +30,7 @@ from chatsvc.auth import create_token
 SECRET = "o" * 40
 ASYNC = {"Prefer": "respond-async"}
 SSE = {"Accept": "text/event-stream"}
-STORY = " ".join(f"word{n}" for n in range(60))  # 60 chunks: 3 s at 50 ms a chunk
+STORY = " ".join(f"word{n}" for n in range(100))  # 100 chunks: 5 s at 50 ms a chunk
 AT_ONCE = 1.0  # seconds: a refusal waits for nothing (the admitted turns take seconds)
 
 

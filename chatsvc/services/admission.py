@@ -68,10 +68,6 @@ class Admission:
         self._lock = threading.Lock()
         self._watch: threading.Thread | None = None
 
-    @property
-    def lag_ms(self) -> float:
-        return self._lag * 1000
-
     def admit(self) -> Slot:
         """A place for one new turn, or 503 `overloaded` at once. A worker that streams no turn
         admits one whatever its lag: there is no stream its lag could slow."""
