@@ -15,6 +15,7 @@ from .agent import build_agent
 from .agent.base import Agent
 from .api import docs, sse, websocket
 from .extensions import migrate
+from .services.admission import Admission, Metrics
 from .services.events import EventLog
 from .services.turns import TurnEngine
 
@@ -51,7 +52,16 @@ def create_app(config: dict[str, Any] | None = None, *, agent: Agent | None = No
         observe=observability.record_turn,
         events=EventLog.open(turn_settings, db.database(app)),
         render=sse.named_event,
-    )
+        admission=Admission(
+            turn_settings.max_streams_per_worker, turn_settings.overload_lag_ms,
+            turn_settings.overload_retry_after_seconds,
+            Metrics(
+                refused=observability.record_refusal,
+                in_flight=observability.TURNS_IN_FLIGHT.inc,
+                lag=observability.EVENT_LOOP_LAG.set,
+            ),
+        ),
+    )  # fmt: skip
     rest.init_app(app)
     api = Api(app)  # flask-smorest keeps one spec per Api: one Api per app
     schemas.document_running_limits(api, app.config)

@@ -67,6 +67,15 @@ class Config:
     # often while it runs turns (one query per worker, not per turn).
     TURN_CANCEL_POLL_SECONDS = 0.5
     WS_IDLE_SECONDS = 300.0  # a WebSocket with no frame from its client for this long is closed
+    # Admission (contract §1, `overloaded`): a worker refuses a new turn (503 with Retry-After)
+    # rather than slow the turns it already streams: when it runs this many turns already
+    # (0: no limit; 500 = half of WORKER_CONNECTIONS, the P7 goal of 1,000 streams on two
+    # workers), or while it streams and its event loop wakes later than OVERLOAD_LAG_MS
+    # (smoothed; 0: off). Off in development: a laptop lags for reasons of its own (a build, a
+    # debugger). bench/RESULTS.md, "Admission", has the measurements behind 25 ms.
+    MAX_STREAMS_PER_WORKER = 500
+    OVERLOAD_LAG_MS = 0.0
+    OVERLOAD_RETRY_AFTER_SECONDS = 2
 
     # Auth.
     AUTH_MODE = "optional"
@@ -161,6 +170,10 @@ class Config:
             raise ConfigError(
                 "TURN_EVENTS_FLUSH_MS must be 0 or more, TURN_EVENTS_POLL_SECONDS positive"
             )
+        if settings["MAX_STREAMS_PER_WORKER"] < 0 or settings["OVERLOAD_LAG_MS"] < 0:
+            raise ConfigError("MAX_STREAMS_PER_WORKER and OVERLOAD_LAG_MS must be 0 (off) or more")
+        if not 1 <= settings["OVERLOAD_RETRY_AFTER_SECONDS"] <= 600:
+            raise ConfigError("OVERLOAD_RETRY_AFTER_SECONDS must be between 1 and 600")
         if settings["LOG_FORMAT"] not in {"json", "text"}:
             raise ConfigError("LOG_FORMAT must be 'json' or 'text'")
         rollover = [key.strip() for key in settings["JWT_SECRETS"].split(",") if key.strip()]
@@ -190,6 +203,7 @@ class ProductionConfig(Config):
     AUTH_MODE = "required"
     ALLOW_ANONYMOUS_SESSIONS = False
     CORS_ORIGINS = ""  # a deployment names its frontends
+    OVERLOAD_LAG_MS = 25.0  # half a 20-tokens-a-second stream's 50 ms cadence
 
     @classmethod
     def validate(cls, settings: Mapping[str, Any]) -> None:
@@ -258,6 +272,9 @@ class TurnSettings:
     events_flush_ms: float = 10.0
     events_poll_seconds: float = 0.2
     cancel_poll_seconds: float = 0.5  # how often a worker checks its turns' cancel flags
+    max_streams_per_worker: int = 0  # 0: no limit
+    overload_lag_ms: float = 0.0  # 0: the lag watch is off
+    overload_retry_after_seconds: int = 2
 
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> TurnSettings:
@@ -277,6 +294,9 @@ class TurnSettings:
             events_flush_ms=float(config["TURN_EVENTS_FLUSH_MS"]),
             events_poll_seconds=float(config["TURN_EVENTS_POLL_SECONDS"]),
             cancel_poll_seconds=float(config["TURN_CANCEL_POLL_SECONDS"]),
+            max_streams_per_worker=int(config["MAX_STREAMS_PER_WORKER"]),
+            overload_lag_ms=float(config["OVERLOAD_LAG_MS"]),
+            overload_retry_after_seconds=int(config["OVERLOAD_RETRY_AFTER_SECONDS"]),
         )
 
     def lifetimes(self) -> dict[str, int]:

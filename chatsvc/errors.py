@@ -131,6 +131,22 @@ class UpstreamFailure(ApiError):
         self.status = self.STATUSES[self.code]
 
 
+class Overloaded(ApiError):
+    """A new turn refused so that the turns this worker already streams keep their cadence."""
+
+    status, code = 503, "overloaded"
+    DETAILS = {
+        "streams": "This server is streaming as many answers as it takes at once",
+        "lag": "This server is too busy to take another answer without slowing the others",
+    }
+
+    def __init__(self, reason: str, retry_after: int) -> None:
+        super().__init__(
+            f"{self.DETAILS[reason]}; retry after Retry-After seconds.",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
 class TurnInterrupted(ApiError):
     status, code = 503, "interrupted"
     detail = (

@@ -88,6 +88,24 @@ TURNS_STUCK = Gauge(
     "Turns pending for longer than TURN_STALE_SECONDS (a crashed worker; read at each scrape).",
     multiprocess_mode="livemax",
 )
+# Admission (services/admission.py): turns refused, by reason, and what the refusals read.
+TURNS_REFUSED = Counter(
+    "chatsvc_turns_refused_total",
+    "New turns refused with 503 overloaded, by reason: streams (MAX_STREAMS_PER_WORKER in "
+    "flight) or lag (the event loop later than OVERLOAD_LAG_MS).",
+    ["reason"],
+)
+TURNS_IN_FLIGHT = Gauge(
+    "chatsvc_turns_in_flight", "Turns running now (admitted, not yet stored).",
+    multiprocess_mode="livesum",
+)  # fmt: skip
+EVENT_LOOP_LAG = Gauge(
+    "chatsvc_event_loop_lag_seconds",
+    "How late a worker's event loop wakes (smoothed; the most lagging worker) while it runs turns.",
+    multiprocess_mode="livemax",
+)
+for _reason in ("streams", "lag"):
+    TURNS_REFUSED.labels(_reason)  # both series exist from the start, at 0
 
 
 # Metric labels come from fixed sets; anything else is "other" (a label per random method name
@@ -395,6 +413,11 @@ def _read_turn_gauges() -> None:
         return
     TURNS_PENDING.set(total)
     TURNS_STUCK.set(stuck)
+
+
+def record_refusal(reason: str) -> None:
+    """A new turn refused (503 overloaded): `streams` or `lag` (services/admission.py)."""
+    TURNS_REFUSED.labels(reason).inc()
 
 
 def record_failure(code: str) -> None:

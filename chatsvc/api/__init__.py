@@ -39,17 +39,33 @@ class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = _Parser()
 
 
-def problems(bp: Blueprint, *statuses: int) -> Callable[[Any], Any]:
-    """Document the problem responses an operation can return."""
+# What a turn route's 503 means (contract §1), and the header a client retries by.
+TURN_UNAVAILABLE = {
+    "description": "Service Unavailable: `overloaded` (this server takes no new turn now, so "
+    "that the answers it streams keep their pace: retry after `Retry-After` seconds), "
+    "`upstream_busy` (the model provider is busy) or `unavailable` (the database is).",
+    "headers": {
+        "Retry-After": {
+            "description": "Seconds to wait before sending the request again.",
+            "schema": {"type": "integer", "minimum": 0},
+        }
+    },
+}
+TURN_DOCS = {503: TURN_UNAVAILABLE}
+
+
+def problems(
+    bp: Blueprint, *statuses: int, docs: dict[int, dict[str, Any]] | None = None
+) -> Callable[[Any], Any]:
+    """Document the problem responses an operation can return (`docs`: a status's own
+    description and headers, where its phrase says too little)."""
 
     def decorate(view: Any) -> Any:
         for status in statuses:
-            view = bp.alt_response(
-                status,
-                schema=ProblemSchema,
-                content_type=PROBLEM_JSON,
-                description=HTTPStatus(status).phrase,
-            )(view)
+            own = {"description": HTTPStatus(status).phrase, **(docs or {}).get(status, {})}
+            view = bp.alt_response(status, schema=ProblemSchema, content_type=PROBLEM_JSON, **own)(
+                view
+            )
         return view
 
     return decorate

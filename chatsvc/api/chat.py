@@ -21,7 +21,7 @@ from ..schemas import (
 from ..services.conversations import SESSION, USER, Access
 from ..services.knowledge import Scope
 from ..services.turns import IdempotencyKey, TurnEngine, TurnHandle, TurnRequest
-from . import Blueprint, accepted, problems, sse
+from . import TURN_DOCS, Blueprint, accepted, problems, sse
 
 bp = Blueprint("chat", __name__, url_prefix="/api", description="Chat turns.")
 
@@ -35,7 +35,7 @@ BACKGROUND = "With `Prefer: respond-async`: the turn runs in the background."
 @bp.arguments(ChatHeadersSchema, location="headers")
 @bp.response(200, TurnSchema)
 @bp.alt_response(202, schema=TurnAcceptedSchema, description=BACKGROUND)
-@problems(bp, *TURN_ERRORS)
+@problems(bp, *TURN_ERRORS, docs=TURN_DOCS)
 def chat_as_user(body: dict[str, Any], headers: dict[str, Any], user_id: str) -> Any:
     """Send a message to the Todo assistant, in a new or an existing conversation."""
     access = auth.user_access(user_id)
@@ -47,7 +47,7 @@ def chat_as_user(body: dict[str, Any], headers: dict[str, Any], user_id: str) ->
 @bp.arguments(ChatHeadersSchema, location="headers")
 @bp.response(200, TurnSchema)
 @bp.alt_response(202, schema=TurnAcceptedSchema, description=BACKGROUND)
-@problems(bp, *TURN_ERRORS)
+@problems(bp, *TURN_ERRORS, docs=TURN_DOCS)
 def start_session(body: dict[str, Any], headers: dict[str, Any]) -> Any:
     """Start a knowledge session with its first message."""
     return _turn(auth.session_access(), SESSION, body, headers)
@@ -58,7 +58,7 @@ def start_session(body: dict[str, Any], headers: dict[str, Any]) -> Any:
 @bp.arguments(ChatHeadersSchema, location="headers")
 @bp.response(200, TurnSchema)
 @bp.alt_response(202, schema=TurnAcceptedSchema, description=BACKGROUND)
-@problems(bp, *TURN_ERRORS, 410)
+@problems(bp, *TURN_ERRORS, 410, docs=TURN_DOCS)
 def continue_session(body: dict[str, Any], headers: dict[str, Any], session_id: str) -> Any:
     """Send the next message of a knowledge session."""
     return _turn(auth.session_access(), SESSION, body, headers, session_id)

@@ -441,8 +441,13 @@ class _Socket:
         self.ws.send(text)
 
     def _error(self, error: ApiError) -> None:
-        """An `error` event about a frame that started no turn (its id is null)."""
-        body = problem_body(error.status, error.code, error.detail, **error.extra)
+        """An `error` event about a frame that started no turn (its id is null). A socket has no
+        headers: a Retry-After (503 `overloaded`, `unavailable`) travels as `retry_after`."""
+        extra = dict(error.extra)
+        retry = error.headers.get("Retry-After", "")
+        if retry.isdigit():
+            extra.setdefault("retry_after", int(retry))
+        body = problem_body(error.status, error.code, error.detail, **extra)
         self._send("error", None, body)
 
     def _close(self, code: int, reason: str) -> None:

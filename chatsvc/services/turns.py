@@ -3,8 +3,9 @@
     handle = engine.take(TurnRequest(...))      idempotency look-up; unit of work 1
     handle.result()  or  handle.events(wait)    the agent runs (no connection held); unit of work 2
 
-take     replays a completed idempotent attempt, or claims the conversation, reads its context
-         and stores the user message with a pending reply (unit of work 1)
+take     replays a completed idempotent attempt, or admits a new turn (503 `overloaded` when
+         this worker cannot take one more: services/admission.py), claims the conversation,
+         reads its context and stores the user message with a pending reply (unit of work 1)
 run      the agent, with the turn's toolbox (each tool call is its own short unit of work)
 finish   stores the reply's outcome with its citations, frees the conversation, settles the
          idempotency key (unit of work 2)
@@ -25,6 +26,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -61,6 +63,7 @@ from ..errors import (
 )
 from ..models import Conversation, Message, MessageStatus, Role, new_id
 from . import conversations, idempotency, quotas
+from .admission import Admission, Slot
 from .cancels import Cancels, StopReason, StopSignal, stoppable
 from .conversations import Access
 from .events import Event, EventLog, TurnWriter
@@ -169,6 +172,7 @@ class _Pending:
     done: list[Done] = field(default_factory=list)  # tool calls earlier attempts executed
     timings: dict[str, float] = field(default_factory=lambda: {"db": 0.0, "agent": 0.0})
     stop: StopSignal = field(default_factory=StopSignal)  # a cancel, from anywhere
+    slot: Slot | None = None  # its place among the worker's turns in flight, until it ends
 
 
 class TurnEngine:
@@ -184,6 +188,7 @@ class TurnEngine:
         observe: Callable[[TurnResult, list[str]], None] | None = None,
         events: EventLog | None = None,
         render: Render | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.database = database
         self.agent = agent
@@ -193,6 +198,10 @@ class TurnEngine:
         self.cancels = Cancels(database, settings.cancel_poll_seconds, settings.events_redis_url)
         self.events = events
         self.render = render  # with `events`: streamed turns are logged
+        self.admission = admission or Admission(
+            settings.max_streams_per_worker, settings.overload_lag_ms,
+            settings.overload_retry_after_seconds,
+        )  # fmt: skip
 
     # The event log -------------------------------------------------------------------------
 
@@ -247,15 +256,23 @@ class TurnEngine:
         self.interrupted(failed)
 
     def take(self, request: TurnRequest) -> TurnHandle:
-        """Replay the turn an idempotent retry asks for, or start a new one: 409 while another
-        turn holds the conversation, 404/410 for one the caller cannot use."""
+        """Replay the turn an idempotent retry asks for, or start a new one: 503 `overloaded`
+        when this worker cannot take one more (nothing is stored: a retry with the same key
+        starts it later), 409 while another turn holds the conversation, 404/410 for one the
+        caller cannot use."""
         attempt = self._attempt(request.idempotency)
         if attempt is not None:
             with self.database.read() as session:
                 replay = idempotency.look_up(session, attempt)
             if replay is not None:
                 return TurnHandle(self, self.stored(replay), None)
-        pending = self._begin(request, attempt)
+        slot = self.admission.admit()
+        try:
+            pending = self._begin(request, attempt)
+        except BaseException:
+            slot.release()
+            raise
+        pending.slot = slot
         return TurnHandle(self, None, pending)
 
     def stored(self, message_id: str) -> TurnResult:
@@ -495,6 +512,8 @@ class TurnEngine:
         finally:
             self.leases.release(message_id)
             self.cancels.unregister(message_id)
+            if pending.slot is not None:
+                pending.slot.release()
             close = getattr(events, "close", None)
             if close is not None:
                 close()  # stops the provider's stream when the client has gone
@@ -617,6 +636,9 @@ class TurnHandle:
         # set: the run stops (its reader has gone, a cancel came from anywhere)
         self._stop = pending.stop if pending is not None else StopSignal()
         self._started = False
+        if pending is not None and pending.slot is not None:
+            # A handle dropped without running (its transport failed first) gives its place back.
+            weakref.finalize(self, pending.slot.release)
 
     @property
     def replayed(self) -> bool:
@@ -713,6 +735,8 @@ class TurnHandle:
         the log (when the engine keeps one) and to `feed`."""
         assert self._pending is not None and not self._started, "a turn runs once"
         self._started = True
+        if self._pending.slot is not None:
+            self._pending.slot.stream()
         engine = self._engine
         logged = engine.events is not None and engine.render is not None
         writer = engine.events.writer(self._pending.started.message_id) if logged else None

@@ -29,7 +29,7 @@ from ...schemas import IdempotencyHeadersSchema
 from ...services import replies
 from ...services.conversations import SESSION, USER, Access
 from ...services.turns import IdempotencyKey, TurnEngine, TurnHandle, TurnRequest, TurnResult
-from .. import Blueprint
+from .. import TURN_DOCS, Blueprint
 from ..chat import REPLAYED, idempotency_for
 from ..sse import EVENT_STREAM, NO_BUFFERING
 from . import render
@@ -80,14 +80,13 @@ class UnsupportedParameter(ApiError):
         super().__init__(detail, param=param)
 
 
-def openai_errors(*statuses: int) -> Any:
+def openai_errors(*statuses: int, docs: dict[int, dict[str, Any]] | None = None) -> Any:
     """Document the error responses an operation can return, in OpenAI's envelope."""
 
     def decorate(view: Any) -> Any:
         for status in statuses:
-            view = bp.alt_response(
-                status, schema=OpenAIErrorSchema, description=HTTPStatus(status).phrase
-            )(view)
+            own = {"description": HTTPStatus(status).phrase, **(docs or {}).get(status, {})}
+            view = bp.alt_response(status, schema=OpenAIErrorSchema, **own)(view)
         return view
 
     return decorate
@@ -136,7 +135,7 @@ def streamed(schema: str, description: str) -> dict[str, Any]:
         "objects as Server-Sent Events, ending with `data: [DONE]`.",
     )
 )  # fmt: skip
-@openai_errors(*TURN_ERRORS)
+@openai_errors(*TURN_ERRORS, docs=TURN_DOCS)
 def create_chat_completion(body: dict[str, Any], headers: dict[str, Any]) -> Any:
     """Chat Completions: the request's messages are the context; one stored turn."""
     _refuse_unsupported_chat(body)
@@ -167,7 +166,7 @@ def create_chat_completion(body: dict[str, Any], headers: dict[str, Any]) -> Any
         "`response.failed`).",
     )
 )  # fmt: skip
-@openai_errors(*TURN_ERRORS)
+@openai_errors(*TURN_ERRORS, docs=TURN_DOCS)
 def create_response(body: dict[str, Any], headers: dict[str, Any]) -> Any:
     """Responses: continues chatsvc's stored conversation (previous_response_id, conversation)."""
     _refuse_unsupported_response(body)

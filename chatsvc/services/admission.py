@@ -1,0 +1,140 @@
+"""Admission: a worker refuses a new turn (503 `overloaded` with Retry-After, contract §1) when
+taking it would slow the turns it already runs, instead of letting every stream slow together.
+
+A turn is refused at once when the worker already runs MAX_STREAMS_PER_WORKER turns, or when
+it streams turns and its event loop lags: a watch thread (a greenlet under gevent) sleeps
+LAG_INTERVAL and measures how late it wakes; a smoothed lateness over OVERLOAD_LAG_MS means
+the worker's CPU cannot keep its streams' cadence. Lag refuses nothing while no turn streams
+(turns answered as one JSON body have no cadence to keep: a burst of them queues, as before).
+The cost per turn is a counter under a lock, never a query.
+
+Admission      the worker's count of turns in flight and its lag watch; `admit()` gives a Slot
+Slot           one admitted turn's place: `stream()` when its events are read as they come
+               (SSE, WebSocket, a background turn's log), given back once (`release`)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from ..errors import Overloaded
+
+
+class Refusal(StrEnum):
+    """Why a turn was refused: the fixed label set of `chatsvc_turns_refused_total`."""
+
+    STREAMS = "streams"  # MAX_STREAMS_PER_WORKER turns in flight already
+    LAG = "lag"  # the event loop is late by more than OVERLOAD_LAG_MS
+
+
+# The watch wakes this often (seconds): 20 wake-ups a second cost nothing measurable, and a
+# loop late by more than a stream's 50 ms cadence shows within a few of them.
+LAG_INTERVAL = 0.05
+# Each wake-up's lateness moves the smoothed lag by this share: one late wake-up (a GC pause)
+# is not a trend; a loop that stays late crosses the threshold within ~0.2 s.
+LAG_WEIGHT = 0.25
+# The watch stops after this long with no turn streaming (and its lag reads 0 again): a worker
+# that streams nothing runs no timer.
+LINGER_SECONDS = 5.0
+
+
+@dataclass
+class Metrics:
+    """What admission reports (observability's Prometheus metrics, wired by create_app)."""
+
+    refused: Callable[[str], None] = lambda reason: None  # a Refusal's value
+    in_flight: Callable[[int], None] = lambda delta: None  # +1 admitted, -1 released
+    lag: Callable[[float], None] = lambda seconds: None  # the smoothed lag, at each wake-up
+
+
+class Admission:
+    """One worker's admission of turns. `limit` 0 admits any number; `lag_ms` 0 turns the lag
+    watch off."""
+
+    def __init__(
+        self, limit: int, lag_ms: float, retry_after: int, metrics: Metrics | None = None
+    ) -> None:
+        self.limit = limit
+        self.lag_threshold = lag_ms / 1000
+        self.retry_after = retry_after
+        self.metrics = metrics or Metrics()
+        self.in_flight = 0
+        self.streaming = 0  # of those in flight, the turns whose events are read as they come
+        self._lag = 0.0  # seconds, smoothed
+        self._lock = threading.Lock()
+        self._watch: threading.Thread | None = None
+
+    def admit(self) -> Slot:
+        """A place for one new turn, or 503 `overloaded` at once. A worker that streams no turn
+        admits one whatever its lag: there is no stream its lag could slow."""
+        with self._lock:
+            if self.limit and self.in_flight >= self.limit:
+                refusal: Refusal | None = Refusal.STREAMS
+            elif self.streaming and self._lag > self.lag_threshold > 0:
+                refusal = Refusal.LAG
+            else:
+                refusal = None
+                self.in_flight += 1
+        if refusal is not None:
+            self.metrics.refused(refusal.value)
+            raise Overloaded(refusal.value, self.retry_after)
+        self.metrics.in_flight(1)
+        return Slot(self)
+
+    def _stream(self) -> None:
+        with self._lock:
+            self.streaming += 1
+            if self.lag_threshold and self._watch is None:
+                self._watch = threading.Thread(
+                    target=self._measure, name="admission-lag", daemon=True
+                )
+                self._watch.start()
+
+    def _release(self, streamed: bool) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            self.streaming -= streamed
+        self.metrics.in_flight(-1)
+
+    def _measure(self) -> None:
+        """The lag watch: how late each sleep of LAG_INTERVAL ends, smoothed."""
+        idle = 0.0
+        while True:
+            before = time.monotonic()
+            time.sleep(LAG_INTERVAL)
+            late = max(0.0, time.monotonic() - before - LAG_INTERVAL)
+            with self._lock:
+                self._lag += LAG_WEIGHT * (late - self._lag)
+                idle = 0.0 if self.streaming else idle + LAG_INTERVAL + late
+                if idle >= LINGER_SECONDS:
+                    self._lag = 0.0
+                    self._watch = None
+            self.metrics.lag(self._lag)
+            if idle >= LINGER_SECONDS:
+                return
+
+
+class Slot:
+    """An admitted turn's place in its worker: released once, when the turn's run is over (or
+    when the turn never started: its unit of work failed, its handle was dropped unrun)."""
+
+    __slots__ = ("_admission", "_streamed")
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission: Admission | None = admission
+        self._streamed = False
+
+    def stream(self) -> None:
+        """The turn's events are read as they come: its worker's lag now matters."""
+        if self._admission is not None and not self._streamed:
+            self._streamed = True
+            self._admission._stream()
+
+    def release(self) -> None:
+        admission, self._admission = self._admission, None
+        if admission is not None:
+            admission._release(self._streamed)
