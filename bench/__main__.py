@@ -29,7 +29,7 @@ from typing import TypeVar
 
 from chatsvc.auth import create_token
 
-from . import harness, seed, streams
+from . import harness, resume, seed, streams
 from .harness import Service, Settings
 
 T = TypeVar("T")
@@ -460,6 +460,48 @@ class Bench:
             _wait_quiet(service)
         return found
 
+    def p8_resume(self) -> None:
+        """Issue 17's resume latency: P8_STREAMS streamed turns of long, slow answers; each
+        client drops its connection once every turn is streaming, waits half a second and resumes
+        with Last-Event-ID (bench/resume.py). Per event-log store asked for (`--events`;
+        database is the default store)."""
+        llm = harness.start_fake_llm(0, P7_FIRST_TOKEN_MS, P8_TOKENS, P8_INTERVAL_MS)
+        self.started.append(llm)
+        token = create_token(P7_USER, secret=BENCH_SECRET, ttl=timedelta(hours=3))
+        ramp_s = 5.0
+        drop_after = int(ramp_s * 1000 / P8_INTERVAL_MS)  # the last turn started by then
+        for mode in [m for m in self.events if m != "memory"] or ["database"]:
+            extra = events_env(mode)
+            if extra is None:
+                self.report.verdict(f"P8 log {mode}: not measured (set BENCH_REDIS_URL)")
+                continue
+            svc = self.chatsvc(llm, JWT_SECRET=BENCH_SECRET, **extra)
+            plan = resume.ResumePlan(
+                svc.port, P8_STREAMS, time.monotonic() + 0.5, ramp_s, token, P7_USER,
+                drop_after=drop_after, spread=20,
+            )  # fmt: skip
+            found = resume.measure(plan).summary()
+            kinds = ", ".join(f"{k} {n}" for k, n in found["failure_kinds"].items())
+            note = (
+                f"{found['ok']} of {P8_STREAMS} exactly once, in order, text = stored reply; "
+                f"{found['failures']} failed{f' ({kinds})' if kinds else ''}; "
+                f"{found['events_after_resume']} events after the resumes"
+            )
+            self.report.add(
+                Row("P8", f"resume with {P8_STREAMS} streaming (log: {mode})",
+                    found["resumes"], 0.0, found["resume_p50_ms"], found["resume_p95_ms"],
+                    found["resume_max_ms"], found["failures"], 0.0, note=note)
+            )  # fmt: skip
+            state = "met" if found["resume_p95_ms"] <= 20 and found["failures"] == 0 else "MISSED"
+            self.report.verdict(
+                f"P8 (log: {mode}) resume → first missed event p50/p95 "
+                f"{found['resume_p50_ms']:.1f}/{found['resume_p95_ms']:.1f} ms (p95 ≤ 20) with "
+                f"{P8_STREAMS} turns streaming; {found['ok']}/{P8_STREAMS} exactly once and in "
+                f"order with the stored text (all): {state}"
+            )
+            self._stop(svc)
+        self.stop_all()
+
 
 LONG_WORDS = 200  # chunks of the long answers P5 measures the CPU per delta with
 
@@ -498,6 +540,9 @@ def cpu_per_delta(service: Service, count: int, concurrency: int) -> float:
 P7_TOKENS, P7_INTERVAL_MS, P7_FIRST_TOKEN_MS = 100, 50, 50  # a 5 s answer at 20 tokens/s
 P7_LEVELS, P7_QUICK_LEVELS = (100, 250, 500, 1000, 2000), (100, 500)
 P7_USER = "bench-p7"
+# P8: 500 live turns of 20 s answers at 5 tokens/s (slow: P7 measures the CPU at 20/s; here
+# the server must not be saturated, or the resume waits for CPU, not for the log).
+P8_STREAMS, P8_TOKENS, P8_INTERVAL_MS = 500, 100, 200
 # Holding the cadence: gap p99 at most two token intervals, TTFD p99 ≤ 1 s, no failure.
 P7_GAP_MS, P7_TTFD_MS = 2 * P7_INTERVAL_MS, 1000
 P7_GOAL_STREAMS, P7_GOAL_US = 1000, 100  # issue 22's goals: 1,000 streams, ≤ 100 µs a delta
@@ -739,6 +784,7 @@ SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "P5": Bench.p5_streaming,
     "P6": Bench.p6_openai_facade,
     "P7": Bench.p7_streams,
+    "P8": Bench.p8_resume,
 }
 
 
@@ -757,7 +803,7 @@ def main() -> None:
     parser.add_argument("--output", default=str(harness.REPO / "bench" / "RESULTS.md"))
     parser.add_argument(
         "--events", default="database",
-        help="P5: event-log stores to measure, comma-separated: memory (no store: the "
+        help="P5, P8: event-log stores to measure, comma-separated: memory (no store: the "
         "baseline), database, redis (needs BENCH_REDIS_URL or TEST_REDIS_URL)",
     )  # fmt: skip
     args = parser.parse_args()
