@@ -40,6 +40,7 @@ class ResumePlan:
 @dataclass
 class ResumeTally:
     resume: Counter = field(default_factory=Counter)  # tenths of a ms
+    first_delta: Counter = field(default_factory=Counter)  # the turns' own TTFD: the load
     ok: int = 0
     failures: Counter = field(default_factory=Counter)
     replayed: int = 0  # events the resumes replayed or followed
@@ -51,7 +52,10 @@ class ResumeTally:
             "failure_kinds": dict(self.failures), "events_after_resume": self.replayed,
             "resume_p50_ms": percentile(self.resume, 0.5),
             "resume_p95_ms": percentile(self.resume, 0.95),
+            "resume_p99_ms": percentile(self.resume, 0.99),
             "resume_max_ms": max(self.resume, default=0) * BUCKET_MS,
+            "ttfd_p50_ms": percentile(self.first_delta, 0.5),
+            "ttfd_p95_ms": percentile(self.first_delta, 0.95),
         }  # fmt: skip
 
 
@@ -81,13 +85,16 @@ async def _frames(reader: asyncio.StreamReader, response: ResponseReader) -> Any
             raise TurnFailed(f"status {response.status}")
 
 
-async def _start(plan: ResumePlan, number: int, drop_after: int) -> tuple[dict, int, list[str]]:
+async def _start(
+    plan: ResumePlan, tally: ResumeTally, number: int, drop_after: int
+) -> tuple[dict, int, list[str]]:
     """The turn, read up to its drop point; returns its meta, its last id and its text."""
     body = json.dumps({"message": f"resume please {number}-{time.monotonic_ns():x}"}).encode()
     head = (
         f"POST /api/{plan.user}/chat HTTP/1.1\r\nContent-Type: application/json\r\n"
         "Accept: text/event-stream"
     )
+    sent = time.monotonic()
     reader, writer = await _request(plan, head, body)
     meta, last, text = {}, 0, []
     try:
@@ -96,6 +103,8 @@ async def _start(plan: ResumePlan, number: int, drop_after: int) -> tuple[dict, 
             if name == "meta":
                 meta = json.loads(data)
             elif name == "delta":
+                if not text:
+                    tally.first_delta[_bucket(time.monotonic() - sent)] += 1
                 text.append(json.loads(data)["text"])
                 if len(text) >= drop_after:
                     return meta, last, text
@@ -155,7 +164,9 @@ async def client(plan: ResumePlan, tally: ResumeTally, number: int) -> None:
     await _sleep_until(plan.start_at + plan.ramp_s * number / plan.concurrency)
     drop_after = plan.drop_after + number % max(1, plan.spread)
     try:
-        meta, last, before = await asyncio.wait_for(_start(plan, number, drop_after), TIMEOUT_S)
+        meta, last, before = await asyncio.wait_for(
+            _start(plan, tally, number, drop_after), TIMEOUT_S
+        )
         await asyncio.sleep(plan.pause_s)
         after, response = await asyncio.wait_for(_resume(plan, tally, meta, last), TIMEOUT_S)
         if "".join(before + after) != response:
