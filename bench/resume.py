@@ -129,11 +129,14 @@ async def _resume(
     text, expected, first = [], last + 1, True
     try:
         async for name, event_id, data in _frames(reader, ResponseReader()):
+            first_seen = not first
             if first:
                 tally.resume[_bucket(time.monotonic() - sent)] += 1
                 first = False
-            if int(event_id) != expected:
-                raise TurnFailed("out of order or repeated")
+            if int(event_id) != expected:  # a repeat (id below) or a skip (id above)
+                how = "repeated" if int(event_id) < expected else "skipped"
+                gap = "" if first_seen else " (at the first event)"
+                raise TurnFailed(f"event {how}{gap}")
             expected += 1
             tally.replayed += 1
             if name == "delta":
