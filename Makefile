@@ -41,8 +41,11 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# P7's peer (FastAPI, uvicorn, aiosqlite) is installed here only: bench/peer/requirements.txt.
 bench: install
 	command -v wrk >/dev/null || apt-get install -y -q wrk
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt \
+		-r bench/peer/requirements.txt
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # The knowledge base at 1k and 100k passages of real text, SQLite and PostgreSQL (bench/knowledge.py;

@@ -29,7 +29,7 @@ from typing import TypeVar
 
 from chatsvc.auth import create_token
 
-from . import harness, seed
+from . import harness, resume, seed, streams
 from .harness import Service, Settings
 
 T = TypeVar("T")
@@ -55,10 +55,15 @@ class Row:
 class Report:
     rows: list[Row] = field(default_factory=list)
     verdicts: list[str] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)  # scenarios with columns of their own
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
         print(table([row]), flush=True)
+
+    def table(self, text: str) -> None:
+        self.tables.append(text)
+        print(text, flush=True)
 
     def verdict(self, text: str) -> None:
         self.verdicts.append(text)
@@ -408,6 +413,97 @@ class Bench:
         )
         self.stop_all()
 
+    def p7_streams(self) -> None:
+        """C concurrent streamed turns (bench/streams.py) on chatsvc (event log on, its
+        configured store), on the FastAPI peer (bench/peer/) and on the fake model read
+        directly (the floor), all against one fake that streams P7_TOKENS tokens
+        P7_INTERVAL_MS apart: at each C, TTFD and gap p99, failures and refusals apart, and the
+        CPU per delta of the server, the fake and the load client over the steady window."""
+        levels = P7_QUICK_LEVELS if self.quick else P7_LEVELS
+        llm = harness.start_fake_llm(0, P7_FIRST_TOKEN_MS, P7_TOKENS, P7_INTERVAL_MS)
+        self.started.append(llm)
+        token = create_token(P7_USER, secret=BENCH_SECRET, ttl=timedelta(hours=3))
+        results = {"fake alone": self._p7_levels("fake", llm, llm, levels, token)}
+        svc = self.chatsvc(llm, JWT_SECRET=BENCH_SECRET)
+        results["chatsvc"] = self._p7_levels("chatsvc", svc, llm, levels, token)
+        self._stop(svc)
+        peer = harness.start_peer(self.workers, llm, self.tmp, BENCH_SECRET)
+        self.started.append(peer)
+        results["peer"] = self._p7_levels("peer", peer, llm, levels, token)
+        self.stop_all()
+        self.report.table(p7_table(results, levels))
+        for name in ("chatsvc", "peer"):
+            self.report.verdict(p7_verdict(name, results[name]))
+
+    def _p7_levels(
+        self, kind: str, service: Service, llm: Service, levels: tuple[int, ...], token: str
+    ) -> dict[int, dict]:
+        """One target at every C, from the lowest; the server idle between levels."""
+        steady_s = 6.0 if self.quick else 15.0
+        ramp_s = P7_TOKENS * P7_INTERVAL_MS / 1000  # one answer: the starts spread over it
+        run = partial(streams.measure, kind, service.port, tokens=P7_TOKENS, token=token,
+                      user=P7_USER, ramp_s=ramp_s)  # fmt: skip
+        if kind != "fake":  # a booting worker's first turns are slow (the SDK's first use)
+            run(20, steady_s=1.0)
+            _wait_quiet(service)
+        found = {}
+        for concurrency in levels:
+            cpu: dict[str, tuple[float, float]] = {}
+            read_cpu = partial(_read_cpu, cpu, service, llm)
+            tally = run(concurrency, steady_s=steady_s, at_window=read_cpu)
+            figures = streams.summary(tally)
+            deltas = max(1, tally.window_deltas)
+            figures["server_us"] = (cpu["end"][0] - cpu["start"][0]) * 1e6 / deltas
+            figures["fake_us"] = (cpu["end"][1] - cpu["start"][1]) * 1e6 / deltas
+            found[concurrency] = figures
+            print(f"  P7 {kind} C={concurrency}: {p7_line(figures, kind)}", flush=True)
+            _wait_quiet(service)
+        return found
+
+    def p8_resume(self) -> None:
+        """Issue 17's resume latency: P8_STREAMS streamed turns of long, slow answers; each
+        client drops its connection once every turn is streaming, waits half a second and resumes
+        with Last-Event-ID (bench/resume.py). Per event-log store asked for (`--events`;
+        database is the default store)."""
+        llm = harness.start_fake_llm(0, P7_FIRST_TOKEN_MS, P8_TOKENS, P8_INTERVAL_MS)
+        self.started.append(llm)
+        token = create_token(P7_USER, secret=BENCH_SECRET, ttl=timedelta(hours=3))
+        ramp_s = 5.0
+        drop_after = int(ramp_s * 1000 / P8_INTERVAL_MS)  # the last turn started by then
+        for mode in [m for m in self.events if m != "memory"] or ["database"]:
+            extra = events_env(mode)
+            if extra is None:
+                self.report.verdict(f"P8 log {mode}: not measured (set BENCH_REDIS_URL)")
+                continue
+            svc = self.chatsvc(llm, JWT_SECRET=BENCH_SECRET, **extra)
+            plan = resume.ResumePlan(
+                svc.port, P8_STREAMS, time.monotonic() + 0.5, ramp_s, token, P7_USER,
+                drop_after=drop_after, spread=20,
+            )  # fmt: skip
+            found = resume.measure(plan).summary()
+            kinds = ", ".join(f"{k} {n}" for k, n in found["failure_kinds"].items())
+            note = (
+                f"{found['ok']} of {P8_STREAMS} exactly once, in order, text = stored reply; "
+                f"{found['failures']} failed{f' ({kinds})' if kinds else ''}; "
+                f"{found['events_after_resume']} events after the resumes; the turns' own first "
+                f"delta p50/p95 {found['ttfd_p50_ms']:.0f}/{found['ttfd_p95_ms']:.0f} ms; worst "
+                f"resume {found['resume_max_ms']:.0f} ms"
+            )
+            self.report.add(
+                Row("P8", f"resume with {P8_STREAMS} streaming (log: {mode})",
+                    found["resumes"], 0.0, found["resume_p50_ms"], found["resume_p95_ms"],
+                    found["resume_p99_ms"], found["failures"], 0.0, note=note)
+            )  # fmt: skip
+            state = "met" if found["resume_p95_ms"] <= 20 and found["failures"] == 0 else "MISSED"
+            self.report.verdict(
+                f"P8 (log: {mode}) resume → first missed event p50/p95 "
+                f"{found['resume_p50_ms']:.1f}/{found['resume_p95_ms']:.1f} ms (p95 ≤ 20) with "
+                f"{P8_STREAMS} turns streaming; {found['ok']}/{P8_STREAMS} exactly once and in "
+                f"order with the stored text (all): {state}"
+            )
+            self._stop(svc)
+        self.stop_all()
+
 
 LONG_WORDS = 200  # chunks of the long answers P5 measures the CPU per delta with
 
@@ -439,6 +535,93 @@ def cpu_per_delta(service: Service, count: int, concurrency: int) -> float:
         count, concurrency,
     )  # fmt: skip
     return (service.cpu_seconds() - started) * 1000 / (count * LONG_WORDS)
+
+
+# P7: streams at scale (issue 22) --------------------------------------------------------------
+
+P7_TOKENS, P7_INTERVAL_MS, P7_FIRST_TOKEN_MS = 100, 50, 50  # a 5 s answer at 20 tokens/s
+P7_LEVELS, P7_QUICK_LEVELS = (100, 250, 500, 1000, 2000), (100, 500)
+P7_USER = "bench-p7"
+# P8: 500 live turns of 20 s answers at 5 tokens/s (slow: P7 measures the CPU at 20/s; here
+# the server must not be saturated, or the resume waits for CPU, not for the log).
+P8_STREAMS, P8_TOKENS, P8_INTERVAL_MS = 500, 100, 200
+# Holding the cadence: gap p99 at most two token intervals, TTFD p99 ≤ 1 s, no failure.
+P7_GAP_MS, P7_TTFD_MS = 2 * P7_INTERVAL_MS, 1000
+P7_GOAL_STREAMS, P7_GOAL_US = 1000, 100  # issue 22's goals: 1,000 streams, ≤ 100 µs a delta
+
+
+def _read_cpu(into: dict, service: Service, llm: Service, moment: str) -> None:
+    into[moment] = (service.cpu_seconds(), llm.cpu_seconds())
+
+
+def _wait_quiet(service: Service, deadline_s: float = 40.0) -> None:
+    """Until the server's CPU over half a second is under 5 % (the turns a level left, e.g.
+    those whose client timed out, have ended), at most `deadline_s`."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        before = service.cpu_seconds()
+        time.sleep(0.5)
+        if service.cpu_seconds() - before < 0.025:
+            return
+
+
+def p7_holds(figures: dict) -> bool:
+    return (
+        figures["gap_p99_ms"] <= P7_GAP_MS and figures["ttfd_p99_ms"] <= P7_TTFD_MS
+        and figures["failures"] == 0
+    )  # fmt: skip
+
+
+def p7_line(figures: dict, kind: str) -> str:
+    kinds = ", ".join(f"{k} {n}" for k, n in figures["failure_kinds"].items())
+    server = "" if kind == "fake" else f"server {figures['server_us']:.0f} µs/delta, "
+    return (
+        f"{figures['turns']} turns, {figures['ok']} ok, {figures['refused']} refused, "
+        f"{figures['failures']} failed{f' ({kinds})' if kinds else ''}; TTFD p50/p99 "
+        f"{figures['ttfd_p50_ms']:.0f}/{figures['ttfd_p99_ms']:.0f} ms, gap p50/p99 "
+        f"{figures['gap_p50_ms']:.1f}/{figures['gap_p99_ms']:.1f} ms; {server}fake "
+        f"{figures['fake_us']:.0f} µs/delta, client {figures['client_us_per_delta']:.0f} µs/delta "
+        f"({figures['processes']} process(es), loop lag p99 {figures['client_lag_p99_ms']:.1f} ms)"
+    )
+
+
+def p7_table(results: dict[str, dict[int, dict]], levels: tuple[int, ...]) -> str:
+    """Side by side: the fake read directly, chatsvc, the peer; a cell per target and C."""
+    head = (
+        "| C | fake alone gap / TTFD p99 | chatsvc gap p99 | chatsvc TTFD p99 | chatsvc µs "
+        "CPU/delta | chatsvc failed / refused | peer gap p99 | peer TTFD p99 | peer µs CPU/delta "
+        "| peer failed / refused | client µs/delta (lag p99) |"
+    )
+    rows = [head, "|---:|---|---:|---:|---:|---|---:|---:|---:|---|---|"]
+    for c in levels:
+        fake, ours, peer = (results[name][c] for name in ("fake alone", "chatsvc", "peer"))
+        cells = [f"{c}", f"{fake['gap_p99_ms']:.0f} / {fake['ttfd_p99_ms']:.0f} ms"]
+        for figures in (ours, peer):
+            cells += [
+                f"{figures['gap_p99_ms']:.0f} ms", f"{figures['ttfd_p99_ms']:,.0f} ms",
+                f"{figures['server_us']:.0f}",
+                f"{figures['failures']} / {figures['refused']} of {figures['turns']}",
+            ]  # fmt: skip
+        client = max(ours, peer, key=lambda f: f["client_us_per_delta"])
+        cells.append(f"{client['client_us_per_delta']:.0f} ({client['client_lag_p99_ms']:.0f} ms)")
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(["### P7: concurrent streamed turns", "", *rows])
+
+
+def p7_verdict(name: str, found: dict[int, dict]) -> str:
+    held = [c for c, figures in found.items() if p7_holds(figures)]
+    capacity = f"holds the cadence up to C={max(held)}" if held else "holds the cadence at no C"
+    goal = found.get(P7_GOAL_STREAMS)
+    if goal is None:
+        target = f"C={P7_GOAL_STREAMS} not run (--quick)"
+    else:
+        state = "met" if p7_holds(goal) and goal["server_us"] <= P7_GOAL_US else "MISSED"
+        target = (
+            f"at C={P7_GOAL_STREAMS}: gap p99 {goal['gap_p99_ms']:.0f} ms (≤ {P7_GAP_MS}), TTFD "
+            f"p99 {goal['ttfd_p99_ms']:,.0f} ms (≤ {P7_TTFD_MS}), {goal['failures']} failed (0), "
+            f"{goal['server_us']:.0f} µs CPU/delta (≤ {P7_GOAL_US}): {state}"
+        )
+    return f"P7 {name} {capacity} (gap p99 ≤ {P7_GAP_MS} ms, TTFD p99 ≤ 1 s, 0 failed); {target}"
 
 
 BENCH_USER = "bench-v1"
@@ -602,6 +785,8 @@ SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "P4": Bench.p4_memory,
     "P5": Bench.p5_streaming,
     "P6": Bench.p6_openai_facade,
+    "P7": Bench.p7_streams,
+    "P8": Bench.p8_resume,
 }
 
 
@@ -620,12 +805,12 @@ def main() -> None:
     parser.add_argument("--output", default=str(harness.REPO / "bench" / "RESULTS.md"))
     parser.add_argument(
         "--events", default="database",
-        help="P5: event-log stores to measure, comma-separated: memory (no store: the "
+        help="P5, P8: event-log stores to measure, comma-separated: memory (no store: the "
         "baseline), database, redis (needs BENCH_REDIS_URL or TEST_REDIS_URL)",
     )  # fmt: skip
     args = parser.parse_args()
     wanted = {name.strip() for name in args.only.split(",")}
-    if shutil.which("wrk") is None and wanted - {"P5"}:  # P5 reads its streams itself
+    if shutil.which("wrk") is None and wanted - {"P5", "P7", "P8"}:  # these read streams themselves
         raise SystemExit("bench needs wrk, the load client: apt-get install -y wrk")
     bench = Bench(args.quick, args.events)
     started = time.monotonic()
@@ -638,18 +823,41 @@ def main() -> None:
         bench.stop_all()
     client = resource.getrusage(resource.RUSAGE_CHILDREN)
     elapsed = time.monotonic() - started
+    names = [name.strip() for name in args.only.split(",")]
+    everything = set(names) == set(SCENARIOS)
+    mode = "quick" if args.quick else "full"
+    title = "# Benchmark results" if everything else f"## `--only {','.join(names)}` ({mode})"
+    command = "`make bench`" if everything else f"`python -m bench --only {','.join(names)}`"
     text = "\n".join([
-        "# Benchmark results", "",
+        title, "",
         f"Machine: {machine()}. Database: {backend}. gunicorn: {bench.workers} gevent workers.",
-        f"Run: `make bench` ({'quick' if args.quick else 'full'}), {elapsed:.0f} s; CPU of "
+        f"Run: {command} ({mode}), {elapsed:.0f} s; CPU of "
         f"every process it started (servers, fake LLM, wrk): "
         f"{client.ru_utime + client.ru_stime:.0f} s. The note column gives each one's CPU "
         "milliseconds per request (`chatsvc` counts gunicorn's master and workers).", "",
-        table(bench.report.rows), "", "## Against the targets", "",
-        *[f"- {v}" for v in bench.report.verdicts], "", "",
+        *([table(bench.report.rows), ""] if bench.report.rows else []),
+        *[part for text in bench.report.tables for part in (text, "")],
+        "### Against the targets" if not everything else "## Against the targets", "",
+        *[f"- {v}" for v in bench.report.verdicts], "",
     ])  # fmt: skip
-    Path(args.output).write_text(text)
+    key = "all" if everything and not args.quick else f"{mode} --only {','.join(names)}"
+    write_results(Path(args.output), key, text)
     print(f"\nwrote {args.output} in {elapsed:.0f} s")
+
+
+def write_results(path: Path, key: str, text: str) -> None:
+    """Replaces this kind of run's block of RESULTS.md (between its markers) and keeps the
+    rest, so that a run of some scenarios (`--only`) or a quick one never wipes the tables of
+    the others, nor the hand-written sections. A block not yet in the file is appended."""
+    begin, end = f"<!-- bench {key}: begin -->", f"<!-- bench {key}: end -->"
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    old = path.read_text() if path.exists() else ""
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        new = head + block + rest.split(end, 1)[1]
+    else:
+        new = f"{old.rstrip()}\n\n{block}\n" if old.strip() else block + "\n"
+    path.write_text(new)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
 """A fast OpenAI-compatible fake for load: asyncio, keep-alive, TCP_NODELAY, a fixed latency.
 
-    python -m bench.fakellm --port 9100 --latency-ms 2000 [--first-token-ms 50] [--words N]
+    python -m bench.fakellm --port 9100 --latency-ms 2000 [--first-token-ms 50] [--tokens N]
+        [--interval-ms M]
 
 It answers `POST /v1/chat/completions` with a short text completion (streamed when asked) and
 never calls a tool, so a turn costs exactly one model round trip of the configured latency.
+A streamed answer of `--tokens N` chunks sends its first at the first-token time and the next
+ones `--interval-ms` apart (on a fixed schedule from the request's arrival, so a late timer does
+not push the rest back); without an interval the chunks follow each other at once.
 `GET /trace` returns (and forgets) when each streamed request arrived and when its first chunk
 left, by the request's last message, on the clock of `time.monotonic()` (CLOCK_MONOTONIC,
 shared by every process on the machine): a client that sent the message can tell its own
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -57,8 +62,12 @@ def chunk(model: str, delta: dict, finish: str | None = None, usage: dict | None
 
 
 class FakeLLM:
-    def __init__(self, latency_ms: float, first_token_ms: float | None, words: int = 0) -> None:
+    def __init__(
+        self, latency_ms: float, first_token_ms: float | None, words: int = 0,
+        interval_ms: float = 0.0,
+    ) -> None:  # fmt: skip
         self.latency = latency_ms / 1000
+        self.interval = interval_ms / 1000
         # A streamed answer's chunks: WORDS, or that many words (a long answer: per-delta costs).
         self.words = [WORDS[n % len(WORDS)] for n in range(words)] if words else WORDS
         self.first_token = (first_token_ms if first_token_ms is not None else latency_ms) / 1000
@@ -114,7 +123,11 @@ class FakeLLM:
         pieces += [chunk(model, {}, usage=usage), b"data: [DONE]\n\n"]
         await _sleep_until(arrived + self.first_token)  # the pieces are ready: the first goes now
         sent = asyncio.get_running_loop().time()
-        for piece in pieces:
+        for number, piece in enumerate(pieces):
+            if self.interval and 0 < number < len(self.words):
+                await _sleep_until(sent + number * self.interval)
+                if writer.is_closing():  # the client left during the pause (uvloop would raise)
+                    raise ConnectionResetError
             writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
             await writer.drain()
         writer.write(b"0\r\n\r\n")
@@ -132,8 +145,10 @@ async def _sleep_until(deadline: float) -> None:
     await asyncio.sleep(max(0.0, deadline - asyncio.get_running_loop().time()))
 
 
-async def serve(port: int, latency_ms: float, first_token_ms: float | None, words: int) -> None:
-    fake = FakeLLM(latency_ms, first_token_ms, words)
+async def serve(
+    port: int, latency_ms: float, first_token_ms: float | None, words: int, interval_ms: float
+) -> None:
+    fake = FakeLLM(latency_ms, first_token_ms, words, interval_ms)
     server = await asyncio.start_server(fake.handle, "127.0.0.1", port, backlog=2048)
     async with server:
         await server.serve_forever()
@@ -144,9 +159,22 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--first-token-ms", type=float, default=None)
-    parser.add_argument("--words", type=int, default=0, help="chunks of a streamed answer")
+    parser.add_argument(
+        "--tokens", "--words", dest="words", type=int, default=0,
+        help="chunks (tokens) of a streamed answer",
+    )  # fmt: skip
+    parser.add_argument(
+        "--interval-ms", type=float, default=0.0, help="between a streamed answer's chunks"
+    )
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.latency_ms, args.first_token_ms, args.words))
+    serving = serve(args.port, args.latency_ms, args.first_token_ms, args.words, args.interval_ms)
+    run = asyncio.run
+    if args.interval_ms:  # paced streams by the thousand (P7, P8): on uvloop when installed
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            run = uvloop.run
+    run(serving)
 
 
 if __name__ == "__main__":

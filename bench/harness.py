@@ -129,11 +129,13 @@ def spawn(name: str, argv: list[str], env: dict[str, str], port: int, health: st
 
 
 def start_fake_llm(
-    latency_ms: float, first_token_ms: float | None = None, words: int = 0
-) -> Service:
+    latency_ms: float, first_token_ms: float | None = None, words: int = 0,
+    interval_ms: float = 0.0,
+) -> Service:  # fmt: skip
     port = free_port()
     argv = [str(BIN / "python"), "-m", "bench.fakellm", "--port", str(port)]
-    argv += ["--latency-ms", str(latency_ms), "--words", str(words)]
+    argv += ["--latency-ms", str(latency_ms), "--tokens", str(words)]
+    argv += ["--interval-ms", str(interval_ms)]
     if first_token_ms is not None:
         argv += ["--first-token-ms", str(first_token_ms)]
     process = subprocess.Popen(argv, cwd=REPO, start_new_session=True)
@@ -198,6 +200,27 @@ def start_floor(workers: int, llm: Service | None = None) -> Service:
     if llm is not None:
         env["FLOOR_LLM_URL"] = f"{llm.url}/v1"
     return spawn("floor" if llm is None else "sdk-floor", argv, env, port, "/health/live")
+
+
+def start_peer(workers: int, llm: Service, tmp: Path, jwt_secret: str) -> Service:
+    """P7's peer (bench/peer/app.py): FastAPI under uvicorn with `workers` workers, its own
+    SQLite file in `tmp`, streaming from `llm` through AsyncOpenAI."""
+    port = free_port()
+    env = {
+        "PEER_DATABASE_URL": f"sqlite+aiosqlite:///{tmp / 'peer.db'}",
+        "PEER_OPENAI_BASE_URL": f"{llm.url}/v1",
+        "PEER_JWT_SECRET": jwt_secret,
+    }
+    subprocess.run(
+        [str(BIN / "python"), "-m", "bench.peer.app", "--init"], cwd=REPO,
+        env={**os.environ, **env}, check=True,
+    )  # fmt: skip
+    argv = [
+        str(BIN / "uvicorn"), "bench.peer.app:app", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", str(workers), "--loop", "uvloop", "--http", "httptools",
+        "--no-access-log", "--log-level", "warning", "--backlog", "2048",
+    ]  # fmt: skip
+    return spawn("peer", argv, env, port, "/health/live")
 
 
 def wrk(
