@@ -205,12 +205,13 @@ class TurnEngine:
 
     # The event log -------------------------------------------------------------------------
 
-    def follow(self, message_id: str, after: int, wait: float) -> Iterator[Event | None]:
+    def follow(self, message_id: str, after: int, wait: float) -> Iterator[list[Event] | None]:
         """A turn's logged events after id `after`, then its live ones until `done` or
-        `error` (None after `wait` s of silence). A turn whose worker died is failed here
-        once its lease lapsed, so the reader ends instead of waiting for it."""
+        `error`, in runs of the events ready together (None after `wait` s of silence). A turn
+        whose worker died is failed here once its lease lapsed, so the reader ends instead of
+        waiting for it."""
         assert self.events is not None
-        return self.events.follow(message_id, after, wait, lambda: self._outcome(message_id))
+        return self.events.runs(message_id, after, wait, lambda: self._outcome(message_id))
 
     def interrupted(self, message_ids: list[str] | tuple[str, ...]) -> None:
         """End the logs of turns failed as stale (their worker died) with their `error`."""
@@ -670,12 +671,13 @@ class TurnHandle:
                 return event
         raise AssertionError("a turn's run ends with a TurnResult or an error")
 
-    def stream(self, wait: float) -> Iterator[Event | None]:
+    def stream(self, wait: float) -> Iterator[list[Event] | None]:
         """Run the turn and read its event log as it is written (the log's first reader: the
-        same ids and bodies every later reader gets), ending with `done` or `error`; a None
-        after `wait` seconds of silence. Closing this early (the client has gone) leaves the
-        turn running, unless TURN_ON_DISCONNECT=cancel: then what was said so far is stored
-        `cancelled` (its log ends with that `done`). Not for a replay (see `events`)."""
+        same ids and bodies every later reader gets), ending with `done` or `error`, in runs
+        of the events ready together; a None after `wait` seconds of silence. Closing this
+        early (the client has gone) leaves the turn running, unless TURN_ON_DISCONNECT=cancel:
+        then what was said so far is stored `cancelled` (its log ends with that `done`). Not
+        for a replay (see `events`)."""
         assert self._pending is not None and self._engine.events is not None
         self.start()
         reader = self._engine.follow(self._pending.started.message_id, 0, wait)
@@ -756,15 +758,21 @@ class TurnHandle:
             try:
                 self._record(writer, self._pending.started)
                 run = self._engine._run(self._pending, watched=True)
+                first = True  # no text handed to the reader yet
                 # A stop (the reader has gone, a cancel) ends the run itself: it stores what
                 # was said so far and yields that `cancelled` result last.
                 for event in run:
                     self._record(writer, event)
                     if feed is not None:
                         feed.put(event)
-                    # Let the reader send it now: when the provider's chunks arrive together,
-                    # the run would otherwise read them all (and store the reply) first.
-                    time.sleep(0)
+                    if first:
+                        # Let the reader send it now: when the provider's first chunks arrive
+                        # together, the run would otherwise read them all (and store the
+                        # reply) first. Later events that arrive together are sent together
+                        # (the reader takes all that is ready): a hub round trip each cost
+                        # CPU on every delta (speedups.py).
+                        time.sleep(0)
+                        first = not isinstance(event, TextDelta)
             except ApiError as error:
                 self._failed(writer, feed, error)
             except Exception as error:
