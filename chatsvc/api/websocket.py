@@ -122,9 +122,12 @@ def _before_upgrade() -> None:
     """Refused before the handshake, as HTTP problems: a foreign Origin (403: no cross-site
     WebSocket hijacking), a bad token in the header (401), another user's path (403)."""
     _check_origin()
-    raw = request.environ.get("gunicorn.socket")
-    if raw is not None:
-        request.environ["gunicorn.socket"] = _LingeringSocket(raw)
+    # gunicorn's socket, and werkzeug's (`flask run`, the browser tests' server): simple-websocket
+    # takes whichever the server gave.
+    for key in ("gunicorn.socket", "werkzeug.socket"):
+        raw = request.environ.get(key)
+        if raw is not None:
+            request.environ[key] = _LingeringSocket(raw)
     if _needs_auth_frame():
         user_id = (request.view_args or {}).get("user_id")
         if user_id is not None and not auth.USER_ID.fullmatch(user_id):
@@ -453,6 +456,12 @@ class _Socket:
     def _close(self, code: int, reason: str) -> None:
         with contextlib.suppress(ConnectionClosed):  # already closed by the client
             self.ws.close(reason=code, message=reason)
+        # Wait for the socket's reader to see the client's answer and close the socket
+        # (_LingeringSocket): the server that runs this handler closes its connection as soon as
+        # the handler returns, and a close with unread client bytes (a frame the client sent
+        # meanwhile) is a reset that can destroy the error event and close frame before the
+        # browser reads them (werkzeug's server: the demo's "401" read as a network error).
+        self.ws.thread.join(LINGER_SECONDS)
 
 
 def _is_auth(data: Any) -> bool:
