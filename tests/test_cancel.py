@@ -19,7 +19,7 @@ import pytest
 from conftest import require_service
 from fakellm import endless, slow
 from fakes import ScriptedAgent
-from helpers import assert_problem, chat, ok, tasks, wait_for
+from helpers import assert_problem, chat, children, ok, tasks, wait_for
 from sse import LiveGet, LiveStream, text_of
 from werkzeug.serving import make_server
 
@@ -287,8 +287,7 @@ def worker_of(master: int, local_port: int, server_port: int) -> int | None:
             here, there = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)
             if (here, there) == (server_port, local_port) and fields[9] != "0":
                 inodes.add(f"socket:[{fields[9]}]")
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    for pid in map(int, children):
+    for pid in children(master):
         for fd in Path(f"/proc/{pid}/fd").iterdir():
             try:
                 if os.readlink(fd) in inodes:
@@ -314,7 +313,7 @@ def test_a_cancel_that_lands_on_the_other_worker_stops_the_turn_within_a_second(
     server = gunicorn(**environ)
     port = int(server.url.rsplit(":", 1)[1])
     master = server.process.pid
-    wait_for(lambda: len(Path(f"/proc/{master}/task/{master}/children").read_text().split()) == 2)
+    wait_for(lambda: len(children(master)) == 2)
     fake_llm.script(ENDLESS)
     stream = LiveStream("127.0.0.1", port, "/api/alice/chat", {"message": "a long story"})
     meta = stream.until("delta", 3)[0].data

@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import urlopen
@@ -23,7 +22,7 @@ import pytest
 import sse
 from conftest import require_service
 from fakellm import endless, say
-from helpers import assert_problem, get, ok, wait_for
+from helpers import assert_problem, children, get, ok, wait_for
 from sqlalchemy import update
 
 from chatsvc.db import database, utcnow
@@ -308,10 +307,6 @@ def _age_events(app: Any, message_id: str, seconds: float) -> None:
 # A worker killed mid-turn --------------------------------------------------------------------
 
 
-def workers(master: int) -> set[int]:
-    return {int(pid) for pid in Path(f"/proc/{master}/task/{master}/children").read_text().split()}
-
-
 def test_a_killed_worker_s_turn_ends_with_error_for_every_reader(gunicorn, fake_llm, log_config):
     """A reader following from another instance when the worker dies, and one that comes back
     after: both get the `error` (interrupted) once the turn is stale, never hang."""
@@ -328,7 +323,7 @@ def test_a_killed_worker_s_turn_ends_with_error_for_every_reader(gunicorn, fake_
     follower.until(deltas=1)  # it follows the live turn from the other instance
     watching = threading.Thread(target=follower.to_end)
     watching.start()
-    (killed,) = workers(running.process.pid)
+    (killed,) = children(running.process.pid)
     os.kill(killed, signal.SIGKILL)
     stream.drop()
     watching.join(timeout=30)
