@@ -6,6 +6,7 @@ import os
 
 os.environ["CHATSVC_ENV"] = "testing"  # before chatsvc reads its settings
 
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -175,8 +176,10 @@ def start_gunicorn(database_url: str, directory: Path, **environ: str) -> Server
 
 
 def stop_gunicorn(process: subprocess.Popen) -> None:
-    """Stop gracefully and wait; killed after 30 s."""
-    process.terminate()
+    """Stop after its tests and wait; killed after 30 s. gunicorn's quick shutdown (SIGQUIT):
+    the graceful one (SIGTERM) waits in the gevent worker's one-second loop (1.85 s against
+    0.95 s per server, measured); the tests of the graceful stop send SIGTERM themselves."""
+    process.send_signal(signal.SIGQUIT)
     try:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
