@@ -19,7 +19,7 @@ import pytest
 from conftest import require_service
 from fakellm import endless, slow
 from fakes import ScriptedAgent
-from helpers import assert_problem, chat, ok, tasks, wait_for
+from helpers import assert_problem, chat, children, ok, tasks, wait_for
 from sse import LiveGet, LiveStream, text_of
 from werkzeug.serving import make_server
 
@@ -230,16 +230,31 @@ def post(url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, A
         return error.code, json.loads(error.read() or b"{}")
 
 
-@pytest.mark.parametrize("signal", ["database", "redis"])
-def test_a_cancel_sent_to_another_host_stops_the_turn_within_a_second(gunicorn, fake_llm, signal):
+@pytest.fixture
+def fake_llm(shared_llm):
+    """The module's fake model (its servers outlive a test), script and record fresh."""
+    shared_llm.reset()
+    return shared_llm
+
+
+@pytest.fixture(params=["database", "redis"])
+def hosts(request, shared_gunicorn, shared_llm) -> tuple[Any, Any]:
+    """Two instances of two gevent workers each, sharing the database and the cancels' channel
+    (the database's flag, or Redis too): one pair per signal for the module's tests (starting
+    them per test cost most of their time); each test has its own conversation."""
     environ = {
-        "AGENT_PROVIDER": "openai", "OPENAI_BASE_URL": fake_llm.url, "OPENAI_MODEL": "fake",
+        "AGENT_PROVIDER": "openai", "OPENAI_BASE_URL": shared_llm.url, "OPENAI_MODEL": "fake",
         "OPENAI_API_KEY": "sk-test", "AGENT_TIMEOUT_SECONDS": "30", "AGENT_MAX_RETRIES": "0",
-        "RATELIMIT_ENABLED": "false", "WEB_CONCURRENCY": "1",
+        "RATELIMIT_ENABLED": "false", "WEB_CONCURRENCY": "2",
     }  # fmt: skip
-    if signal == "redis":
+    if request.param == "redis":
         environ["EVENTS_REDIS_URL"] = require_service("TEST_REDIS_URL", "Redis")
-    first, second = gunicorn(**environ), gunicorn(**environ)
+    first = shared_gunicorn(instance="first", **environ)
+    return first, shared_gunicorn(instance="second", **environ)
+
+
+def test_a_cancel_sent_to_another_host_stops_the_turn_within_a_second(hosts, fake_llm):
+    first, second = hosts
     fake_llm.script(ENDLESS)
     port = int(first.url.rsplit(":", 1)[1])
     stream = LiveStream("127.0.0.1", port, "/api/alice/chat", {"message": "a long story"})
@@ -287,8 +302,7 @@ def worker_of(master: int, local_port: int, server_port: int) -> int | None:
             here, there = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)
             if (here, there) == (server_port, local_port) and fields[9] != "0":
                 inodes.add(f"socket:[{fields[9]}]")
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    for pid in map(int, children):
+    for pid in children(master):
         for fd in Path(f"/proc/{pid}/fd").iterdir():
             try:
                 if os.readlink(fd) in inodes:
@@ -298,23 +312,13 @@ def worker_of(master: int, local_port: int, server_port: int) -> int | None:
     return None
 
 
-@pytest.mark.parametrize("signal", ["database", "redis"])
-def test_a_cancel_that_lands_on_the_other_worker_stops_the_turn_within_a_second(
-    gunicorn, fake_llm, signal
-):
+def test_a_cancel_that_lands_on_the_other_worker_stops_the_turn_within_a_second(hosts, fake_llm):
     """One instance, two gevent workers: the stream is on one, the cancel is sent on a
     connection the other worker accepted (found in /proc), and the turn still stops."""
-    environ = {
-        "AGENT_PROVIDER": "openai", "OPENAI_BASE_URL": fake_llm.url, "OPENAI_MODEL": "fake",
-        "OPENAI_API_KEY": "sk-test", "AGENT_TIMEOUT_SECONDS": "30", "AGENT_MAX_RETRIES": "0",
-        "RATELIMIT_ENABLED": "false", "WEB_CONCURRENCY": "2",
-    }  # fmt: skip
-    if signal == "redis":
-        environ["EVENTS_REDIS_URL"] = require_service("TEST_REDIS_URL", "Redis")
-    server = gunicorn(**environ)
+    server = hosts[0]
     port = int(server.url.rsplit(":", 1)[1])
     master = server.process.pid
-    wait_for(lambda: len(Path(f"/proc/{master}/task/{master}/children").read_text().split()) == 2)
+    wait_for(lambda: len(children(master)) == 2)
     fake_llm.script(ENDLESS)
     stream = LiveStream("127.0.0.1", port, "/api/alice/chat", {"message": "a long story"})
     meta = stream.until("delta", 3)[0].data

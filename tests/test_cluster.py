@@ -31,7 +31,7 @@ import pytest
 import redis
 from conftest import ROOT, empty_tables, require_service
 from fakellm import FakeLLM, endless, say
-from helpers import free_port, wait_for
+from helpers import children, free_port, wait_for
 from sqlalchemy import create_engine
 
 # Every test runs against the one cluster, on PostgreSQL (hosts cannot share a SQLite file).
@@ -162,19 +162,6 @@ def stop(process: subprocess.Popen, model: FakeLLM, database_url: str) -> int:
             process.wait()
         model.close()
         empty_tables(create_engine(database_url))
-
-
-def children(pid: int) -> list[int]:
-    """A gunicorn master's workers."""
-    found = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            text = status.read_text()
-        except OSError:
-            continue
-        if f"\nPPid:\t{pid}\n" in text:
-            found.append(int(status.parent.name))
-    return found
 
 
 def alive(pid: int) -> bool:

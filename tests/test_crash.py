@@ -17,7 +17,7 @@ from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
 from fakellm import slow
-from helpers import get, wait_for
+from helpers import children, get, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,11 +40,6 @@ def post(url: str, body: dict[str, Any], **headers: str) -> tuple[int, dict[str,
 def read(url: str) -> dict[str, Any]:
     with urlopen(url, timeout=10) as response:
         return json.loads(response.read())
-
-
-def workers(master: int) -> set[int]:
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    return {int(pid) for pid in children}
 
 
 def test_a_worker_killed_mid_turn_is_replaced_and_its_turns_end_failed(
@@ -72,13 +67,13 @@ def test_a_worker_killed_mid_turn_is_replaced_and_its_turns_end_failed(
         thread.start()
     wait_for(lambda: len(fake_llm.requests) == 4, 10, "both turns to wait on the model")
 
-    (killed,) = workers(server.process.pid)
+    (killed,) = children(server.process.pid)
     os.kill(killed, signal.SIGKILL)
     for thread in doomed:
         thread.join(timeout=15)
     assert outcomes == [0, 0], "the connections broke off with the worker"
     wait_for(
-        lambda: workers(server.process.pid) - {killed} and get(server.url + "/health") == 200,
+        lambda: set(children(server.process.pid)) - {killed} and get(server.url + "/health") == 200,
         60, "the master to start a new worker",
     )  # fmt: skip
     assert server.process.poll() is None

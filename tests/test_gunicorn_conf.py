@@ -11,6 +11,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from helpers import children
+
 REPO = Path(__file__).resolve().parent.parent
 
 PROBE = textwrap.dedent(
@@ -99,18 +101,6 @@ def _listeners(port: int) -> int:
     return sum(1 for row in rows if row.split()[1] == local and row.split()[3] == "0A")
 
 
-def _workers(master: int) -> list[int]:
-    found = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            text = status.read_text()
-        except OSError:
-            continue
-        if f"\nPPid:\t{master}\n" in text:
-            found.append(int(status.parent.name))
-    return found
-
-
 def _sockets(pid: int) -> int:
     count = 0
     for fd in Path(f"/proc/{pid}/fd").iterdir():
@@ -128,11 +118,11 @@ def test_two_workers_each_take_an_even_share_of_a_burst_of_connections(gunicorn)
     server = gunicorn(WEB_CONCURRENCY="2")
     port = int(server.url.rsplit(":", 1)[1])
     deadline = time.monotonic() + 30
-    while _listeners(port) < 2 or len(_workers(server.process.pid)) < 2:
+    while _listeners(port) < 2 or len(children(server.process.pid)) < 2:
         assert time.monotonic() < deadline, "both workers should listen"
         time.sleep(0.1)
     assert _listeners(port) == 2  # a socket each, none in the master
-    workers = _workers(server.process.pid)
+    workers = children(server.process.pid)
     before = {pid: _sockets(pid) for pid in workers}
     burst = []
     try:

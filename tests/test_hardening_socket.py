@@ -89,8 +89,8 @@ REFUSED = [
 ]  # fmt: skip
 
 
-def test_what_gunicorn_refuses_is_a_problem_body(gunicorn):
-    server = gunicorn()
+def test_what_gunicorn_refuses_is_a_problem_body(shared_gunicorn):
+    server = shared_gunicorn()  # with the defaults: the module's tests that need no more share it
     for raw, status, code in REFUSED:
         answer = exchange(server.url, raw)
         assert answer.status == status, (raw[:60], answer)
@@ -194,8 +194,8 @@ def test_a_body_that_trickles_is_408_and_others_are_served_meanwhile(gunicorn):
 
 
 @pytest.mark.parametrize("script_name", ['/x";alert(1);//', "/x</script>"])
-def test_script_name_from_a_client_is_not_trusted_by_default(gunicorn, script_name):
-    server = gunicorn()
+def test_script_name_from_a_client_is_not_trusted_by_default(shared_gunicorn, script_name):
+    server = shared_gunicorn()
     raw = (
         f"GET {script_name}/docs/init.js HTTP/1.1\r\nHost: x\r\nSCRIPT_NAME: {script_name}\r\n\r\n"
     ).encode()

@@ -29,13 +29,6 @@ CORPUS = Path(__file__).parent / "corpus"
 QUIET = {"JWT_SECRET": SECRET, "RATELIMIT_ENABLED": "false"}
 
 
-@pytest.fixture(scope="module")
-def shared_llm() -> Iterator[FakeLLM]:
-    server = FakeLLM()
-    yield server
-    server.close()
-
-
 @pytest.fixture
 def fake_llm(shared_llm: FakeLLM) -> FakeLLM:
     """The module's fake model, its script and record fresh for each test."""

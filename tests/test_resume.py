@@ -14,16 +14,15 @@ import threading
 import time
 import uuid
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import urlopen
 
 import pytest
 import sse
-from conftest import require_service
-from fakellm import endless, say
-from helpers import assert_problem, get, ok, wait_for
+from conftest import Server, require_service
+from fakellm import FakeLLM, endless, say
+from helpers import assert_problem, children, get, ok, wait_for
 from sqlalchemy import update
 
 from chatsvc.db import database, utcnow
@@ -48,6 +47,29 @@ def any_log(request: pytest.FixtureRequest) -> dict[str, Any]:
     if request.param == "redis":
         return {"EVENTS_REDIS_URL": require_service("TEST_REDIS_URL", "Redis")}
     return {"TURN_EVENTS_STORE": request.param}
+
+
+@pytest.fixture
+def fake_llm(shared_llm: FakeLLM) -> FakeLLM:
+    """The module's fake model, its script and record fresh for each test."""
+    shared_llm.reset()
+    return shared_llm
+
+
+@pytest.fixture(scope="module", params=["database", "redis"])
+def instances(
+    request: pytest.FixtureRequest, shared_gunicorn: Any, shared_llm: FakeLLM
+) -> tuple[Server, Server]:
+    """Two instances (one worker each) sharing the database and the event log (the database,
+    or Redis Streams), with a short turn lease: a killed worker's turn is stale in 2 s. One
+    pair for the module's tests of each log (starting them per test cost most of its time);
+    each test has its own user."""
+    log = {}
+    if request.param == "redis":
+        log["EVENTS_REDIS_URL"] = require_service("TEST_REDIS_URL", "Redis")
+    environ = {"WEB_CONCURRENCY": "1", **llm(shared_llm, TURN_LEASE_SECONDS="2", **log)}
+    first = shared_gunicorn(instance="first", **environ)
+    return first, shared_gunicorn(instance="second", **environ)
 
 
 def llm(fake_llm: Any, **more: str) -> dict[str, str]:
@@ -137,10 +159,9 @@ def someone() -> str:
 
 
 def test_a_dropped_stream_resumes_on_another_instance_with_every_remaining_event_once(
-    gunicorn, fake_llm, log_config
+    instances, fake_llm
 ):
-    first = gunicorn(WEB_CONCURRENCY="1", **llm(fake_llm), **log_config)
-    other = gunicorn(WEB_CONCURRENCY="1", **llm(fake_llm), **log_config)
+    first, other = instances
     user = someone()
     fake_llm.script(say(LONG_ANSWER, chunk_delay=0.05))
     stream = Stream(first.url, f"/api/{user}/chat", {"message": "tell me a long story"})
@@ -308,16 +329,10 @@ def _age_events(app: Any, message_id: str, seconds: float) -> None:
 # A worker killed mid-turn --------------------------------------------------------------------
 
 
-def workers(master: int) -> set[int]:
-    return {int(pid) for pid in Path(f"/proc/{master}/task/{master}/children").read_text().split()}
-
-
-def test_a_killed_worker_s_turn_ends_with_error_for_every_reader(gunicorn, fake_llm, log_config):
+def test_a_killed_worker_s_turn_ends_with_error_for_every_reader(instances, fake_llm):
     """A reader following from another instance when the worker dies, and one that comes back
     after: both get the `error` (interrupted) once the turn is stale, never hang."""
-    quick = {"TURN_LEASE_SECONDS": "2", **log_config}
-    running = gunicorn(WEB_CONCURRENCY="1", **llm(fake_llm, **quick))
-    other = gunicorn(WEB_CONCURRENCY="1", **llm(fake_llm, **quick))
+    running, other = instances
     user = someone()
     fake_llm.script(endless(chunk_delay=0.05))
     stream = Stream(running.url, f"/api/{user}/chat", {"message": "crash while talking"})
@@ -328,7 +343,7 @@ def test_a_killed_worker_s_turn_ends_with_error_for_every_reader(gunicorn, fake_
     follower.until(deltas=1)  # it follows the live turn from the other instance
     watching = threading.Thread(target=follower.to_end)
     watching.start()
-    (killed,) = workers(running.process.pid)
+    (killed,) = children(running.process.pid)
     os.kill(killed, signal.SIGKILL)
     stream.drop()
     watching.join(timeout=30)

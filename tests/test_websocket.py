@@ -28,11 +28,26 @@ OPENED: list[websocket.WebSocket] = []
 
 
 @pytest.fixture(autouse=True)
-def close_sockets(gunicorn):
+def close_sockets(gunicorn, shared_gunicorn):
     """Before the servers stop (this fixture depends on theirs, so it is torn down first)."""
     yield
     while OPENED:
         OPENED.pop().close()
+
+
+@pytest.fixture
+def server(shared_gunicorn):
+    """The module's server in development's optional auth (a JWT secret set), no rate limits:
+    shared by the tests that need nothing else (starting one per test cost most of their time);
+    each test has its own users."""
+    return shared_gunicorn(JWT_SECRET=SECRET, **NO_LIMITS)
+
+
+@pytest.fixture
+def fake_llm(shared_llm):
+    """The module's fake model (its servers outlive a test), script and record fresh."""
+    shared_llm.reset()
+    return shared_llm
 
 
 def someone() -> str:
@@ -117,8 +132,7 @@ def problem(frame: dict[str, Any], status: int, code: str) -> dict[str, Any]:
 # Many turns over one socket --------------------------------------------------------------
 
 
-def test_many_turns_on_one_socket_send_the_sse_events_and_store_what_json_stores(gunicorn):
-    server = gunicorn(**NO_LIMITS)
+def test_many_turns_on_one_socket_send_the_sse_events_and_store_what_json_stores(server):
     user = someone()
     ws = connect(server, f"/api/{user}/chat/ws")
     first = turn(ws, "add a task to buy milk")
@@ -179,8 +193,7 @@ def test_many_turns_on_one_socket_send_the_sse_events_and_store_what_json_stores
     assert [(t["title"], t["completed"]) for t in listed["items"]] == [("buy milk", True)]
 
 
-def test_a_session_socket_starts_and_continues_sessions(gunicorn):
-    server = gunicorn(**NO_LIMITS)
+def test_a_session_socket_starts_and_continues_sessions(server):
     ws = connect(server, "/api/chat/ws")
     first = turn(ws, "hello")
     assert_well_formed(first)
@@ -204,8 +217,8 @@ def test_a_session_socket_starts_and_continues_sessions(gunicorn):
 
 
 @pytest.fixture
-def model_server(gunicorn, fake_llm):
-    return gunicorn(
+def model_server(shared_gunicorn, fake_llm):
+    return shared_gunicorn(
         AGENT_PROVIDER="openai", OPENAI_BASE_URL=fake_llm.url, OPENAI_MODEL="fake-model",
         OPENAI_API_KEY="sk-test", AGENT_TIMEOUT_SECONDS="30", AGENT_MAX_RETRIES="0", **NO_LIMITS,
     )  # fmt: skip
@@ -273,8 +286,8 @@ def test_a_client_that_hangs_up_mid_turn_leaves_it_cancelled(model_server, fake_
 
 
 @pytest.fixture
-def secured(gunicorn):
-    return gunicorn(
+def secured(shared_gunicorn):
+    return shared_gunicorn(
         AUTH_MODE="required", JWT_SECRET=SECRET, ALLOW_ANONYMOUS_SESSIONS="false", **NO_LIMITS
     )
 
@@ -322,8 +335,8 @@ def test_a_first_auth_frame_authenticates_the_socket(secured):
     assert turn(ws, "show my tasks")[-1]["event"] == "done"
 
 
-def test_an_optional_auth_frame_makes_the_token_the_caller(gunicorn):
-    server = gunicorn(JWT_SECRET=SECRET, **NO_LIMITS)  # AUTH_MODE=optional (development)
+def test_an_optional_auth_frame_makes_the_token_the_caller(server):
+    """AUTH_MODE=optional (development), the module's server."""
     user = someone()
     ws = connect(server, f"/api/{user}/chat/ws")
     send(ws, type="auth", token=token("mallory"))
@@ -362,8 +375,7 @@ def test_a_socket_that_does_not_authenticate_within_5_seconds_is_closed(secured)
     assert 4.5 <= time.monotonic() - started < 10
 
 
-def test_a_user_cannot_reach_another_users_conversation(gunicorn):
-    server = gunicorn(**NO_LIMITS)
+def test_a_user_cannot_reach_another_users_conversation(server):
     alice, bob = someone(), someone()
     theirs = turn(connect(server, f"/api/{alice}/chat/ws"), "add a task to buy milk")[-1]
     ws = connect(server, f"/api/{bob}/chat/ws")
@@ -415,8 +427,7 @@ def test_each_message_spends_the_chat_budget_the_posts_share(gunicorn):
 # Bad frames ------------------------------------------------------------------------------
 
 
-def test_bad_frames_get_error_events_and_the_socket_stays_usable(gunicorn):
-    server = gunicorn(**NO_LIMITS)
+def test_bad_frames_get_error_events_and_the_socket_stays_usable(server):
     ws = connect(server, f"/api/{someone()}/chat/ws")
     cases = [
         ("not json", 400, "bad_request"),
@@ -446,8 +457,7 @@ def test_bad_frames_get_error_events_and_the_socket_stays_usable(gunicorn):
     assert_well_formed(turn(ws, "still usable"))
 
 
-def test_a_frame_over_the_size_limit_closes_the_socket_with_1009(gunicorn):
-    server = gunicorn(**NO_LIMITS)
+def test_a_frame_over_the_size_limit_closes_the_socket_with_1009(server):
     ws = connect(server, f"/api/{someone()}/chat/ws")
     ws.send(json.dumps({"type": "message", "message": "x" * (70 * 1024)}))
     assert closed_with(ws) == 1009
@@ -475,8 +485,7 @@ def test_idle_sockets_get_pings_and_are_closed(gunicorn):
     assert 1.5 <= idle < 6
 
 
-def test_a_plain_get_of_the_socket_route_is_426_and_other_routes_open_no_socket(gunicorn):
-    server = gunicorn(**NO_LIMITS)
+def test_a_plain_get_of_the_socket_route_is_426_and_other_routes_open_no_socket(server):
     try:
         urlopen(f"{server.url}/api/{someone()}/chat/ws", timeout=10)
     except HTTPError as error:

@@ -523,7 +523,10 @@ class EventLog:
         return self.store.expire((now or utcnow()) - self._ttl)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Store what is pending (for at most `timeout` seconds), then stop the flusher."""
+        """Store what is pending (for at most `timeout` seconds), then stop the flusher. Once
+        closed, a second close (the app's, after its owner's) has nothing more to do."""
+        if self._closed:
+            return
         deadline = time.monotonic() + timeout
         while self._pending and time.monotonic() < deadline:
             self.flush()
