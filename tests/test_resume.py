@@ -448,3 +448,53 @@ def test_the_stream_does_not_wait_for_an_unreachable_store(make_app):
     events = app.extensions["chatsvc.turns"].events
     assert not events.flush(), "nothing reached the store"
     events.close(timeout=0)
+
+
+def test_a_resume_while_the_store_is_unreachable_ends_from_the_stored_message(make_app):
+    """Redis down (issue 23's cluster soak: 500s on resumes while Redis was killed): a reader
+    on another worker or host cannot read the log; it waits as for silence and ends with the
+    `done` made from the stored message, numbered after what it had: never a 500."""
+    from helpers import free_port
+
+    dead = {"EVENTS_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    running, elsewhere = make_app(dead), make_app(dead)
+    sent = stream_turn(running.test_client(), "/api/alice/chat", {"message": "hello there"})
+    done = sent[-1].data
+    path = f"/api/alice/conversations/{done['conversation_id']}/messages/{done['message_id']}"
+    replay = read_events(elsewhere.test_client(), path + "/events", **{"Last-Event-ID": "1"})
+    assert [(e.name, e.id) for e in replay] == [("done", 2)]
+    assert (replay[0].data["response"], replay[0].data["status"]) == (
+        done["response"], "completed"
+    )  # fmt: skip
+    for app in (running, elsewhere):
+        app.extensions["chatsvc.turns"].events.close(timeout=0)
+
+
+def test_a_log_that_lost_events_is_never_sent_with_a_hole(make_app):
+    """Redis restarted empty while a turn ran (issue 23's cluster soak): the turn's later
+    events are stored after a hole. A resume before the hole gets no event after it but the
+    ending, numbered after the last it had (as for an expired log), whose `response` is the
+    whole answer: ids in order, none missing, none twice."""
+    import redis
+
+    url = require_service("TEST_REDIS_URL", "Redis")
+    running, elsewhere = make_app({"EVENTS_REDIS_URL": url}), make_app({"EVENTS_REDIS_URL": url})
+    sent = stream_turn(running.test_client(), "/api/bob/chat", {"message": LONG_ANSWER})
+    assert len(sent) >= 6
+    done = sent[-1].data
+    events = running.extensions["chatsvc.turns"].events
+    wait_for(lambda: events.flush() and len(events.store.read(done["message_id"], 0)) == len(sent),
+             5, "storage")  # fmt: skip
+    stored = events.store.read(done["message_id"], 0)
+    connection = redis.Redis.from_url(url)
+    connection.delete("chatsvc:turn-events:" + done["message_id"])  # Redis lost the log...
+    connection.close()
+    events.store.save([(done["message_id"], e) for e in stored if e.id > 4])  # ...then got more
+    path = f"/api/bob/conversations/{done['conversation_id']}/messages/{done['message_id']}"
+    client = elsewhere.test_client()
+    replay = read_events(client, path + "/events", **{"Last-Event-ID": "2"})
+    assert [(e.name, e.id) for e in replay] == [("done", 3)]
+    assert replay[0].data["response"] == done["response"]
+    # after the hole: every event as stored
+    replay = read_events(client, path + "/events", **{"Last-Event-ID": "4"})
+    assert as_tuples(replay) == as_tuples(sent[4:])

@@ -393,6 +393,7 @@ class EventLog:
         self._flusher: threading.Thread | None = None
         self._starting = threading.Lock()
         self._expired_at = time.monotonic()
+        self._warned_at = -10.0  # when a reader last warned that the store is unreachable
         self._flushing = threading.Lock()  # one batch at a time, in order
         self._closed = False
 
@@ -532,7 +533,12 @@ class EventLog:
         whose log has no ending after SETTLE_GRACE_SECONDS (its worker died, or its log
         expired or was never kept) ends with the ending made from the stored message:
         appended to the log when the log has events (so every later read ends the same way),
-        else sent alone, numbered after `after`."""
+        else sent alone, numbered after `after`.
+
+        The store failing (Redis down) is silence, not an error: the reader goes on asking
+        `outcome`, and ends as above. A log that lost events (Redis came back empty while the
+        turn ran on, so its next events follow a hole) is never sent with the hole: like an
+        expired log, it ends with its ending alone, numbered after the last event sent."""
         last = after
         bell: queue.SimpleQueue[None] = queue.SimpleQueue()
         try:
@@ -549,6 +555,7 @@ class EventLog:
         quiet_since = time.monotonic()
         check_at = 0.0  # at once, the first time the log is silent
         ending: tuple[str, dict[str, Any], float] | None = None
+        sent = last  # the last id sent; `last` is where the log is read from
         while True:
             slice_ = min(wait, STATUS_EVERY_SECONDS)
             events = self._next(message_id, last, slice_, bell)
@@ -556,8 +563,17 @@ class EventLog:
                 for event in events:
                     if event.id <= last:
                         continue
+                    if sent < last or event.id > last + 1:  # a hole: only the ending goes out
+                        if sent == last:
+                            log.warning("turn %s: events %d-%d lost by the event store",
+                                        message_id, last + 1, event.id - 1)  # fmt: skip
+                        last = event.id
+                        if event.terminal:
+                            yield Event(sent + 1, event.name, event.data)
+                            return
+                        continue
                     yield event
-                    last = event.id
+                    sent = last = event.id
                     if event.terminal:
                         return
                 quiet_since = time.monotonic()
@@ -570,7 +586,7 @@ class EventLog:
                 if ending is not None and ending[2] >= SETTLE_GRACE_SECONDS:
                     final = self._ending(message_id, last, ending)
                     if final is not None:
-                        yield final
+                        yield final if sent == last else Event(sent + 1, final.name, final.data)
                     return
                 if ending is not None:  # settled just now: its ending may be on its way
                     check_at = now + SETTLE_GRACE_SECONDS - ending[2]
@@ -590,7 +606,18 @@ class EventLog:
             events = head.after(last, timeout, bell)
             if events is not None:
                 return events
-        return self.store.read(message_id, last) or self.store.wait(message_id, last, timeout)
+        try:
+            return self.store.read(message_id, last) or self.store.wait(message_id, last, timeout)
+        except Exception as error:  # the store is down: silence (the stored status still ends)
+            self._unreachable(error)
+            time.sleep(timeout)
+            return []
+
+    def _unreachable(self, error: Exception) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= 10:  # once in a while, not once per reader and second
+            self._warned_at = now
+            log.warning("turn events unreadable: %s: %s", type(error).__name__, error)
 
     def _ending(
         self, message_id: str, last: int, ending: tuple[str, dict[str, Any], float]
@@ -603,14 +630,22 @@ class EventLog:
         interrupted turn's `error` (numbered after the stored ones) can fall on an id that
         client already had; it must still learn that the turn ended."""
         name, body, _age = ending
-        tail = self.store.last(message_id)
+        try:
+            tail = self.store.last(message_id)
+        except Exception as error:  # the store is down: the ending alone, not stored
+            self._unreachable(error)
+            return encode(last + 1, name, body)
         if tail is None:  # expired, or never kept: the ending alone
             return encode(last + 1, name, body)
         if tail.terminal:
             if tail.id > last:
                 return tail
             return Event(last + 1, tail.name, tail.data) if tail.name == "error" else None
-        event = self.append(message_id, name, body)
-        # Someone else ended it first: theirs is the ending every reader gets.
-        ended = [e for e in self.store.read(message_id, tail.id) if e.terminal]
+        try:
+            event = self.append(message_id, name, body)
+            # Someone else ended it first: theirs is the ending every reader gets.
+            ended = [e for e in self.store.read(message_id, tail.id) if e.terminal]
+        except Exception as error:  # the store went down meanwhile: the ending alone
+            self._unreachable(error)
+            return encode(last + 1, name, body)
         return ended[0] if ended and ended[0].id > last else event
