@@ -104,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         "--port", type=int, default=CLUSTER_PORT,
         help=f"cluster: nginx's port, the instances on the next two (default {CLUSTER_PORT})",
     )  # fmt: skip
+    parser.add_argument(
+        "--keep-database", action="store_true",
+        help="keep the soak's database afterwards (its name is printed), to look into a failure",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     url = os.environ.get("SOAK_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL")
     if not url or not url.startswith("postgresql"):
@@ -125,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         topology = start(args.topology, tmp, url, args.stale_seconds, args.port)
+        topology.database.keep = args.keep_database
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -79,6 +79,7 @@ class Database:
         self.name = f"soak_{uuid.uuid4().hex[:10]}"
         self.admin = base.set(drivername="postgresql", database="postgres")
         self.url = base.set(database=self.name)
+        self.keep = False
         with self.connect(self.admin) as connection:
             connection.execute(f'CREATE DATABASE "{self.name}"')
 
@@ -96,6 +97,9 @@ class Database:
         return self.via(self.url.port or 5432)
 
     def drop(self) -> None:
+        if self.keep:
+            print(f"database kept: {self.direct()}", flush=True)
+            return
         with self.connect(self.admin) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
