@@ -64,6 +64,9 @@ def chaos(
             return
         print(f"  t={time.monotonic() - started:5.1f}s fault: {fault}", flush=True)
         tally.faults[fault] += 1
+        if fault == "kill_redis":  # the event log goes with it (cluster): see User.log_lost
+            with tally.lock:
+                tally.redis_lost.append(time.monotonic())
         try:
             topology.fault(fault, rng, stop)
         except Exception as error:  # e.g. an instance that did not come back

@@ -46,6 +46,7 @@ class Tally:
     )
     keys_sent: set[str] = field(default_factory=set)
     conflict_spans: list[float] = field(default_factory=list)  # per key: first to last 409
+    redis_lost: list[float] = field(default_factory=list)  # when Redis was killed (monotonic)
 
     def count(self, name: str, n: int = 1) -> None:
         with self.lock:
@@ -106,6 +107,7 @@ class Stream:
     """One turn's stream as the client read it, over one connection or several (resumes)."""
 
     where: str
+    started: float = field(default_factory=time.monotonic)
     meta: dict[str, Any] = field(default_factory=dict)
     last_id: int = 0
     text: str = ""
@@ -255,6 +257,7 @@ class User(threading.Thread):
         up to the done body's response."""
         event = None
         deadline = time.monotonic() + RESUME_SECONDS
+        frames = 0  # on this connection
         try:
             for line in response.iter_lines(decode_unicode=True):
                 if time.monotonic() > deadline:
@@ -270,6 +273,7 @@ class User(threading.Thread):
                 elif line.startswith("event:"):
                     event = line.split(":", 1)[1].strip()
                 elif line.startswith("data:"):
+                    frames += 1
                     data = json.loads(line.split(":", 1)[1])
                     if event == "meta":
                         read.meta = data
@@ -279,11 +283,13 @@ class User(threading.Thread):
                         read.left = True
                         raise Dropped("left")
                     if event == "done":
-                        if data.get("response") != read.text:
+                        reply = str(data.get("response"))
+                        if reply != read.text and self.log_lost(read, frames, reply):
+                            self.tally.count("resumes ended by the stored reply (log lost)")
+                        elif reply != read.text:
                             self.tally.violation(
                                 "stream_text",
-                                f"{read.where}: deltas {read.text[:50]!r}, "
-                                f"done {str(data.get('response'))[:50]!r}",
+                                f"{read.where}: deltas {read.text[:50]!r}, done {reply[:50]!r}",
                             )
                         return data
                     if event == "error":
@@ -292,6 +298,15 @@ class User(threading.Thread):
         except (requests.RequestException, ValueError) as error:
             raise Dropped(repr(error)) from error
         raise Dropped("stream ended without done or error")
+
+    def log_lost(self, read: Stream, frames: int, reply: str) -> bool:
+        """A resumed stream whose `done` came alone: the contract's ending of a log that has
+        expired, or lost events (Redis was killed while the stream lived, and its log with
+        it); the text read before must still begin the reply."""
+        if not read.where.endswith("resume") or frames != 1 or not reply.startswith(read.text):
+            return False
+        with self.tally.lock:
+            return any(read.started <= at for at in self.tally.redis_lost)
 
     def resume(self, kind: str, key: str, read: Stream) -> tuple[str, float | None]:
         """GET the turn's events after the last id seen until done or error; a dropped resume
