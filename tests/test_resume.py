@@ -498,3 +498,33 @@ def test_a_log_that_lost_events_is_never_sent_with_a_hole(make_app):
     # after the hole: every event as stored
     replay = read_events(client, path + "/events", **{"Last-Event-ID": "4"})
     assert as_tuples(replay) == as_tuples(sent[4:])
+
+
+def test_a_reader_that_could_not_read_the_store_still_gets_every_event(make_app):
+    """Issue 23's cluster soak: a resume whose reads failed (Redis killed) found the turn
+    settled and the log whole again, and was sent the log's last event (`done`, id 10) right
+    after the id it had (1). It must read what it missed first: ids in order, none missing."""
+    from chatsvc.services.events import EventLog, RedisStore
+
+    url = require_service("TEST_REDIS_URL", "Redis")
+    app = make_app({"EVENTS_REDIS_URL": url})
+    sent = stream_turn(app.test_client(), "/api/carol/chat", {"message": LONG_ANSWER})
+    done = sent[-1].data
+    events = app.extensions["chatsvc.turns"].events
+    wait_for(lambda: events.flush() and len(events.store.read(done["message_id"], 0)) == len(sent),
+             5, "storage")  # fmt: skip
+
+    class ReadsFailOnce(RedisStore):  # real Redis; its first read fails as when Redis is down
+        failed = False
+
+        def read(self, message_id: str, after: int) -> list[Any]:
+            if not self.failed:
+                self.failed = True
+                raise ConnectionError("Redis is down")
+            return super().read(message_id, after)
+
+    elsewhere = EventLog(ReadsFailOnce(url, 3600), app.extensions["chatsvc.turns"].settings)
+    settled = ("done", done, 60.0)  # the stored message's ending, settled a minute ago
+    got = [e for e in elsewhere.follow(done["message_id"], 1, 5.0, lambda: settled) if e]
+    assert [(e.id, e.name) for e in got] == [(e.id, e.name) for e in sent[1:]]
+    elsewhere.close(timeout=0)

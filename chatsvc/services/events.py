@@ -585,6 +585,11 @@ class EventLog:
                 ending = outcome()
                 if ending is not None and ending[2] >= SETTLE_GRACE_SECONDS:
                     final = self._ending(message_id, last, ending)
+                    if final is not None and final.id > last + 1:
+                        # the log holds events this reader has not read (it could not read
+                        # the store just now, or they came meanwhile): read them first
+                        check_at = 0.0
+                        continue
                     if final is not None:
                         yield final if sent == last else Event(sent + 1, final.name, final.data)
                     return
