@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 
 import psycopg
+import requests
 from sqlalchemy.engine import make_url
 
 from bench import cluster, harness
@@ -273,13 +274,34 @@ class Cluster(Topology):
             self.cluster.stop()
 
     def inject(self, fault: str, rng: random.Random, stop: threading.Event) -> None:
-        if fault != "kill_instance":
+        if fault == "kill_instance":
+            name = rng.choice(cluster.INSTANCES)
+            self.cluster.kill_instance(name)
+            stop.wait(rng.uniform(3, 6))
+            self.cluster.restart_instance(name)
+        else:
             super().inject(fault, rng, stop)
-            return
-        name = rng.choice(cluster.INSTANCES)
-        self.cluster.kill_instance(name)
-        stop.wait(rng.uniform(3, 6))
-        self.cluster.restart_instance(name)
+        if fault in ("kill_worker", "kill_instance"):
+            self.whole(stop)
+
+    def whole(self, stop: threading.Event, seconds: float = 30) -> None:
+        """One host failure at a time: until nginx sends requests to both instances again.
+        A request an instance failed (a killed worker's) takes it out of nginx's rotation for
+        `fail_timeout` (10 s, `max_fails=1`): a second failure on the other instance within
+        that window leaves no instance in rotation, and nginx answers 503 to everything for
+        the rest of it. That double fault is not the soak's model (see README)."""
+        names = {i.url.removeprefix("http://") for i in self.cluster.instances.values()}
+        answered: list[str] = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not stop.is_set():
+            try:
+                response = requests.get(self.url + "/health/live", timeout=5)
+                answered.append(response.headers.get("X-Upstream", "").split(", ")[-1])
+            except requests.RequestException:
+                answered.append("")
+            if set(answered[-2:]) == names:
+                return
+            stop.wait(0.2)
 
 
 def start(topology: str, tmp: Path, url: str, stale_seconds: int, port: int) -> Topology:
