@@ -34,6 +34,12 @@ class Config:
     # Limits.
     MAX_CONTENT_LENGTH = 64 * 1024
     MAX_DOCUMENT_BYTES = 2 * 1024 * 1024
+    # A document's text up to this many bytes is split and indexed inside its POST (201);
+    # a larger one is stored at once and indexed in the background (202, status `indexing`).
+    INGEST_INLINE_BYTES = 64 * 1024
+    # A background indexing renews its lease every batch; one not renewed for this long (its
+    # worker died) is taken over by the next request that reads or posts the document.
+    INGEST_LEASE_SECONDS = 60
     MAX_MESSAGE_CHARS = 4000
 
     # Conversations.
@@ -171,6 +177,9 @@ class TestConfig(Config):
     LOG_FORMAT = "json"
     # Most tests send many requests; the rate-limit tests enable limits explicitly.
     RATELIMIT_ENABLED = False
+    # Most tests read a document right after posting it; the background-indexing tests
+    # (test_ingest_background, test_linear_time's gunicorn) set the production threshold.
+    INGEST_INLINE_BYTES = Config.MAX_DOCUMENT_BYTES
 
 
 class ProductionConfig(Config):

@@ -146,9 +146,15 @@ class Document(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     # sha256 of the normalised text: the same text ingested twice is one document.
     content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The normalised text while it is indexed in the background (a job taken over starts from
+    # it); "" once its passages hold it (each document's text is stored once).
     text: Mapped[str] = mapped_column(Text)
     chunk_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # `ready`, or `indexing` while a large document is split in the background (its lease:
+    # until when the worker doing it is presumed alive), or `failed` when splitting raised.
+    status: Mapped[str] = mapped_column(String(16), default="ready", server_default="ready")
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     sections: Mapped[list[Section]] = relationship(
         back_populates="document", passive_deletes=True, order_by="Section.ordinal"

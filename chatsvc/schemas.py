@@ -604,6 +604,15 @@ class DocumentSchema(Schema):
     metadata = fields.Dict(required=True, attribute="meta")
     chunk_count = fields.Integer(required=True)
     created_at = UTCDateTime(required=True)
+    status = fields.String(
+        required=True,
+        validate=validate.OneOf(["ready", "indexing", "failed"]),
+        metadata={
+            "description": "`ready`: every passage is searchable; `indexing`: a large document "
+            "being split in the background (its passages become searchable as they are "
+            "stored); `failed`: it could not be split."
+        },
+    )
 
 
 class DocumentPageSchema(Schema):

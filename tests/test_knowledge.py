@@ -222,7 +222,8 @@ def test_unknown_or_malformed_document_ids_are_404(client, document_id):
 
 
 def test_documents_have_their_own_body_limit(make_app):
-    client = make_app({"MAX_DOCUMENT_BYTES": 200_000}).test_client()
+    config = {"MAX_DOCUMENT_BYTES": 200_000, "INGEST_INLINE_BYTES": 200_000}  # indexed inline
+    client = make_app(config).test_client()
     paragraph = "Lighthouses guide ships along dangerous coasts at night. " * 20 + "\n\n"
     big = client.post("/api/documents", json={"title": "Big", "text": paragraph * 90})
     assert big.status_code == 201  # above MAX_CONTENT_LENGTH (64 KiB), within the document limit

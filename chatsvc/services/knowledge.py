@@ -5,23 +5,38 @@ so another backend (e.g. pgvector) can be added without touching callers."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..errors import NotFound
+from ..db import utcnow
+from ..errors import NotFound, database_unavailable
 from ..models import Chunk, Document, Section
 from ..text import LETTERS_OR_DIGITS, STOPWORDS, TERM
 from . import chunking, pages
 
+if TYPE_CHECKING:
+    from ..db import Database
+
+log = logging.getLogger(__name__)
+
 MAX_K = 10
 INSERT_BATCH = 500  # passages per INSERT statement
+# ... and per transaction of a background indexing. On SQLite the worker runs nothing else
+# while a batch is stored (the index triggers: about 1 ms per passage on a busy 2-core machine),
+# so a chat turn may wait for one batch: with 500, turns' p95 was 436 ms during a 2 MiB ingest
+# (60 ms alone), with 50 it is 136 ms. PostgreSQL's driver yields while the server works, and
+# its statement triggers run once per batch: it keeps 500 (bench/ingest_chat.py).
+BACKGROUND_BATCH = {"sqlite": 50}
 # What a search hit carries: a passage is at most chunking.CAPACITY[1] characters and a
 # section path at most chunking.MAX_SECTION_CHARS; the caps hold whatever the stored rows say.
 MAX_SNIPPET_CHARS = chunking.CAPACITY[1]
@@ -60,6 +75,9 @@ def content_hash(body: str) -> str:
     return hashlib.sha256(normalise(body).encode()).hexdigest()
 
 
+READY, INDEXING, FAILED = "ready", "indexing", "failed"
+
+
 def ingest(
     session: Session,
     title: str,
@@ -68,18 +86,66 @@ def ingest(
     url: str | None = None,
     meta: dict[str, Any] | None = None,
 ) -> tuple[Document, bool]:
-    """Store a document and its passages; the same text again returns the stored document.
-    The flag says whether it is new."""
-    digest = content_hash(body)
-    existing = _by_hash(session, digest)
+    """Store a document and its passages in one transaction; the same text again returns the
+    stored document. The flag says whether it is new. Splitting (which pauses for other
+    requests) comes before the transaction, and nothing pauses inside it: SQLite has one
+    writer, and a request of the same worker waiting for its lock blocks the whole worker, so
+    the writer could never finish (a chat turn during a large inline ingest: 10 s, then 503)."""
+    text = normalise(body)
+    existing = _by_hash(session, content_hash(text))
     if existing is not None:
         session.commit()
         return existing, False
-    text = normalise(body)
+    session.rollback()  # no snapshot held across the split
     parts = chunking.split(title, text)
+    count = sum(len(part.passages) for part in parts)
+    document, created = _store_document(session, title, text, url, meta, READY, count)
+    if created:
+        _store_passages(session, document.id, parts)
+    session.commit()
+    return document, created
+
+
+def accept(
+    session: Session,
+    title: str,
+    body: str,
+    *,
+    url: str | None = None,
+    meta: dict[str, Any] | None = None,
+    lease_seconds: float,
+) -> tuple[Document, bool]:
+    """Store a document to be indexed in the background (`index`): status `indexing`, leased
+    to the caller for `lease_seconds`. The same text again returns the stored document, in
+    whatever state it is. The flag says whether it is new."""
+    text = normalise(body)
+    document, created = _store_document(
+        session, title, text, url, meta, INDEXING, lease_until=_lease(lease_seconds)
+    )
+    session.commit()
+    return document, created
+
+
+def _store_document(
+    session: Session,
+    title: str,
+    text: str,
+    url: str | None,
+    meta: dict[str, Any] | None,
+    status: str,
+    chunk_count: int = 0,
+    lease_until: datetime | None = None,
+) -> tuple[Document, bool]:
+    """The new document's row, or the one stored with the same text. Its text is kept only
+    while it is to be indexed (`indexing`): once indexed, the passages hold it."""
+    digest = content_hash(text)
+    existing = _by_hash(session, digest)
+    if existing is not None:
+        return existing, False
     document = Document(
-        title=title, url=url, meta=meta or {}, content_hash=digest, text=text,
-        chunk_count=sum(len(part.passages) for part in parts),
+        title=title, url=url, meta=meta or {}, content_hash=digest,
+        text=text if status == INDEXING else "", chunk_count=chunk_count, status=status,
+        lease_until=lease_until,
     )  # fmt: skip
     session.add(document)
     try:
@@ -89,32 +155,182 @@ def ingest(
         winner = _by_hash(session, digest)
         if winner is None:
             raise
-        session.commit()
         return winner, False
-    _store_passages(session, document.id, parts)
-    session.commit()
     return document, True
+
+
+# Background indexing ----------------------------------------------------------------------
+#
+# A large document is split and stored by a job in the worker that accepted it, so that the
+# POST returns at once and the worker's other requests keep their latency. The job commits
+# every batch of passages (SQLite has one writer: a 2 MiB document's rows in one transaction
+# kept every chat turn's writes waiting about a second) and renews its lease with each one.
+# The lease is also the job's fencing token: each renewal is a compare-and-set on the value
+# the job last wrote, so a job whose document was taken over (its lease ran out: the worker
+# died, or stalled that long) or deleted stops at its next batch and writes nothing more.
+# Passages are searchable as they land; the document says `indexing` until the last one has.
+
+
+class _Lost(Exception):
+    """The document was deleted, or another worker took its indexing over."""
+
+
+def index(database: Database, document_id: str, lease: datetime, lease_seconds: float) -> None:
+    """Split and store the passages of a document accepted with `accept` (or taken over with
+    `take_over`), holding `lease`; the document ends `ready` (or `failed` when splitting
+    raised). Returns quietly when the document is deleted or taken over meanwhile; a database
+    that goes away leaves it `indexing` for the next worker to take over once the lease ends."""
+    try:
+        with database.read() as session:
+            found = session.execute(
+                select(Document.title, Document.text).where(
+                    Document.id == document_id, Document.lease_until == lease
+                )
+            ).first()
+        if found is None:
+            return
+        try:
+            parts = chunking.split(found.title, found.text)
+        except Exception as error:  # a bug in splitting: say so rather than retry forever
+            log.error("indexing document %s failed: %s", document_id, type(error).__name__)
+            with database.transaction() as session:
+                _renew(session, document_id, lease, None, status=FAILED)
+            return
+        lease = _index(database, document_id, parts, lease, lease_seconds)
+        with database.transaction() as session:
+            count = sum(len(part.passages) for part in parts)
+            # The text is kept while it may have to be indexed again (a dead worker's job is
+            # taken over from it); once indexed, it lives in its passages only.
+            _renew(session, document_id, lease, None, status=READY, chunk_count=count, text="")
+    except (_Lost, IntegrityError):  # deleted (its passages' foreign key) or taken over
+        log.info("indexing document %s stopped: deleted or taken over", document_id)
+    except Exception as error:
+        if database_unavailable(error) is None:
+            raise
+        log.error("indexing document %s waits for the database: %s", document_id,
+                  type(error).__name__)  # fmt: skip
+
+
+def _index(
+    database: Database,
+    document_id: str,
+    parts: list[chunking.Section],
+    lease: datetime,
+    lease_seconds: float,
+) -> datetime:
+    """Store the passages batch by batch, each batch with a renewal of the lease; the lease
+    held at the end."""
+    with database.transaction() as session:
+        lease = _renew(session, document_id, lease, _lease(lease_seconds))
+        # What an earlier attempt stored before its worker died (passages first: SQLite's
+        # index trigger reads their section's path).
+        session.execute(delete(Chunk).where(Chunk.document_id == document_id))
+        session.execute(delete(Section).where(Section.document_id == document_id))
+        section_ids = _insert_sections(session, document_id, parts)
+    size = BACKGROUND_BATCH.get(database.engine.dialect.name, INSERT_BATCH)
+    for batch in _batches(document_id, parts, section_ids, size):
+        chunking.pause()
+        with database.transaction() as session:
+            lease = _renew(session, document_id, lease, _lease(lease_seconds))
+            _insert_passages(session, batch)
+    return lease
+
+
+def _renew(
+    session: Session, document_id: str, held: datetime, new: datetime | None, **values: Any
+) -> datetime:
+    """Compare-and-set of the lease: `new` (with `values`) when the document is still indexing
+    under `held`, else _Lost."""
+    done = session.execute(
+        update(Document)
+        .where(
+            Document.id == document_id,
+            Document.status == INDEXING,
+            Document.lease_until == held,
+        )
+        .values(lease_until=new, **values)
+    )
+    if done.rowcount != 1:
+        raise _Lost()
+    return new or held
+
+
+def take_over(session: Session, document: Document, lease_seconds: float) -> datetime | None:
+    """The lease of a document whose indexing stopped (its lease ran out), now held by the
+    caller, who must run `index`; None when it is not such a document or another caller won."""
+    now = utcnow()
+    if document.status != INDEXING or document.lease_until is None or document.lease_until > now:
+        return None
+    lease = _lease(lease_seconds)
+    done = session.execute(
+        update(Document)
+        .where(
+            Document.id == document.id,
+            Document.status == INDEXING,
+            Document.lease_until == document.lease_until,
+        )
+        .values(lease_until=lease)
+    )
+    session.commit()
+    if done.rowcount != 1:
+        return None
+    document.lease_until = lease
+    return lease
+
+
+def start_indexing(
+    database: Database, document_id: str, lease: datetime, lease_seconds: float
+) -> None:
+    """Run `index` in a thread of its own (a greenlet under gunicorn's gevent worker)."""
+    threading.Thread(
+        target=index, args=(database, document_id, lease, lease_seconds),
+        daemon=True, name=f"index-{document_id}",
+    ).start()  # fmt: skip
+
+
+def _lease(seconds: float) -> datetime:
+    return utcnow() + timedelta(seconds=seconds)
 
 
 def _store_passages(session: Session, document_id: str, parts: list[chunking.Section]) -> None:
     """Each section path once, each passage pointing at its section; inserted in batches
-    (thousands of ORM objects took 6 s for a 2 MiB document, these statements well under 1 s),
-    with a cooperative pause between batches (see chunking.pause)."""
-    section_ids = session.scalars(
-        insert(Section).returning(Section.id, sort_by_parameter_order=True),
-        [{"document_id": document_id, "ordinal": n, "path": p.path} for n, p in enumerate(parts)],
-    ).all()
+    (thousands of ORM objects took 6 s for a 2 MiB document, these statements well under 1 s)."""
+    section_ids = _insert_sections(session, document_id, parts)
+    for batch in _batches(document_id, parts, section_ids):
+        _insert_passages(session, batch)
+
+
+def _insert_sections(
+    session: Session, document_id: str, parts: list[chunking.Section]
+) -> list[int]:
+    return list(
+        session.scalars(
+            insert(Section).returning(Section.id, sort_by_parameter_order=True),
+            [
+                {"document_id": document_id, "ordinal": n, "path": part.path}
+                for n, part in enumerate(parts)
+            ],
+        ).all()
+    )
+
+
+def _batches(
+    document_id: str,
+    parts: list[chunking.Section],
+    section_ids: list[int],
+    size: int = INSERT_BATCH,
+) -> Iterator[list[dict[str, Any]]]:
+    """The passages' rows, numbered in document order, `size` at a time."""
     rows = [
         {"document_id": document_id, "section_id": section_id, "text": passage}
         for section_id, part in zip(section_ids, parts, strict=True)
         for passage in part.passages
     ]
-    for start in range(0, len(rows), INSERT_BATCH):
-        batch = rows[start : start + INSERT_BATCH]
+    for start in range(0, len(rows), size):
+        batch = rows[start : start + size]
         for n, row in enumerate(batch, start):
             row["ordinal"] = n
-        _insert_passages(session, batch)
-        chunking.pause()
+        yield batch
 
 
 def _insert_passages(session: Session, batch: list[dict[str, Any]]) -> None:
@@ -326,11 +542,18 @@ def find(session: Session, query: str, k: int = 5) -> Found:
 
 def _spread(ranked: list[tuple[Any, float]], k: int) -> list[tuple[Any, float]]:
     """The k best, at most one passage per document while other documents are left: three
-    passages of one page (or the same boilerplate in many) say less than three pages do."""
+    passages of one page say less than three pages do. A passage whose words repeat one ranked
+    above it (boilerplate that many documents share: "Report bugs to …", a licence) is left out
+    altogether: citing the same text twice says nothing more, and it would crowd out the rest."""
     first: list[int] = []
     rest: list[int] = []
     seen: set[str] = set()
+    said: set[str] = set()
     for n, (row, _) in enumerate(ranked):
+        words = " ".join(row.text.casefold().split())
+        if words in said:
+            continue
+        said.add(words)
         (rest if row.document_id in seen else first).append(n)
         seen.add(row.document_id)
     return [ranked[n] for n in sorted((first + rest)[:k])]
