@@ -64,9 +64,9 @@ def chaos(
             return
         print(f"  t={time.monotonic() - started:5.1f}s fault: {fault}", flush=True)
         tally.faults[fault] += 1
-        if fault == "kill_redis":  # the event log goes with it (cluster): see User.log_lost
+        if fault in ("kill_redis", "kill_worker", "kill_instance"):  # see User.log_lost
             with tally.lock:
-                tally.redis_lost.append(time.monotonic())
+                tally.events_lost.append((time.monotonic(), fault))
         try:
             topology.fault(fault, rng, stop)
         except Exception as error:  # e.g. an instance that did not come back
@@ -209,6 +209,8 @@ def report(tally: Tally, elapsed: float, calls: collections.Counter, topology: s
     print(f"elapsed: {elapsed:.0f} s")
     for name in sorted(tally.counts):
         print(f"{name}: {tally.counts[name]}")
+        for example in tally.examples.get(name, []):
+            print(f"    e.g. {example}")
     print("faults: " + ", ".join(f"{kind}={tally.faults[kind]}" for kind in FAULTS[topology]))
     print("model requests: " + ", ".join(f"{mode}={n}" for mode, n in sorted(calls.items())))
     spans = sorted(tally.conflict_spans)

@@ -46,7 +46,9 @@ class Tally:
     )
     keys_sent: set[str] = field(default_factory=set)
     conflict_spans: list[float] = field(default_factory=list)  # per key: first to last 409
-    redis_lost: list[float] = field(default_factory=list)  # when Redis was killed (monotonic)
+    # when a fault that loses logged events struck (monotonic), and which: Redis killed (the
+    # log with it), a worker or instance killed (the events it had not stored yet)
+    events_lost: list[tuple[float, str]] = field(default_factory=list)
 
     def count(self, name: str, n: int = 1) -> None:
         with self.lock:
@@ -55,6 +57,11 @@ class Tally:
     def status(self, status: int | str) -> None:
         with self.lock:
             self.statuses[status] += 1
+
+    def example(self, name: str, example: str) -> None:
+        with self.lock:
+            if len(self.examples[name]) < 5:
+                self.examples[name].append(example[:300])
 
     def violation(self, name: str, example: str) -> None:
         with self.lock:
@@ -308,12 +315,20 @@ class User(threading.Thread):
 
     def log_lost(self, read: Stream, frames: int, reply: str) -> bool:
         """A resumed stream whose `done` came alone: the contract's ending of a log that has
-        expired, or lost events (Redis was killed while the stream lived, and its log with
-        it); the text read before must still begin the reply."""
+        expired, or lost events — only when a fault that loses them struck while the stream
+        lived (Redis killed: the log with it; a worker or instance killed: the events it had
+        not stored yet); the text read before must still begin the reply."""
         if not read.where.endswith("resume") or frames != 1 or not reply.startswith(read.text):
             return False
         with self.tally.lock:
-            return any(read.started <= at for at in self.tally.redis_lost)
+            struck = [(at, kind) for at, kind in self.tally.events_lost if read.started <= at]
+        if struck:
+            at, kind = struck[-1]
+            self.tally.example(
+                "resumes ended by the stored reply (log lost)",
+                f"{read.where}: {kind} {time.monotonic() - at:.1f} s before the done",
+            )
+        return bool(struck)
 
     def resume(self, kind: str, key: str, read: Stream) -> tuple[str, float | None]:
         """GET the turn's events after the last id seen until done or error; a dropped resume
