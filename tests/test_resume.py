@@ -528,3 +528,33 @@ def test_a_reader_that_could_not_read_the_store_still_gets_every_event(make_app)
     got = [e for e in elsewhere.follow(done["message_id"], 1, 5.0, lambda: settled) if e]
     assert [(e.id, e.name) for e in got] == [(e.id, e.name) for e in sent[1:]]
     elsewhere.close(timeout=0)
+
+
+def test_a_reader_outlives_a_database_outage_while_it_waits(make_app):
+    """Issue 23's cluster soak: a resume asked for the turn's stored status while the database
+    was cut and answered 500. The status is asked again a second later; the reader ends with
+    the turn's ending once the database answers."""
+    from sqlalchemy.exc import OperationalError
+
+    from chatsvc.services.events import EventLog
+
+    app = make_app({"TURN_EVENTS_STORE": "database"})
+    sent = stream_turn(app.test_client(), "/api/dave/chat", {"message": "hello there"})
+    done = sent[-1].data
+    turns = app.extensions["chatsvc.turns"]
+    wait_for(lambda: turns.events.flush() or True, 5, "storage")
+    elsewhere = EventLog.open(turns.settings, database(app))
+    asked: list[int] = []
+
+    def outcome() -> Any:  # the database is away the first time it is asked
+        asked.append(1)
+        if len(asked) == 1:
+            raise OperationalError("SELECT", {}, ConnectionRefusedError("connection refused"))
+        return ("done", done, 60.0)
+
+    last = sent[-2].id  # the reader has every event but the done
+    with elsewhere.store._database.transaction() as session:  # the done was lost (a killed
+        session.execute(LoggedEvent.__table__.delete())  # worker's last batch): none is logged
+    got = [e for e in elsewhere.follow(done["message_id"], last, 5.0, outcome) if e]
+    assert [(e.id, e.name) for e in got] == [(last + 1, "done")]
+    assert len(asked) == 2

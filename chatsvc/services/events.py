@@ -50,6 +50,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..config import TurnSettings
 from ..db import Database, utcnow
+from ..errors import database_unavailable
 from ..models import LoggedEvent
 
 log = logging.getLogger(__name__)
@@ -582,7 +583,13 @@ class EventLog:
             # A turn running in this process ends its log itself: nothing to ask.
             if now >= check_at and not self._running_here(message_id):
                 check_at = now + STATUS_EVERY_SECONDS
-                ending = outcome()
+                try:
+                    ending = outcome()
+                except Exception as error:  # the database went away: ask again in a second
+                    if database_unavailable(error) is None:
+                        raise
+                    self._unreachable(error)
+                    ending = None
                 if ending is not None and ending[2] >= SETTLE_GRACE_SECONDS:
                     final = self._ending(message_id, last, ending)
                     if final is not None and final.id > last + 1:
