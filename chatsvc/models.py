@@ -138,12 +138,17 @@ class Document(Base):
     """A knowledge-base document; its text is searched through its chunks."""
 
     __tablename__ = "documents"
-    __table_args__ = (Index("ix_documents_created", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_documents_created", "created_at", "id"),
+        Index("ix_documents_collection", "collection", "created_at", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     title: Mapped[str] = mapped_column(String(200))
     url: Mapped[str | None] = mapped_column(String(2048))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    # Which part of the knowledge base it belongs to: searches may be limited to some.
+    collection: Mapped[str] = mapped_column(String(64), default="default", server_default="default")
     # sha256 of the normalised text: the same text ingested twice is one document.
     content_hash: Mapped[str] = mapped_column(String(64), unique=True)
     # The normalised text while it is indexed in the background (a job taken over starts from

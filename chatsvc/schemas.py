@@ -156,7 +156,53 @@ class Title(fields.String):
 # Requests -------------------------------------------------------------------------------
 
 
-class UserChatSchema(Schema):
+COLLECTION_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}\Z"
+MAX_SCOPE_COLLECTIONS = 10
+MAX_SCOPE_METADATA = 5
+
+
+def collection_field(**kwargs: Any) -> fields.String:
+    """A collection's name: lower-case letters, digits, `_` and `-`, at most 64."""
+    return fields.String(
+        validate=validate.Regexp(COLLECTION_PATTERN, error="Not a collection name."),
+        metadata={"pattern": COLLECTION_PATTERN.replace("\\Z", "$"),
+                  "description": "A collection: lower-case letters, digits, _ and -."},
+        **kwargs,
+    )  # fmt: skip
+
+
+def _refuse(message: str) -> bool:
+    raise ValidationError(message)
+
+
+class KnowledgeScopeFields(Schema):
+    """What a turn's knowledge searches may return (its `search_knowledge` calls and the offline
+    agent's answers alike)."""
+
+    collections = fields.List(
+        collection_field(),
+        load_default=list,
+        validate=validate.Length(1, MAX_SCOPE_COLLECTIONS),
+        metadata={"description": "Search only documents of these collections (default: all)."},
+    )
+    document_metadata = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(validate=validate.Length(max=200)),
+        load_default=dict,
+        validate=lambda given: (
+            1 <= len(given) <= MAX_SCOPE_METADATA
+            or _refuse(f"Give 1 to {MAX_SCOPE_METADATA} keys.")
+        ),
+        metadata={
+            "description": "Search only documents whose `metadata` holds each of these keys "
+            "with exactly this string value.",
+            "minProperties": 1,
+            "maxProperties": MAX_SCOPE_METADATA,
+        },
+    )
+
+
+class UserChatSchema(KnowledgeScopeFields):
     message = ChatText(required=True, metadata={"description": "What the user says."})
     conversation_id = fields.String(
         load_default=None,
@@ -243,7 +289,7 @@ def _known_zone(name: str) -> bool:
     return True
 
 
-class SessionChatSchema(Schema):
+class SessionChatSchema(KnowledgeScopeFields):
     message = ChatText(required=True, metadata={"description": "What the user says."})
 
 
@@ -464,6 +510,11 @@ class DocumentCreateSchema(Schema):
     metadata = fields.Dict(
         keys=fields.String(), load_default=dict, metadata={"description": "Any JSON object."}
     )
+    collection = collection_field(load_default="default")
+
+
+class DocumentListArgsSchema(PageArgsSchema):
+    collection = collection_field(load_default=None)
 
 
 # Resources ------------------------------------------------------------------------------
@@ -602,6 +653,7 @@ class DocumentSchema(Schema):
     title = fields.String(required=True)
     url = fields.String(required=True, allow_none=True)
     metadata = fields.Dict(required=True, attribute="meta")
+    collection = fields.String(required=True)
     chunk_count = fields.Integer(required=True)
     created_at = UTCDateTime(required=True)
     status = fields.String(

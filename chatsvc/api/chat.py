@@ -19,6 +19,7 @@ from ..schemas import (
     UserChatSchema,
 )
 from ..services.conversations import SESSION, USER, Access
+from ..services.knowledge import Scope
 from ..services.turns import IdempotencyKey, TurnEngine, TurnHandle, TurnRequest
 from . import Blueprint, accepted, problems, sse
 
@@ -72,9 +73,11 @@ def _turn(
     conversation_id: str | None = None,
 ) -> Any:  # fmt: skip
     idempotent = idempotency_for(access, options["idempotency_key"], body, conversation_id)
+    scope = Scope(tuple(body["collections"]), tuple(sorted(body["document_metadata"].items())))
     handle = engine().take(
         TurnRequest(access, kind, body["message"], conversation_id, idempotent,
-                    client_address=request.remote_addr, timezone=options["timezone"])
+                    client_address=request.remote_addr, timezone=options["timezone"],
+                    scope=scope)
     )  # fmt: skip
     headers = dict(REPLAYED) if handle.replayed else {}
     if accepted.prefers_async(options["prefer"]):

@@ -8,7 +8,12 @@ from flask import current_app, url_for
 
 from .. import auth, db
 from ..models import Document
-from ..schemas import DocumentCreateSchema, DocumentPageSchema, DocumentSchema, PageArgsSchema
+from ..schemas import (
+    DocumentCreateSchema,
+    DocumentListArgsSchema,
+    DocumentPageSchema,
+    DocumentSchema,
+)
 from ..services import knowledge
 from . import Blueprint, body_limit, cached, problems
 
@@ -34,12 +39,11 @@ def create_document(body: dict[str, Any]) -> Any:
     config = current_app.config
     lease_seconds = float(config["INGEST_LEASE_SECONDS"])
     args = (db.session(), body["title"], body["text"])
+    given = {"url": body["url"], "meta": body["metadata"], "collection": body["collection"]}
     if len(body["text"].encode()) <= config["INGEST_INLINE_BYTES"]:
-        document, created = knowledge.ingest(*args, url=body["url"], meta=body["metadata"])
+        document, created = knowledge.ingest(*args, **given)
         return document, 201 if created else 200
-    document, created = knowledge.accept(
-        *args, url=body["url"], meta=body["metadata"], lease_seconds=lease_seconds
-    )
+    document, created = knowledge.accept(*args, **given, lease_seconds=lease_seconds)
     if not created:
         _resume_indexing(document)
         return document, 200
@@ -50,14 +54,16 @@ def create_document(body: dict[str, Any]) -> Any:
 
 
 @bp.get("")
-@bp.arguments(PageArgsSchema, location="query")
+@bp.arguments(DocumentListArgsSchema, location="query")
 @cached(bp)
 @bp.response(200, DocumentPageSchema)
 @problems(bp, 401, 422, 429)
 def list_documents(args: dict[str, Any]) -> dict[str, Any]:
-    """The documents, newest first."""
+    """The documents, newest first (of one collection, with `collection`)."""
     auth.require_reader()
-    items, next_cursor = knowledge.list_documents(db.session(), args["limit"], args["cursor"])
+    items, next_cursor = knowledge.list_documents(
+        db.session(), args["limit"], args["cursor"], args["collection"]
+    )
     return {"items": items, "next_cursor": next_cursor}
 
 

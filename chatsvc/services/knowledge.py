@@ -9,7 +9,7 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -64,6 +64,30 @@ class Hit:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Scope:
+    """What a search may return: passages of documents in one of `collections` (all when
+    empty) whose metadata holds each (key, value) of `metadata` (string values, compared
+    exactly; a number or another type never equals a string). Keys and values are bound
+    parameters, never spliced into SQL or a JSON path."""
+
+    collections: tuple[str, ...] = ()
+    metadata: tuple[tuple[str, str], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.collections or self.metadata)
+
+    @property
+    def empty(self) -> bool:
+        """Nothing can be in it: a NUL in a metadata key or value (PostgreSQL's text cannot
+        hold one, so no stored document is compared with it; SQLite agrees)."""
+        return any("\x00" in key or "\x00" in value for key, value in self.metadata)
+
+
+EVERYWHERE = Scope()  # every document
+DEFAULT_COLLECTION = "default"
+
+
 # Documents ------------------------------------------------------------------------------
 
 
@@ -85,6 +109,7 @@ def ingest(
     *,
     url: str | None = None,
     meta: dict[str, Any] | None = None,
+    collection: str = DEFAULT_COLLECTION,
 ) -> tuple[Document, bool]:
     """Store a document and its passages in one transaction; the same text again returns the
     stored document. The flag says whether it is new. Splitting (which pauses for other
@@ -99,7 +124,7 @@ def ingest(
     session.rollback()  # no snapshot held across the split
     parts = chunking.split(title, text)
     count = sum(len(part.passages) for part in parts)
-    document, created = _store_document(session, title, text, url, meta, READY, count)
+    document, created = _store_document(session, title, text, url, meta, collection, READY, count)
     if created:
         _store_passages(session, document.id, parts)
     session.commit()
@@ -113,6 +138,7 @@ def accept(
     *,
     url: str | None = None,
     meta: dict[str, Any] | None = None,
+    collection: str = DEFAULT_COLLECTION,
     lease_seconds: float,
 ) -> tuple[Document, bool]:
     """Store a document to be indexed in the background (`index`): status `indexing`, leased
@@ -120,7 +146,7 @@ def accept(
     whatever state it is. The flag says whether it is new."""
     text = normalise(body)
     document, created = _store_document(
-        session, title, text, url, meta, INDEXING, lease_until=_lease(lease_seconds)
+        session, title, text, url, meta, collection, INDEXING, lease_until=_lease(lease_seconds)
     )
     session.commit()
     return document, created
@@ -132,6 +158,7 @@ def _store_document(
     text: str,
     url: str | None,
     meta: dict[str, Any] | None,
+    collection: str,
     status: str,
     chunk_count: int = 0,
     lease_until: datetime | None = None,
@@ -143,7 +170,7 @@ def _store_document(
     if existing is not None:
         return existing, False
     document = Document(
-        title=title, url=url, meta=meta or {}, content_hash=digest,
+        title=title, url=url, meta=meta or {}, collection=collection, content_hash=digest,
         text=text if status == INDEXING else "", chunk_count=chunk_count, status=status,
         lease_until=lease_until,
     )  # fmt: skip
@@ -366,10 +393,12 @@ def get_document(session: Session, document_id: str) -> Document:
 
 
 def list_documents(
-    session: Session, limit: int, cursor: str | None = None
+    session: Session, limit: int, cursor: str | None = None, collection: str | None = None
 ) -> tuple[list[Document], str | None]:
-    """Documents, newest first."""
+    """Documents, newest first (of one collection, when given)."""
     query = select(Document)
+    if collection is not None:
+        query = query.where(Document.collection == collection)
     return pages.newest_first(session, query, Document.created_at, Document.id, limit, cursor)
 
 
@@ -495,18 +524,18 @@ class Found:
     weights: dict[str, float]
 
 
-def search(session: Session, query: str, k: int = 5) -> list[Hit]:
+def search(session: Session, query: str, k: int = 5, scope: Scope = EVERYWHERE) -> list[Hit]:
     """The k passages that best match the query, best first (see `find`)."""
-    return find(session, query, k).hits
+    return find(session, query, k, scope).hits
 
 
-def find(session: Session, query: str, k: int = 5) -> Found:
+def find(session: Session, query: str, k: int = 5, scope: Scope = EVERYWHERE) -> Found:
     """The k passages that best match the query, best first: those holding every word the
     index knows, then those holding its rarest words, each ranked by relevance with inverse
     document frequency and heading matches weighted up; at most one per document while other
     documents match."""
     words = terms(query)
-    if not words or k < 1:
+    if not words or k < 1 or scope.empty:
         return Found([], {})
     backend = BACKENDS.get(session.get_bind().dialect.name)
     if backend is None:
@@ -520,7 +549,7 @@ def find(session: Session, query: str, k: int = 5) -> Found:
     wanted = k * SPREAD
     tiers = [found.every, found.rare] if len(found.every) > 1 else [found.rare]
     for tier, required in zip(tiers, (True, False)[-len(tiers) :], strict=True):
-        for chunk_id, score in backend.rank(session, found, tier, required, wanted):
+        for chunk_id, score in backend.rank(session, found, tier, required, wanted, scope):
             ranked.setdefault(chunk_id, score)
         if len(ranked) >= wanted:
             break
@@ -601,31 +630,60 @@ class SQLiteSearch:
 
     @staticmethod
     def rank(
-        session: Session, found: Plan, tier: list[Term], required: bool, k: int
+        session: Session, found: Plan, tier: list[Term], required: bool, k: int, scope: Scope
     ) -> list[tuple[int, float]]:
         """bm25 over at most CANDIDATES passages: when more may match (a query of common
         words only), the newest of them. FTS5 scores every match before its LIMIT, so the
         bound is a rowid floor read from the match's doclist backwards ("name value type list
         string default" at 100k: 78 ms unbounded; the floor costs ~10 ms, so it is read only
-        when the plan says the rarest word is common)."""
+        when the plan says the rarest word is common). A scope joins each match to its
+        document (a primary-key look-up per match: the matches bound its cost as before)."""
         match = (" AND " if required else " OR ").join(map(SQLiteSearch.phrase, tier))
-        floor = found.common and session.scalar(
+        params: dict[str, Any] = {"match": match, "limit": CANDIDATES, "k": k}
+        joined, where = "", ""
+        if scope:
+            joined = (
+                " JOIN chunks c ON c.id = chunks_fts.rowid JOIN documents d ON d.id = c.document_id"
+            )
+            where = " AND " + _scope_filter(scope, params, SQLiteSearch.metadata)
+        params["floor"] = found.common and session.scalar(
             text(
-                "SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH :match"
-                " ORDER BY rowid DESC LIMIT 1 OFFSET :limit"
+                f"SELECT chunks_fts.rowid FROM chunks_fts{joined} WHERE chunks_fts MATCH :match"
+                f"{where} ORDER BY chunks_fts.rowid DESC LIMIT 1 OFFSET :limit"
             ),
-            {"match": match, "limit": CANDIDATES},
+            params,
         )
-        above = " AND rowid > :floor" if floor else ""
+        above = " AND chunks_fts.rowid > :floor" if params["floor"] else ""
         rows = session.execute(
             text(
-                "SELECT rowid, -bm25(chunks_fts, 2.0, 1.0) AS score FROM chunks_fts"
-                f" WHERE chunks_fts MATCH :match{above}"
-                " ORDER BY bm25(chunks_fts, 2.0, 1.0), rowid LIMIT :k"
+                "SELECT chunks_fts.rowid AS rowid, -bm25(chunks_fts, 2.0, 1.0) AS score"
+                f" FROM chunks_fts{joined} WHERE chunks_fts MATCH :match{above}{where}"
+                " ORDER BY bm25(chunks_fts, 2.0, 1.0), chunks_fts.rowid LIMIT :k"
             ),
-            {"match": match, "floor": floor, "k": k},
+            params,
         )
         return [(row.rowid, float(row.score)) for row in rows]
+
+    @staticmethod
+    def metadata(key: str, value: str) -> str:
+        # json_each, not a JSON path: a key is any string, and no quoting is spliced.
+        return (
+            "EXISTS (SELECT 1 FROM json_each(d.metadata) AS m"
+            f" WHERE m.key = :{key} AND m.type = 'text' AND m.value = :{value})"
+        )
+
+
+def _scope_filter(scope: Scope, params: dict[str, Any], metadata: Callable[[str, str], str]) -> str:
+    """The SQL condition on the document `d` a scope asks for, its values added to `params`."""
+    conditions = []
+    if scope.collections:
+        names = [f"scope_c{n}" for n in range(len(scope.collections))]
+        params.update(zip(names, scope.collections, strict=True))
+        conditions.append(f"d.collection IN ({', '.join(':' + name for name in names)})")
+    for n, (key, value) in enumerate(scope.metadata):
+        params[f"scope_k{n}"], params[f"scope_v{n}"] = key, value
+        conditions.append(metadata(f"scope_k{n}", f"scope_v{n}"))
+    return " AND ".join(conditions)
 
 
 class PostgresSearch:
@@ -651,6 +709,13 @@ class PostgresSearch:
         return plan(words, [frequencies[n + 1] for n in range(len(words))], frequencies.get(0, 0))
 
     @staticmethod
+    def metadata(key: str, value: str) -> str:
+        name = f"CAST(:{key} AS text)"
+        return (
+            f"json_typeof(d.metadata -> {name}) = 'string' AND (d.metadata ->> {name}) = :{value}"
+        )
+
+    @staticmethod
     def query(term: Term, name: str) -> str:
         """A tsquery built by functions that never raise, from bound words."""
         word = f"plainto_tsquery('english', :{name})"
@@ -660,7 +725,7 @@ class PostgresSearch:
 
     @staticmethod
     def rank(
-        session: Session, found: Plan, tier: list[Term], required: bool, k: int
+        session: Session, found: Plan, tier: list[Term], required: bool, k: int, scope: Scope
     ) -> list[tuple[int, float]]:
         """Two steps, so that ts_rank (which reads, and decompresses, each passage's whole
         tsvector) runs on a short list only: the passages holding every word of the tier, or
@@ -673,13 +738,19 @@ class PostgresSearch:
             query[term.word] = PostgresSearch.query(term, f"q{n}")
             params.update({f"q{n}": term.word, f"q{n}_parts": " ".join(term.parts)})
             params[f"w{n}"] = found.weights.get(term.word, 0.0)
+        # A scope: each match's document is looked up (the matches bound the cost; a scope
+        # that holds few of them may read all of a common word's matches to fill the list).
+        where = ""
+        if scope:
+            condition = _scope_filter(scope, params, PostgresSearch.metadata)
+            where = f" AND document_id IN (SELECT d.id FROM documents d WHERE {condition})"
         if required:
             every = " && ".join(query[term.word] for term in tier)
-            shortlist = f"SELECT id FROM chunks WHERE fts @@ ({every}) LIMIT :shortlist"
+            shortlist = f"SELECT id FROM chunks WHERE fts @@ ({every}){where} LIMIT :shortlist"
         else:
             each = " UNION ALL ".join(
                 f"(SELECT id, CAST(:w{terms.index(term)} AS float) + 0.001 AS weight FROM chunks"
-                f" WHERE fts @@ {query[term.word]} LIMIT :limit)"
+                f" WHERE fts @@ {query[term.word]}{where} LIMIT :limit)"
                 for term in tier
             )
             shortlist = (

@@ -215,20 +215,23 @@ def tools_for(
     database: Database,
     user_id: str | None,
     *,
+    scope: knowledge.Scope = knowledge.EVERYWHERE,
     turn_key: str | None = None,
     done: list[Done] | None = None,
     stop: StopSignal | None = None,
 ) -> ToolBox:
-    """A turn's tools: the task tools only when the turn has a user; knowledge search always."""
+    """A turn's tools: the task tools only when the turn has a user; knowledge search always,
+    limited to the turn's scope (the model cannot widen it)."""
     tasks = task_tools(user_id) if user_id is not None else []
-    return ToolBox(database, [*tasks, *knowledge_tools()], turn_key=turn_key, done=done, stop=stop)
+    tools = [*tasks, *knowledge_tools(scope)]
+    return ToolBox(database, tools, turn_key=turn_key, done=done, stop=stop)
 
 
-def knowledge_tools() -> list[Tool]:
+def knowledge_tools(scope: knowledge.Scope = knowledge.EVERYWHERE) -> list[Tool]:
     """`search_knowledge`: open to every turn, with or without a user."""
 
     def search_knowledge(session: Session, args: dict[str, Any]) -> dict[str, Any]:
-        found = knowledge.find(session, args["query"], args["k"])
+        found = knowledge.find(session, args["query"], args["k"], scope)
         return {
             "query": args["query"],
             "results": [hit.as_dict() for hit in found.hits],

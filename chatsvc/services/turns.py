@@ -64,6 +64,7 @@ from . import conversations, idempotency, quotas
 from .cancels import Cancels, StopReason, StopSignal, stoppable
 from .conversations import Access
 from .events import Event, EventLog, TurnWriter
+from .knowledge import EVERYWHERE, Scope
 from .toolbox import Done, ToolBox, executed, tools_for
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class TurnRequest:
     instructions: str = ""  # the client's own system message, after the agent's prompt
     sampling: Mapping[str, Any] = field(default_factory=dict)  # passed on to the agent
     knowledge_only: bool = False  # no task tools, even for a turn that has a user
+    scope: Scope = EVERYWHERE  # what its knowledge searches may return
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,7 @@ class _Pending:
     quota_subject: str
     quota_remaining: int | None  # at admission
     knowledge_only: bool = False
+    scope: Scope = EVERYWHERE
     done: list[Done] = field(default_factory=list)  # tool calls earlier attempts executed
     timings: dict[str, float] = field(default_factory=lambda: {"db": 0.0, "agent": 0.0})
     stop: StopSignal = field(default_factory=StopSignal)  # a cancel, from anywhere
@@ -400,6 +403,7 @@ class TurnEngine:
             quota_subject=who,
             quota_remaining=quota.remaining,
             knowledge_only=request.knowledge_only,
+            scope=request.scope,
             done=done,
         )
         pending.timings["db"] += _ms_since(started)
@@ -416,6 +420,7 @@ class TurnEngine:
         tools = tools_for(
             self.database,
             user_id,
+            scope=pending.scope,
             turn_key=pending.user_message_id,
             done=pending.done,
             stop=pending.stop,
