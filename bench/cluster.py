@@ -92,20 +92,35 @@ class State:
 
 
 class Cluster:
-    def __init__(self, directory: Path, database_url: str, redis_url: str | None) -> None:
+    """Also a library: the chaos soak (bench/soak, `--topology cluster`) starts one with its own
+    environment (`env`, instead of this process's), kills an instance and restarts it."""
+
+    def __init__(
+        self,
+        directory: Path,
+        database_url: str,
+        redis_url: str | None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.directory = directory
         self.database_url = database_url
         self.redis_url = redis_url
+        self.env = dict(os.environ if env is None else env)
         self.processes: list[tuple[str, subprocess.Popen]] = []  # in start order
         self.redis: subprocess.Popen | None = None
+        self.instances: dict[str, Instance] = {}
+        self.workers = 1
 
-    def start(self, port: int, workers: int, seed: bool) -> State:
+    def start(
+        self, port: int, workers: int, seed: bool, instance_ports: list[int] | None = None
+    ) -> State:
         if self.redis_url is None:
             self.redis_url = self.start_redis()
         self.flask("db", "upgrade")
         if seed:
             self.flask("kb", "seed")  # README and docs/ into an empty knowledge base
-        ports = distinct_free_ports(len(INSTANCES), avoid={port})
+        ports = instance_ports or distinct_free_ports(len(INSTANCES), avoid={port})
+        self.workers = workers
         instances = [
             self.start_instance(name, instance_port, workers)
             for name, instance_port in zip(INSTANCES, ports, strict=True)
@@ -122,12 +137,36 @@ class Cluster:
             redis_pid=self.redis.pid if self.redis else None,
         )
 
+    def kill_instance(self, name: str) -> None:
+        """A host failing: SIGKILL to the instance's whole process group (the gunicorn master
+        and its workers, in a session of their own), nothing graceful."""
+        process = self.process(f"instance {name}")
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def restart_instance(self, name: str) -> Instance:
+        """The killed instance back on its port (its log goes on in the same file)."""
+        old = self.instances[name]
+        port = int(old.url.rsplit(":", 1)[1])
+        self.processes = [(n, p) for n, p in self.processes if n != f"instance {name}"]
+        instance = self.start_instance(name, port, self.workers)
+        self.wait_ready(instance)
+        return instance
+
+    def process(self, name: str) -> subprocess.Popen:
+        return next(p for n, p in self.processes if n == name)
+
+    def worker_pids(self, name: str) -> list[int]:
+        """The gunicorn workers of an instance: its master's children."""
+        return children(self.process(f"instance {name}").pid)
+
     def instance_env(self, port: int, workers: int, name: str) -> dict[str, str]:
         metrics = self.directory / f"metrics-{name}"
         metrics.mkdir(exist_ok=True)
         return {
             "CHATSVC_ENV": "development",
-            **os.environ,
+            **self.env,
             "HOST": "127.0.0.1",
             "PORT": str(port),
             "WEB_CONCURRENCY": str(workers),
@@ -142,7 +181,7 @@ class Cluster:
 
     def flask(self, *command: str) -> None:
         """A flask command on the shared database, once, before any instance starts."""
-        env = {"CHATSVC_ENV": "development", **os.environ, "DATABASE_URL": self.database_url}
+        env = {"CHATSVC_ENV": "development", **self.env, "DATABASE_URL": self.database_url}
         done = subprocess.run(
             [str(BIN / "flask"), "--app", "chatsvc", *command],
             cwd=REPO, env=env, capture_output=True, text=True,
@@ -154,7 +193,8 @@ class Cluster:
         log = self.directory / f"instance-{name}.log"
         argv = [str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", "wsgi:app"]
         process = self.spawn(f"instance {name}", argv, log, self.instance_env(port, workers, name))
-        return Instance(name, f"http://127.0.0.1:{port}", process.pid, str(log))
+        self.instances[name] = Instance(name, f"http://127.0.0.1:{port}", process.pid, str(log))
+        return self.instances[name]
 
     def wait_ready(self, instance: Instance, seconds: float = 60) -> None:
         process = next(p for _, p in self.processes if p.pid == instance.pid)
@@ -205,7 +245,9 @@ class Cluster:
         self, name: str, argv: list[str], log: Path, env: dict[str, str] | None = None
     ) -> subprocess.Popen:
         # A session of its own: Ctrl-C reaches this script only, which stops the rest in order.
-        with open(log, "wb") as sink:  # a file, not a pipe: a full pipe would block the server
+        # A file, not a pipe (a full pipe would block the server); appended: a restarted
+        # instance goes on in its log.
+        with open(log, "ab") as sink:
             process = subprocess.Popen(
                 argv, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -257,6 +299,22 @@ def stop_processes(processes: list[subprocess.Popen], signum: int, seconds: floa
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for status_file in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status_file.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("PPid:"):
+                if int(line.split()[1]) == pid:
+                    found.append(int(status_file.parent.name))
+                break
+    return sorted(found)
 
 
 def nginx_binary() -> str:

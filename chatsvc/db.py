@@ -87,6 +87,21 @@ class Database:
             session.close()
 
     @contextmanager
+    def one_transaction(self) -> Iterator[Session]:
+        """A unit of work made of steps that each end in `session.commit()` (the services
+        do): those commits are not the database's; everything commits together when the block
+        ends, or nothing does when it raises (a tool's effect and the record that it ran)."""
+        with self.engine.connect() as connection, connection.begin():
+            # rollback_only: the session's commit() leaves this transaction open (no SAVEPOINT,
+            # which pysqlite would turn into a commit of its own)
+            session = self.sessions(bind=connection, join_transaction_mode="rollback_only")
+            try:
+                yield session
+                session.flush()
+            finally:
+                session.close()
+
+    @contextmanager
     def read(self) -> Iterator[Session]:
         """Read-only queries: the transaction ends with a rollback, never a commit."""
         session = self.sessions()

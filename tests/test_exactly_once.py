@@ -111,3 +111,48 @@ def test_a_failed_turns_message_is_not_sent_with_the_next_one(make_app):
     sent = [(m.role, m.content) for m in agent.turns[-1].history]
     assert sent == [("user", "hello"), ("assistant", "hi")]
     assert agent.turns[-1].message == "what's the weather?"
+
+
+def test_a_tool_s_effect_does_not_outlive_a_failure_to_record_it(make_app):
+    """Issue 23's cluster soak: a worker killed after the task committed and before its record
+    did left a task the retry created again (the task service commits by itself). The effect
+    and its record are one transaction: when recording fails (here a real trigger refuses the
+    row, where the soak lost the worker), the effect is rolled back too, and the retry with
+    the same key executes the tool once."""
+    app = make_app(agent=ScriptedAgent([adds("buy milk"), adds("buy milk")]))
+    client = app.test_client()
+    engine = database(app).engine
+    with engine.begin() as connection:
+        for statement in REFUSE_RECORDS[engine.dialect.name]:
+            connection.exec_driver_sql(statement)
+    body = {"message": "add buy milk"}
+    try:
+        failed = client.post("/api/alice/chat", json=body, headers=KEY)
+        assert failed.status_code >= 500, failed.get_data(as_text=True)
+        assert tasks(client, "alice") == [], "the effect was committed without its record"
+    finally:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(ALLOW_RECORDS[engine.dialect.name])
+    retried = ok(client.post("/api/alice/chat", json=body, headers=KEY))
+    assert [t["title"] for t in tasks(client, "alice")] == ["buy milk"]
+    assert retried["tool_calls"][0]["result"]["task_id"] == 1
+    with database(app).read() as session:
+        assert session.scalars(select(ToolExecution.tool)).all() == ["add_task"]
+
+
+REFUSE_RECORDS = {
+    "sqlite": [
+        "CREATE TRIGGER refuse_records BEFORE INSERT ON tool_executions "
+        "BEGIN SELECT RAISE(ABORT, 'the worker died here'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION refuse_records() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'the worker died here'; END $$",
+        "CREATE TRIGGER refuse_records BEFORE INSERT ON tool_executions "
+        "FOR EACH ROW EXECUTE FUNCTION refuse_records()",
+    ],
+}
+ALLOW_RECORDS = {
+    "sqlite": "DROP TRIGGER refuse_records",
+    "postgresql": "DROP FUNCTION refuse_records() CASCADE",
+}

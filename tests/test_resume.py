@@ -463,3 +463,113 @@ def test_the_stream_does_not_wait_for_an_unreachable_store(make_app):
     events = app.extensions["chatsvc.turns"].events
     assert not events.flush(), "nothing reached the store"
     events.close(timeout=0)
+
+
+def test_a_resume_while_the_store_is_unreachable_ends_from_the_stored_message(make_app):
+    """Redis down (issue 23's cluster soak: 500s on resumes while Redis was killed): a reader
+    on another worker or host cannot read the log; it waits as for silence and ends with the
+    `done` made from the stored message, numbered after what it had: never a 500."""
+    from helpers import free_port
+
+    dead = {"EVENTS_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    running, elsewhere = make_app(dead), make_app(dead)
+    sent = stream_turn(running.test_client(), "/api/alice/chat", {"message": "hello there"})
+    done = sent[-1].data
+    path = f"/api/alice/conversations/{done['conversation_id']}/messages/{done['message_id']}"
+    replay = read_events(elsewhere.test_client(), path + "/events", **{"Last-Event-ID": "1"})
+    assert [(e.name, e.id) for e in replay] == [("done", 2)]
+    assert (replay[0].data["response"], replay[0].data["status"]) == (
+        done["response"], "completed"
+    )  # fmt: skip
+    for app in (running, elsewhere):
+        app.extensions["chatsvc.turns"].events.close(timeout=0)
+
+
+def test_a_log_that_lost_events_is_never_sent_with_a_hole(make_app):
+    """Redis restarted empty while a turn ran (issue 23's cluster soak): the turn's later
+    events are stored after a hole. A resume before the hole gets no event after it but the
+    ending, numbered after the last it had (as for an expired log), whose `response` is the
+    whole answer: ids in order, none missing, none twice."""
+    import redis
+
+    url = require_service("TEST_REDIS_URL", "Redis")
+    running, elsewhere = make_app({"EVENTS_REDIS_URL": url}), make_app({"EVENTS_REDIS_URL": url})
+    sent = stream_turn(running.test_client(), "/api/bob/chat", {"message": LONG_ANSWER})
+    assert len(sent) >= 6
+    done = sent[-1].data
+    events = running.extensions["chatsvc.turns"].events
+    wait_for(lambda: events.flush() and len(events.store.read(done["message_id"], 0)) == len(sent),
+             5, "storage")  # fmt: skip
+    stored = events.store.read(done["message_id"], 0)
+    connection = redis.Redis.from_url(url)
+    connection.delete("chatsvc:turn-events:" + done["message_id"])  # Redis lost the log...
+    connection.close()
+    events.store.save([(done["message_id"], e) for e in stored if e.id > 4])  # ...then got more
+    path = f"/api/bob/conversations/{done['conversation_id']}/messages/{done['message_id']}"
+    client = elsewhere.test_client()
+    replay = read_events(client, path + "/events", **{"Last-Event-ID": "2"})
+    assert [(e.name, e.id) for e in replay] == [("done", 3)]
+    assert replay[0].data["response"] == done["response"]
+    # after the hole: every event as stored
+    replay = read_events(client, path + "/events", **{"Last-Event-ID": "4"})
+    assert as_tuples(replay) == as_tuples(sent[4:])
+
+
+def test_a_reader_that_could_not_read_the_store_still_gets_every_event(make_app):
+    """Issue 23's cluster soak: a resume whose reads failed (Redis killed) found the turn
+    settled and the log whole again, and was sent the log's last event (`done`, id 10) right
+    after the id it had (1). It must read what it missed first: ids in order, none missing."""
+    from chatsvc.services.events import EventLog, RedisStore
+
+    url = require_service("TEST_REDIS_URL", "Redis")
+    app = make_app({"EVENTS_REDIS_URL": url})
+    sent = stream_turn(app.test_client(), "/api/carol/chat", {"message": LONG_ANSWER})
+    done = sent[-1].data
+    events = app.extensions["chatsvc.turns"].events
+    wait_for(lambda: events.flush() and len(events.store.read(done["message_id"], 0)) == len(sent),
+             5, "storage")  # fmt: skip
+
+    class ReadsFailOnce(RedisStore):  # real Redis; its first read fails as when Redis is down
+        failed = False
+
+        def read(self, message_id: str, after: int) -> list[Any]:
+            if not self.failed:
+                self.failed = True
+                raise ConnectionError("Redis is down")
+            return super().read(message_id, after)
+
+    elsewhere = EventLog(ReadsFailOnce(url, 3600), app.extensions["chatsvc.turns"].settings)
+    settled = ("done", done, 60.0)  # the stored message's ending, settled a minute ago
+    got = [e for e in elsewhere.follow(done["message_id"], 1, 5.0, lambda: settled) if e]
+    assert [(e.id, e.name) for e in got] == [(e.id, e.name) for e in sent[1:]]
+    elsewhere.close(timeout=0)
+
+
+def test_a_reader_outlives_a_database_outage_while_it_waits(make_app):
+    """Issue 23's cluster soak: a resume asked for the turn's stored status while the database
+    was cut and answered 500. The status is asked again a second later; the reader ends with
+    the turn's ending once the database answers."""
+    from sqlalchemy.exc import OperationalError
+
+    from chatsvc.services.events import EventLog
+
+    app = make_app({"TURN_EVENTS_STORE": "database"})
+    sent = stream_turn(app.test_client(), "/api/dave/chat", {"message": "hello there"})
+    done = sent[-1].data
+    turns = app.extensions["chatsvc.turns"]
+    wait_for(lambda: turns.events.flush() or True, 5, "storage")
+    elsewhere = EventLog.open(turns.settings, database(app))
+    asked: list[int] = []
+
+    def outcome() -> Any:  # the database is away the first time it is asked
+        asked.append(1)
+        if len(asked) == 1:
+            raise OperationalError("SELECT", {}, ConnectionRefusedError("connection refused"))
+        return ("done", done, 60.0)
+
+    last = sent[-2].id  # the reader has every event but the done
+    with elsewhere.store._database.transaction() as session:  # the done was lost (a killed
+        session.execute(LoggedEvent.__table__.delete())  # worker's last batch): none is logged
+    got = [e for e in elsewhere.follow(done["message_id"], last, 5.0, outcome) if e]
+    assert [(e.id, e.name) for e in got] == [(last + 1, "done")]
+    assert len(asked) == 2

@@ -1,4 +1,4 @@
-"""The short chaos soak (bench/soak.py, README "Chaos soak"): 60 s of mixed traffic with
+"""The short chaos soak (bench/soak, README "Chaos soak"): 60 s of mixed traffic with
 idempotent retries while workers are killed, the database is cut, Redis dies and the model
 fails; every invariant must hold. PostgreSQL only: it runs when TEST_DATABASE_URL is set."""
 

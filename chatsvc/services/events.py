@@ -52,6 +52,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..config import TurnSettings
 from ..db import Database, utcnow
+from ..errors import database_unavailable
 from ..models import LoggedEvent
 
 log = logging.getLogger(__name__)
@@ -410,6 +411,7 @@ class EventLog:
         self._flusher: threading.Thread | None = None
         self._starting = threading.Lock()
         self._expired_at = time.monotonic()
+        self._warned_at = -10.0  # when a reader last warned that the store is unreachable
         self._flushing = threading.Lock()  # one batch at a time, in order
         self._closed = False
 
@@ -568,7 +570,12 @@ class EventLog:
         whose log has no ending after SETTLE_GRACE_SECONDS (its worker died, or its log
         expired or was never kept) ends with the ending made from the stored message:
         appended to the log when the log has events (so every later read ends the same way),
-        else sent alone, numbered after `after`."""
+        else sent alone, numbered after `after`.
+
+        The store failing (Redis down) is silence, not an error: the reader goes on asking
+        `outcome`, and ends as above. A log that lost events (Redis came back empty while the
+        turn ran on, so its next events follow a hole) is never sent with the hole: like an
+        expired log, it ends with its ending alone, numbered after the last event sent."""
         last = after
         bell: queue.SimpleQueue[None] = queue.SimpleQueue()
         try:
@@ -585,16 +592,27 @@ class EventLog:
         quiet_since = time.monotonic()
         check_at = 0.0  # at once, the first time the log is silent
         ending: tuple[str, dict[str, Any], float] | None = None
+        sent = last  # the last id sent; `last` is where the log is read from
         while True:
             slice_ = min(wait, STATUS_EVERY_SECONDS)
             events = self._next(message_id, last, slice_, bell)
             if events:
-                run = []
+                run: list[Event] = []
                 for event in events:
                     if event.id <= last:
                         continue
+                    if sent < last or event.id > last + 1:  # a hole: only the ending goes out
+                        if sent == last:
+                            log.warning("turn %s: events %d-%d lost by the event store",
+                                        message_id, last + 1, event.id - 1)  # fmt: skip
+                        last = event.id
+                        if event.terminal:
+                            run.append(Event(sent + 1, event.name, event.data))
+                            yield run
+                            return
+                        continue
                     run.append(event)
-                    last = event.id
+                    sent = last = event.id
                     if event.terminal:
                         yield run
                         return
@@ -606,11 +624,22 @@ class EventLog:
             # A turn running in this process ends its log itself: nothing to ask.
             if now >= check_at and not self._running_here(message_id):
                 check_at = now + STATUS_EVERY_SECONDS
-                ending = outcome()
+                try:
+                    ending = outcome()
+                except Exception as error:  # the database went away: ask again in a second
+                    if database_unavailable(error) is None:
+                        raise
+                    self._unreachable(error)
+                    ending = None
                 if ending is not None and ending[2] >= SETTLE_GRACE_SECONDS:
                     final = self._ending(message_id, last, ending)
+                    if final is not None and final.id > last + 1:
+                        # the log holds events this reader has not read (it could not read
+                        # the store just now, or they came meanwhile): read them first
+                        check_at = 0.0
+                        continue
                     if final is not None:
-                        yield [final]
+                        yield [final if sent == last else Event(sent + 1, final.name, final.data)]
                     return
                 if ending is not None:  # settled just now: its ending may be on its way
                     check_at = now + SETTLE_GRACE_SECONDS - ending[2]
@@ -630,7 +659,18 @@ class EventLog:
             events = head.after(last, timeout, bell)
             if events is not None:
                 return events
-        return self.store.read(message_id, last) or self.store.wait(message_id, last, timeout)
+        try:
+            return self.store.read(message_id, last) or self.store.wait(message_id, last, timeout)
+        except Exception as error:  # the store is down: silence (the stored status still ends)
+            self._unreachable(error)
+            time.sleep(timeout)
+            return []
+
+    def _unreachable(self, error: Exception) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= 10:  # once in a while, not once per reader and second
+            self._warned_at = now
+            log.warning("turn events unreadable: %s: %s", type(error).__name__, error)
 
     def _ending(
         self, message_id: str, last: int, ending: tuple[str, dict[str, Any], float]
@@ -643,14 +683,22 @@ class EventLog:
         interrupted turn's `error` (numbered after the stored ones) can fall on an id that
         client already had; it must still learn that the turn ended."""
         name, body, _age = ending
-        tail = self.store.last(message_id)
+        try:
+            tail = self.store.last(message_id)
+        except Exception as error:  # the store is down: the ending alone, not stored
+            self._unreachable(error)
+            return encode(last + 1, name, body)
         if tail is None:  # expired, or never kept: the ending alone
             return encode(last + 1, name, body)
         if tail.terminal:
             if tail.id > last:
                 return tail
             return Event(last + 1, tail.name, tail.data) if tail.name == "error" else None
-        event = self.append(message_id, name, body)
-        # Someone else ended it first: theirs is the ending every reader gets.
-        ended = [e for e in self.store.read(message_id, tail.id) if e.terminal]
+        try:
+            event = self.append(message_id, name, body)
+            # Someone else ended it first: theirs is the ending every reader gets.
+            ended = [e for e in self.store.read(message_id, tail.id) if e.terminal]
+        except Exception as error:  # the store went down meanwhile: the ending alone
+            self._unreachable(error)
+            return encode(last + 1, name, body)
         return ended[0] if ended and ended[0].id > last else event

@@ -173,7 +173,10 @@ class ToolBox:
             if earlier.tool == tool.name and earlier.arguments_hash == digest:
                 self._done.remove(earlier)
                 return earlier.result
-        with self._database.transaction() as session:
+        # One transaction for the effect and its record, though the handler commits (issue
+        # 23's cluster soak: a worker killed between the two commits left a task without its
+        # record, and the retry created it again).
+        with self._database.one_transaction() as session:
             result = tool.handler(session, valid)
             session.add(
                 ToolExecution(
