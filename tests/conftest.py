@@ -199,6 +199,8 @@ def gunicorn(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Server
     yield start
     for server in servers:
         stop_gunicorn(server.process)
+    if servers:  # what the servers stored is not left for the next test to find
+        empty_tables(create_engine(database_url))
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +222,5 @@ def shared_gunicorn(
     yield start
     for server in servers.values():
         stop_gunicorn(server.process)
+    if servers:
+        empty_tables(create_engine(database_url))
