@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -35,7 +36,10 @@ from chatsvc.services import knowledge
 from . import corpus
 
 QUESTIONS = Path(__file__).with_name("knowledge_questions.json")
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"
+POSTGRES = os.environ.get("BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
+# The PostgreSQL databases' names: `<prefix>_<size>` (two people benchmarking on one server
+# keep apart with their own).
+DATABASES = os.environ.get("BENCH_KNOWLEDGE_DATABASES", "test_knowledge_bench")
 TARGETS = {  # issue 21, at 100k passages
     "p95_ms": {"sqlite": 15.0, "postgresql": 30.0},
     "exact_r1": 0.85,
@@ -81,7 +85,7 @@ def database_url(backend: str, size: int, fresh: bool) -> str:
             path.unlink(missing_ok=True)
             (corpus.CACHE / f"knowledge-{backend}-{size}.built").unlink(missing_ok=True)
         return f"sqlite:///{path}"
-    name = f"test_knowledge_bench_{size}"
+    name = f"{DATABASES}_{size}"
     admin = create_engine(f"{POSTGRES}/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         exists = connection.scalar(
@@ -96,7 +100,9 @@ def database_url(backend: str, size: int, fresh: bool) -> str:
     return f"{POSTGRES}/{name}"
 
 
-def build(app: Flask, documents: list[dict], marker: Path) -> float | None:
+def build(
+    app: Flask, documents: list[dict], marker: Path, one_by_one: bool = False
+) -> float | None:
     """Ingest the documents unless the database already holds them (the marker file says so;
     the same text twice is one document, so passages cannot be counted instead); passages/s.
     The database is then vacuumed and analysed, as autovacuum would soon after: the steady
@@ -111,9 +117,15 @@ def build(app: Flask, documents: list[dict], marker: Path) -> float | None:
         for table in ("chunks", "sections", "documents"):
             session.execute(text(f"DELETE FROM {table}"))
     started = time.perf_counter()
-    for doc in documents:
+    if one_by_one:  # as the API's inline path does (a transaction per document)
+        for doc in documents:
+            with database(app).sessions() as session:
+                knowledge.ingest(session, doc["title"], doc["text"])
+    else:  # as the CLI does (`flask kb ingest`: many documents per transaction)
+        incoming = (knowledge.Incoming(doc["title"], doc["text"]) for doc in documents)
         with database(app).sessions() as session:
-            knowledge.ingest(session, doc["title"], doc["text"])
+            for _ in knowledge.ingest_many(session, incoming):
+                pass
     rate = sum(d["passages"] for d in documents) / (time.perf_counter() - started)
     with database(app).engine.connect() as connection:
         connection.execution_options(isolation_level="AUTOCOMMIT").execute(
@@ -172,7 +184,8 @@ def run(backend: str, size: int, documents: list[dict], questions: list[dict], a
         {"DATABASE_URL": url, "CHATSVC_ENV": "development", "RATELIMIT_ENABLED": False}
     )
     logging.getLogger("chatsvc.access").setLevel(logging.WARNING)  # a line per turn otherwise
-    rate = build(app, docs, corpus.CACHE / f"knowledge-{backend}-{size}.built")
+    marker = corpus.CACHE / f"knowledge-{backend}-{size}.built"
+    rate = build(app, docs, marker, args.ingest == "one-by-one")
     outcome = Outcome(backend, sum(d["passages"] for d in docs), len(docs), rate)
     measure(app, outcome, questions, {d["title"] for d in docs}, args.rounds)
     database(app).engine.dispose()
@@ -246,6 +259,13 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--rounds", type=int, default=3, help="searches per question")
     parser.add_argument("--fresh", action="store_true", help="rebuild every database")
+    parser.add_argument(
+        "--ingest",
+        choices=("batched", "one-by-one"),
+        default="batched",
+        help="how a (re)build ingests: as the CLI does (many documents per transaction), or"
+        " one transaction per document (as POST /api/documents does)",
+    )
     parser.add_argument("--misses", action="store_true", help="print each question missed at r@1")
     parser.add_argument("--output", type=Path, default=Path("bench/out/knowledge.md"))
     args = parser.parse_args()

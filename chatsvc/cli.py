@@ -111,21 +111,28 @@ def delete_document(document_id: str) -> None:
 
 
 def _ingest(paths: tuple[Path, ...]) -> None:
+    """Many documents per transaction (knowledge.ingest_many); a line per file, in order."""
     files = sorted(
         {f for p in paths for f in ([p] if p.is_file() else p.rglob("*"))
          if f.is_file() and f.suffix.lower() in KB_SUFFIXES}
     )  # fmt: skip
-    with db.database().sessions() as session:
+    read: list[Path] = []
+
+    def documents() -> Iterator[knowledge.Incoming]:
         for path in files:
             body = path.read_text(encoding="utf-8", errors="replace")
             if not body.strip():
                 click.echo(f"skipped {path} (empty)")
                 continue
-            document, created = knowledge.ingest(
-                session, _title(path, body), body, meta={"path": _shown(path)}
-            )
-            verb = "ingested" if created else "unchanged"
-            click.echo(f"{verb} {path} -> {document.id} ({document.chunk_count} passages)")
+            read.append(path)
+            yield knowledge.Incoming(_title(path, body), body, meta={"path": _shown(path)})
+
+    with db.database().sessions() as session:
+        # Each result comes after its document was read (ingest_many reads ahead a window).
+        for n, done in enumerate(knowledge.ingest_many(session, documents())):
+            path = read[n]
+            verb = "ingested" if done.created else "unchanged"
+            click.echo(f"{verb} {path} -> {done.id} ({done.chunk_count} passages)")
 
 
 def _title(path: Path, body: str) -> str:

@@ -9,8 +9,8 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from ..db import utcnow
 from ..errors import NotFound, database_unavailable
-from ..models import Chunk, Document, Section
+from ..models import Chunk, Document, Section, new_id
 from ..text import LETTERS_OR_DIGITS, STOPWORDS, TERM
 from . import chunking, pages
 
@@ -95,8 +95,9 @@ def normalise(body: str) -> str:
     return "\n".join(line.rstrip() for line in body.replace("\r\n", "\n").split("\n")).strip()
 
 
-def content_hash(body: str) -> str:
-    return hashlib.sha256(normalise(body).encode()).hexdigest()
+def content_hash(body: str, *, normalised: bool = False) -> str:
+    """sha256 of the normalised text (`normalised`: `body` already is)."""
+    return hashlib.sha256((body if normalised else normalise(body)).encode()).hexdigest()
 
 
 READY, INDEXING, FAILED = "ready", "indexing", "failed"
@@ -117,18 +118,168 @@ def ingest(
     writer, and a request of the same worker waiting for its lock blocks the whole worker, so
     the writer could never finish (a chat turn during a large inline ingest: 10 s, then 503)."""
     text = normalise(body)
-    existing = _by_hash(session, content_hash(text))
+    digest = content_hash(text, normalised=True)
+    existing = _by_hash(session, digest)
     if existing is not None:
         session.commit()
         return existing, False
     session.rollback()  # no snapshot held across the split
     parts = chunking.split(title, text)
     count = sum(len(part.passages) for part in parts)
-    document, created = _store_document(session, title, text, url, meta, collection, READY, count)
+    # The same text stored meanwhile by another request is caught by the unique hash.
+    document, created = _store_document(
+        session, title, text, url, meta, collection, READY, count, digest=digest
+    )
     if created:
         _store_passages(session, document.id, parts)
     session.commit()
     return document, created
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A document to ingest with `ingest_many`."""
+
+    title: str
+    body: str
+    url: str | None = None
+    meta: dict[str, Any] | None = None
+    collection: str = DEFAULT_COLLECTION
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What `ingest_many` did with one document: stored it (`created`), or found its text
+    already stored (the stored document's id and passages)."""
+
+    id: str
+    chunk_count: int
+    created: bool
+
+
+LOOKUP_WINDOW = 100  # documents whose hashes are looked up in one statement (ingest_many)
+# Passages stored per transaction by ingest_many (at least; a document is never split over
+# two). A writer holds SQLite's one write lock that long: about 0.1 s for 500 passages.
+INGEST_TRANSACTION_PASSAGES = INSERT_BATCH
+
+
+def ingest_many(
+    session: Session, documents: Iterable[Incoming], passages_per_transaction: int | None = None
+) -> Iterator[Ingested]:
+    """Ingest many documents (the CLI, bulk loads), as `ingest` would one by one, but with
+    many documents per transaction (about `passages_per_transaction` passages each) and a
+    statement per table per transaction: one transaction per document was most of the time
+    of small documents (a commit, an fsync on PostgreSQL, and ten round trips each). Yields,
+    in order, what was done with each document. Texts already stored are looked up a window
+    at a time before splitting, so they are never split; no transaction is open while
+    splitting. A transaction that meets a text stored meanwhile by another writer is rolled
+    back and its documents are ingested one by one."""
+    limit = passages_per_transaction or INGEST_TRANSACTION_PASSAGES
+    window: list[Incoming] = []
+    for incoming in documents:
+        window.append(incoming)
+        if len(window) == LOOKUP_WINDOW:
+            yield from _ingest_window(session, window, limit)
+            window = []
+    if window:
+        yield from _ingest_window(session, window, limit)
+
+
+@dataclass
+class _Pending:
+    incoming: Incoming
+    text: str
+    digest: str
+    parts: list[chunking.Section] = field(default_factory=list)
+    count: int = 0
+    done: Ingested | None = None
+
+
+def _ingest_window(session: Session, window: list[Incoming], limit: int) -> Iterator[Ingested]:
+    pending = []
+    for incoming in window:
+        text = normalise(incoming.body)
+        pending.append(_Pending(incoming, text, content_hash(text, normalised=True)))
+    stored = {
+        row.content_hash: Ingested(row.id, row.chunk_count, False)
+        for row in session.execute(
+            select(Document.id, Document.chunk_count, Document.content_hash).where(
+                Document.content_hash.in_({p.digest for p in pending})
+            )
+        )
+    }
+    session.rollback()  # no snapshot held across the split
+    first: dict[str, _Pending] = {}  # the text's first occurrence in the window
+    group: list[_Pending] = []
+    size = 0
+    for item in pending:
+        if item.digest in stored:
+            item.done = stored[item.digest]
+            continue
+        if item.digest in first:  # the same text twice: stored once, with the first
+            continue
+        first[item.digest] = item
+        item.parts = chunking.split(item.incoming.title, item.text)
+        item.count = sum(len(part.passages) for part in item.parts)
+        group.append(item)
+        size += item.count
+        if size >= limit:
+            _store_group(session, group)
+            group, size = [], 0
+    if group:
+        _store_group(session, group)
+    for item in pending:
+        if item.done is None:  # a repeat of a text of this window
+            original = first[item.digest].done
+            assert original is not None
+            item.done = Ingested(original.id, original.chunk_count, False)
+        yield item.done
+
+
+def _store_group(session: Session, group: list[_Pending]) -> None:
+    """The group's documents and passages in one transaction; one by one when another writer
+    stored one of their texts meanwhile."""
+    try:
+        now = utcnow()
+        rows = [
+            {
+                "id": new_id(), "title": item.incoming.title, "url": item.incoming.url,
+                "metadata": item.incoming.meta or {}, "collection": item.incoming.collection,
+                "content_hash": item.digest, "text": "", "chunk_count": item.count,
+                "created_at": now, "status": READY, "lease_until": None,
+            }
+            for item in group
+        ]  # fmt: skip
+        session.execute(insert(Document.__table__), rows)
+        sections = [
+            (row["id"], part) for row, item in zip(rows, group, strict=True) for part in item.parts
+        ]
+        section_ids = _insert_section_rows(session, sections)
+        passages = [
+            {"document_id": document_id, "section_id": section_id, "text": passage}
+            for section_id, (document_id, part) in zip(section_ids, sections, strict=True)
+            for passage in part.passages
+        ]
+        ordinal: dict[str, int] = {}
+        for row in passages:
+            row["ordinal"] = ordinal[row["document_id"]] = ordinal.get(row["document_id"], -1) + 1
+        for start in range(0, len(passages), INSERT_BATCH):
+            _insert_passages(session, passages[start : start + INSERT_BATCH])
+        session.commit()
+    except IntegrityError:  # a text of the group stored concurrently by another writer
+        session.rollback()
+        for item in group:
+            document, created = _store_document(
+                session, item.incoming.title, item.text, item.incoming.url, item.incoming.meta,
+                item.incoming.collection, READY, item.count, digest=item.digest,
+            )  # fmt: skip
+            if created:
+                _store_passages(session, document.id, item.parts)
+            session.commit()
+            item.done = Ingested(document.id, document.chunk_count, created)
+        return
+    for row, item in zip(rows, group, strict=True):
+        item.done = Ingested(row["id"], item.count, True)
 
 
 def accept(
@@ -162,13 +313,17 @@ def _store_document(
     status: str,
     chunk_count: int = 0,
     lease_until: datetime | None = None,
+    digest: str | None = None,
 ) -> tuple[Document, bool]:
     """The new document's row, or the one stored with the same text. Its text is kept only
-    while it is to be indexed (`indexing`): once indexed, the passages hold it."""
-    digest = content_hash(text)
-    existing = _by_hash(session, digest)
-    if existing is not None:
-        return existing, False
+    while it is to be indexed (`indexing`): once indexed, the passages hold it. A caller that
+    already looked the text up gives its `digest` (a text stored since is then caught by the
+    unique hash, as a concurrent one always is)."""
+    if digest is None:
+        digest = content_hash(text, normalised=True)
+        existing = _by_hash(session, digest)
+        if existing is not None:
+            return existing, False
     document = Document(
         title=title, url=url, meta=meta or {}, collection=collection, content_hash=digest,
         text=text if status == INDEXING else "", chunk_count=chunk_count, status=status,
@@ -330,13 +485,22 @@ def _store_passages(session: Session, document_id: str, parts: list[chunking.Sec
 def _insert_sections(
     session: Session, document_id: str, parts: list[chunking.Section]
 ) -> list[int]:
+    return _insert_section_rows(session, [(document_id, part) for part in parts])
+
+
+def _insert_section_rows(
+    session: Session, sections: list[tuple[str, chunking.Section]]
+) -> list[int]:
+    """Each (document, section) a row, numbered in order within its document; their ids."""
+    rows, ordinal = [], {}
+    for document_id, part in sections:
+        ordinal[document_id] = ordinal.get(document_id, -1) + 1
+        rows.append(
+            {"document_id": document_id, "ordinal": ordinal[document_id], "path": part.path}
+        )
     return list(
         session.scalars(
-            insert(Section).returning(Section.id, sort_by_parameter_order=True),
-            [
-                {"document_id": document_id, "ordinal": n, "path": part.path}
-                for n, part in enumerate(parts)
-            ],
+            insert(Section).returning(Section.id, sort_by_parameter_order=True), rows
         ).all()
     )
 

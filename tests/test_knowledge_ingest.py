@@ -1,0 +1,139 @@
+"""Ingesting many documents at once (`flask kb ingest`, knowledge.ingest_many: many documents
+per transaction, issue 21's ingest rate), on both databases: each document is stored exactly
+as `ingest` stores it alone, a text is stored once however often it comes, and a text another
+writer stores meanwhile loses nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+
+from chatsvc.db import database
+from chatsvc.models import Chunk, Document, Section
+from chatsvc.services import chunking, knowledge
+
+CORPUS = Path(__file__).parent / "corpus"
+
+
+def stored(app, document_id: str) -> list[tuple[str, int, str]]:
+    """A document's passages as stored: (section path, ordinal, text), in order."""
+    with database(app).read() as session:
+        return [
+            (row.path, row.ordinal, row.text)
+            for row in session.execute(
+                select(Section.path, Chunk.ordinal, Chunk.text)
+                .join(Section, Section.id == Chunk.section_id)
+                .where(Chunk.document_id == document_id)
+                .order_by(Chunk.ordinal)
+            )
+        ]
+
+
+def expected(title: str, body: str) -> list[tuple[str, int, str]]:
+    parts = chunking.split(title, knowledge.normalise(body))
+    passages = [(part.path, passage) for part in parts for passage in part.passages]
+    return [(path, n, passage) for n, (path, passage) in enumerate(passages)]
+
+
+def titled(path: Path) -> tuple[str, str]:
+    body = path.read_text()
+    return body.splitlines()[0].lstrip("# "), body
+
+
+@pytest.mark.parametrize("per_transaction", [1, 7, 10_000])
+def test_documents_ingested_together_are_stored_as_each_alone(app, client, per_transaction):
+    """Several documents per transaction (or one, or all): each gets its own passages,
+    numbered from 0 under its own sections, and is found by search."""
+    documents = [titled(path) for path in sorted(CORPUS.glob("*.md"))[:6]]
+    with database(app).sessions() as session:
+        done = list(
+            knowledge.ingest_many(
+                session,
+                (knowledge.Incoming(title, body) for title, body in documents),
+                passages_per_transaction=per_transaction,
+            )
+        )
+    assert [d.created for d in done] == [True] * len(documents)
+    for (title, body), result in zip(documents, done, strict=True):
+        assert stored(app, result.id) == expected(title, body)
+        assert result.chunk_count == len(expected(title, body))
+        listed = client.get(f"/api/documents/{result.id}").json
+        assert (listed["title"], listed["status"]) == (title, "ready")
+        assert listed["chunk_count"] == result.chunk_count
+    burns = done[[title for title, _ in documents].index(titled(CORPUS / "burns.md")[0])]
+    answer = client.post("/api/chat", json={"message": "What should I do for a burn?"}).json
+    assert answer["sources"][0]["document_id"] == burns.id
+
+
+def test_a_text_is_stored_once_however_often_it_comes(app):
+    tea = (CORPUS / "tea.md").read_text()
+    knots = "Knots: the bowline makes a loop that does not slip.\n"
+    with database(app).sessions() as session:
+        first = list(
+            knowledge.ingest_many(
+                session,
+                [
+                    knowledge.Incoming("Tea", tea),
+                    knowledge.Incoming("Knots", knots),
+                    knowledge.Incoming("Tea again", tea + "\n\n"),  # the same text, normalised
+                ],
+            )
+        )
+        second = list(knowledge.ingest_many(session, [knowledge.Incoming("Knots 2", knots)]))
+    assert [d.created for d in first] == [True, True, False]
+    assert first[2].id == first[0].id and first[2].chunk_count == first[0].chunk_count
+    assert second[0].id == first[1].id and not second[0].created
+    with database(app).read() as session:
+        titles = sorted(session.scalars(select(Document.title)))
+    assert titles == ["Knots", "Tea"]
+
+
+def test_a_text_another_writer_stores_meanwhile_is_not_stored_twice(app, monkeypatch):
+    """Between the look-up of a window's texts and their transaction, another writer stores
+    one of them: that transaction fails on the unique hash, and its documents are stored one
+    by one: the others are all kept, the raced one is the other writer's."""
+    tea, knots = (CORPUS / "tea.md").read_text(), "The bowline makes a loop that does not slip."
+    split = chunking.split
+    raced: list[str] = []
+
+    def split_while_another_writer_stores(title: str, body: str):
+        if title == "Knots" and not raced:
+            with database(app).sessions() as other:
+                document, created = knowledge.ingest(other, "Knots elsewhere", knots)
+                assert created
+                raced.append(document.id)
+        return split(title, body)
+
+    monkeypatch.setattr(chunking, "split", split_while_another_writer_stores)
+    with database(app).sessions() as session:
+        done = list(
+            knowledge.ingest_many(
+                session, [knowledge.Incoming("Tea", tea), knowledge.Incoming("Knots", knots)]
+            )
+        )
+    assert [d.created for d in done] == [True, False]
+    assert done[1].id == raced[0]
+    assert stored(app, done[0].id) == expected("Tea", tea)
+    with database(app).read() as session:
+        assert session.scalar(select(Document.title).where(Document.id == raced[0])) == (
+            "Knots elsewhere"
+        )
+        assert session.scalar(select(text("count(*)")).select_from(Document)) == 2
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgresql_counts_each_words_passages_through_a_batched_ingest(app):
+    """The statement triggers count every passage of a multi-document INSERT once."""
+    recount = text(
+        "SELECT lexeme, count(*) FROM chunks, unnest(tsvector_to_array(fts)) AS lexeme"
+        " GROUP BY lexeme UNION ALL SELECT '', count(*) FROM chunks"
+    )
+    kept = text("SELECT lexeme, passages FROM chunks_fts_terms WHERE passages <> 0")
+    documents = [titled(path) for path in sorted(CORPUS.glob("*.md"))]
+    with database(app).sessions() as session:
+        incoming = (knowledge.Incoming(title, body) for title, body in documents)
+        assert all(d.created for d in knowledge.ingest_many(session, incoming, 20))
+    with database(app).read() as session:
+        assert dict(session.execute(recount).all()) == dict(session.execute(kept).all())
