@@ -137,3 +137,23 @@ def test_postgresql_counts_each_words_passages_through_a_batched_ingest(app):
         assert all(d.created for d in knowledge.ingest_many(session, incoming, 20))
     with database(app).read() as session:
         assert dict(session.execute(recount).all()) == dict(session.execute(kept).all())
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgresql_indexes_a_passage_as_its_trigger_would(app, client):
+    """The INSERT computes each passage's vector (each heading's once); the trigger, which any
+    other writer and every UPDATE of a text goes through, must compute the very same."""
+    body = (
+        "# Digests\n\n## SHA-256 and UTF-8\n\nThe SHA-256 digest of a UTF-8 text, or sha256.\n\n"
+        "## Plain words\n\nNothing hyphenated here; a well-known e-mail from 2024-11.\n"
+    )
+    assert client.post("/api/documents", json={"title": "Digests", "text": body}).status_code == 201
+    with database(app).sessions() as session:
+        incoming = [knowledge.Incoming(*titled(path)) for path in sorted(CORPUS.glob("*.md"))[:3]]
+        list(knowledge.ingest_many(session, incoming))
+    vectors = text("SELECT id, fts::text FROM chunks ORDER BY id")
+    with database(app).transaction() as session:
+        inserted = session.execute(vectors).all()
+        session.execute(text("UPDATE chunks SET text = text"))  # the trigger, again
+        assert session.execute(vectors).all() == inserted
+        assert "'sha256'" in inserted[0][1] and "'utf8'" in inserted[0][1]
