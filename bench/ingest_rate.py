@@ -2,7 +2,8 @@
 benchmark's real text (bench/corpus.py), into a fresh database of each backend:
 
 - `cli`: `flask --app chatsvc kb ingest DIR` over the documents written out as files (many
-  documents per transaction); its process start (imports, app) is timed apart and left out.
+  documents per transaction); its process start (imports, app: `kb list`'s time) is left out
+  of its wall-clock rate, not of its CPU.
 - `http inline`: `POST /api/documents` of every document up to INGEST_INLINE_BYTES (a
   transaction each), by `--clients` concurrent clients with keep-alive, to gunicorn
   (`--workers`, gevent).
@@ -11,8 +12,11 @@ benchmark's real text (bench/corpus.py), into a fresh database of each backend:
 
     python -m bench.ingest_rate [--backends sqlite,postgresql] [--passages 20000]
 
-Passages are counted as the service stores them (each document's `chunk_count`). Not a
-test: the machine is shared, so read several runs."""
+Passages are counted as the service stores them (each document's `chunk_count`). Each line
+also gives the CPU the ingest took (the CLI's process or gunicorn's, plus on PostgreSQL the
+server processes of its connections, sampled every 50 ms) and the rate that CPU allows: on a
+shared machine the wall-clock rate says as much about the others' load as about chatsvc. Not a
+test: read several runs."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import http.client
 import json
 import os
 import queue
+import resource
 import subprocess
 import sys
 import tempfile
@@ -47,6 +52,66 @@ def fresh_url(backend: str, tmp: Path, name: str) -> str:
         connection.execute(text(f'CREATE DATABASE "{DATABASE}_{name}"'))
     admin.dispose()
     return f"{POSTGRES}/{DATABASE}_{name}"
+
+
+def _cpu(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ServerCPU:
+    """The CPU used by the PostgreSQL server processes of one database's connections, sampled
+    until stopped (a connection's process ends with it, so each is read while it lives)."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.seen = url, {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+
+    def __enter__(self) -> ServerCPU:
+        if self.url.startswith("postgresql"):
+            self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.done.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+    def sample(self) -> None:
+        engine = create_engine(self.url, pool_size=1)
+        query = text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid()"
+        )
+        with engine.connect() as connection:
+            while True:
+                for pid in connection.scalars(query):
+                    used = _cpu(pid)
+                    if used is not None:
+                        self.seen.setdefault(pid, [used, used])[1] = used
+                connection.rollback()
+                if self.done.wait(0.05):
+                    break
+        engine.dispose()
+
+    @property
+    def seconds(self) -> float:
+        # A process first seen during the run may have used a little before: counted from 0
+        # when it started after the sampler (the sampler's first look is at the start).
+        return sum(last - first for first, last in self.seen.values())
+
+
+def cpu_line(passages: int, cpu: float, server: float) -> str:
+    total = cpu + server
+    return (
+        f"; CPU {cpu:.2f} s + server {server:.2f} s: {passages / total:,.0f} passages/s of CPU"
+        if total
+        else ""
+    )
 
 
 def stored_passages(url: str) -> int:
@@ -82,15 +147,25 @@ def cli(backend: str, documents: list[dict], tmp: Path) -> str:
     for n, doc in enumerate(documents):  # the CLI titles a file by its first "# " line
         (folder / f"{n:05d}.md").write_text(f"# {doc['title']}\n\n{doc['text']}")
     flask = [sys.executable, "-m", "flask", "--app", "chatsvc", "kb"]
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run([*flask, "list"], env=env, check=True, capture_output=True)
     startup = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    startup_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start_cpu = children.ru_utime + children.ru_stime
     started = time.perf_counter()
-    subprocess.run([*flask, "ingest", str(folder)], env=env, check=True, capture_output=True)
+    with ServerCPU(url) as server:
+        subprocess.run([*flask, "ingest", str(folder)], env=env, check=True, capture_output=True)
     elapsed = time.perf_counter() - started - startup
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = children.ru_utime + children.ru_stime - start_cpu  # its start included
     passages = stored_passages(url)
-    return f"cli: {passages} passages in {elapsed:.2f} s (+{startup:.2f} s start): " + (
-        f"{passages / elapsed:,.0f} passages/s"
+    return (
+        f"cli: {passages} passages in {elapsed:.2f} s (+{startup:.2f} s start, CPU"
+        f" {startup_cpu:.2f} s): {passages / elapsed:,.0f} passages/s"
+        + cpu_line(passages, cpu, server.seconds)
     )
 
 
@@ -131,18 +206,22 @@ def http_inline(backend: str, documents: list[dict], tmp: Path, clients: int, wo
 
     try:
         threads = [threading.Thread(target=client) for _ in range(clients)]
+        cpu = service.cpu_seconds()
         started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        with ServerCPU(url) as server:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
         elapsed = time.perf_counter() - started
+        cpu = service.cpu_seconds() - cpu
     finally:
         service.stop()
     passages = sum(counted)
     return (
         f"http inline ({clients} clients, {workers} workers): {len(small)} documents,"
         f" {passages} passages in {elapsed:.2f} s: {passages / elapsed:,.0f} passages/s"
+        + cpu_line(passages, cpu, server.seconds)
     )
 
 
@@ -161,12 +240,15 @@ def http_background(backend: str, documents: list[dict], tmp: Path, mib: float) 
     address = urlsplit(service.url)
     try:
         connection = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
+        cpu = service.cpu_seconds()
         started = time.perf_counter()
-        document = post(connection, "/api/documents", {"title": "Big", "text": body})
-        while document["status"] == "indexing":
-            time.sleep(0.01)
-            document = post(connection, f"/api/documents/{document['id']}")
+        with ServerCPU(url) as server:
+            document = post(connection, "/api/documents", {"title": "Big", "text": body})
+            while document["status"] == "indexing":
+                time.sleep(0.01)
+                document = post(connection, f"/api/documents/{document['id']}")
         elapsed = time.perf_counter() - started
+        cpu = service.cpu_seconds() - cpu
         connection.close()
     finally:
         service.stop()
@@ -174,6 +256,7 @@ def http_background(backend: str, documents: list[dict], tmp: Path, mib: float) 
     return (
         f"http background: a {len(body.encode()) / 1024 / 1024:.1f} MiB document,"
         f" {passages} passages ready in {elapsed:.2f} s: {passages / elapsed:,.0f} passages/s"
+        + cpu_line(passages, cpu, server.seconds)
     )
 
 
