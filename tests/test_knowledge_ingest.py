@@ -51,7 +51,16 @@ def test_documents_ingested_together_are_stored_as_each_alone(app, client, per_t
         done = list(
             knowledge.ingest_many(
                 session,
-                (knowledge.Incoming(title, body) for title, body in documents),
+                (
+                    knowledge.Incoming(
+                        title,
+                        body,
+                        url=f"https://example.com/{n}",
+                        meta={"n": str(n)},
+                        collection="bulk",
+                    )
+                    for n, (title, body) in enumerate(documents)
+                ),
                 passages_per_transaction=per_transaction,
             )
         )
@@ -60,10 +69,14 @@ def test_documents_ingested_together_are_stored_as_each_alone(app, client, per_t
         assert stored(app, result.id) == expected(title, body)
         assert result.chunk_count == len(expected(title, body))
         listed = client.get(f"/api/documents/{result.id}").json
-        assert (listed["title"], listed["status"]) == (title, "ready")
+        assert (listed["title"], listed["status"], listed["collection"]) == (title, "ready", "bulk")
+        n = [t for t, _ in documents].index(title)
+        assert (listed["url"], listed["metadata"]) == (f"https://example.com/{n}", {"n": str(n)})
         assert listed["chunk_count"] == result.chunk_count
     burns = done[[title for title, _ in documents].index(titled(CORPUS / "burns.md")[0])]
-    answer = client.post("/api/chat", json={"message": "What should I do for a burn?"}).json
+    answer = client.post(
+        "/api/chat", json={"message": "What should I do for a burn?", "collections": ["bulk"]}
+    ).json
     assert answer["sources"][0]["document_id"] == burns.id
 
 
