@@ -170,3 +170,38 @@ def test_postgresql_indexes_a_passage_as_its_trigger_would(app, client):
         session.execute(text("UPDATE chunks SET text = text"))  # the trigger, again
         assert session.execute(vectors).all() == inserted
         assert "'sha256'" in inserted[0][1] and "'utf8'" in inserted[0][1]
+
+
+def test_the_cli_says_what_it_did_with_each_file_in_order(app, runner, tmp_path, monkeypatch):
+    """Files are read a window ahead of what is stored: each line still names its own file,
+    across windows, with empty files skipped and a repeated text reported unchanged."""
+    monkeypatch.setattr(knowledge, "LOOKUP_WINDOW", 2)
+    bodies = {
+        "a.md": "# Anchors\n\nAn anchor holds a boat.",
+        "b.md": "  \n",
+        "c.md": "# Bells\n\nA bell rings on the hour.",
+        "d.md": "# Anchors\n\nAn anchor holds a boat.",
+        "e.txt": "Capstans wind the anchor chain.",
+    }
+    for name, body in bodies.items():
+        (tmp_path / name).write_text(body)
+    result = runner.invoke(args=["kb", "ingest", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert sorted(line.split()[0:2] for line in lines) == sorted(
+        [
+            ["ingested", str(tmp_path / "a.md")],
+            ["skipped", str(tmp_path / "b.md")],
+            ["ingested", str(tmp_path / "c.md")],
+            ["unchanged", str(tmp_path / "d.md")],
+            ["ingested", str(tmp_path / "e.txt")],
+        ]
+    )
+    stored = [line for line in lines if not line.startswith("skipped")]
+    assert [line.split()[1] for line in stored] == [
+        str(tmp_path / name) for name in ("a.md", "c.md", "d.md", "e.txt")
+    ]
+    ids = {line.split()[1]: line.split()[3] for line in stored}
+    assert ids[str(tmp_path / "a.md")] == ids[str(tmp_path / "d.md")]
+    with database(app).read() as session:
+        assert sorted(session.scalars(select(Document.title))) == ["Anchors", "Bells", "e"]
