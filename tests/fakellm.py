@@ -80,7 +80,11 @@ class FakeLLM:
         self.stopped = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # Its loop looks for close() every 0.05 s: at the default 0.5 s each close waited
+        # 0.2-0.5 s (a test's teardown, some 300 times a run).
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), daemon=True
+        )
         self._thread.start()
 
     @property
