@@ -224,8 +224,8 @@ def hybrid_report(pairs: list[tuple[Outcome, Outcome]]) -> str:
         "| backend | passages | embedded passages/s | para r@3 text → hybrid "
         "| para r@1 text → hybrid | exact r@1 text → hybrid | exact r@3 text → hybrid "
         "| search p50 ms text → hybrid | search p95 ms text → hybrid "
-        "| agent para right/wrong/don't know, hybrid |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| search p95 CPU ms text → hybrid | agent para right/wrong/don't know, hybrid |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for plain, mixed in pairs:
         agent = "/".join(
@@ -240,7 +240,8 @@ def hybrid_report(pairs: list[tuple[Outcome, Outcome]]) -> str:
             f"{statistics.median(plain.search_ms):.1f} → "
             f"{statistics.median(mixed.search_ms):.1f} | "
             f"{percentile(plain.search_ms, 95):.1f} → {percentile(mixed.search_ms, 95):.1f} | "
-            f"{agent} |"
+            f"{percentile(plain.search_cpu_ms, 95):.1f} → "
+            f"{percentile(mixed.search_cpu_ms, 95):.1f} | {agent} |"
         )
     return "\n".join(lines)
 

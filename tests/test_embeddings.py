@@ -138,6 +138,20 @@ def fused_scores(client, fake, query: str) -> list[float]:
     return [hit["score"] for hit in reply["tool_calls"][0]["result"]["results"]]
 
 
+def test_the_offline_agent_searches_the_same_way(make_app, fake_llm, database_url):
+    """The offline agent's search is the tool's: its question is embedded too. (It answers only
+    from a passage holding the question's weighed words, so a paraphrase that meaning alone
+    finds gets "I don't know" from it; a model reads the passage.)"""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL searches by text only: covered by the start-up test")
+    client = make_app(endpoint(fake_llm)).test_client()
+    three(client)
+    question = "What does car insurance cover?"
+    reply = ok(client.post("/api/chat", json={"message": question}))
+    assert [source["title"] for source in reply["sources"]] == ["Car insurance"]
+    assert fake_llm.embedding_requests[-1]["input"] == [question]
+
+
 def test_one_passage_per_document_holds_for_vector_hits(hybrid, fake_llm):
     app = hybrid()
     client = app.test_client()
