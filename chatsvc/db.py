@@ -14,6 +14,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from .config import ConfigError
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -163,14 +165,24 @@ def _sqlite_pragmas(busy_timeout_ms: int):
 
 
 def _sqlite_with_extensions() -> Any:
-    """The DB-API module of SQLite when vectors are searched (EMBEDDINGS_BASE_URL set):
-    pysqlite3, the standard library's sqlite3 module built with its own SQLite and with
-    extension loading, which sqlite-vec needs and which this Python's sqlite3 was built
-    without. One SQLite library per process for a database file: two would each release the
-    other's POSIX locks (sqlite.org, "How To Corrupt An SQLite Database File", 2.2.1), so the
-    engine uses this one for everything, and only when embeddings are configured."""
-    from pysqlite3 import dbapi2
+    """The DB-API module of SQLite when vectors are searched (EMBEDDINGS_BASE_URL set): one
+    that can load sqlite-vec. The standard library's sqlite3 when this Python was built with
+    extension loading; else pysqlite3 (`pysqlite3-binary`, Linux x86-64: the same module built
+    with its own SQLite and extension loading). One SQLite library per process for a database
+    file: two would each release the other's POSIX locks (sqlite.org, "How To Corrupt An SQLite
+    Database File", 2.2.1), so the engine uses that module for all of its connections, and
+    only when embeddings are configured."""
+    import sqlite3
 
+    if hasattr(sqlite3.Connection, "enable_load_extension"):
+        return sqlite3
+    try:
+        from pysqlite3 import dbapi2
+    except ImportError:
+        raise ConfigError(
+            "EMBEDDINGS_BASE_URL on SQLite needs a sqlite3 module that loads extensions: this "
+            "Python's cannot, and pysqlite3-binary (Linux x86-64) is not installed"
+        ) from None
     return dbapi2
 
 
