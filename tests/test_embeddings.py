@@ -35,12 +35,15 @@ DOCTOR = "# Seeing a doctor\n\nBook an appointment with your doctor; bring your 
 PARAPHRASE = "automobile purchase"  # no passage holds either word
 
 
+# Vector search runs on SQLite only (sqlite-vec): this PostgreSQL server has no pgvector, and
+# there it searches by text, which test_start_up_says_where_vectors_are_searched checks.
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
 @pytest.fixture
 def hybrid(make_app, fake_llm, database_url):
-    """Apps whose model and embeddings endpoint are the fake server (SQLite: PostgreSQL has
-    no vector search here, see test_start_up_says_where_vectors_are_searched)."""
-    if not database_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL searches by text only (no pgvector): covered by the start-up test")
+    """Apps whose model and embeddings endpoint are the fake server (tests marked SQLITE_ONLY)."""
+    assert database_url.startswith("sqlite"), "mark the test SQLITE_ONLY"
 
     def factory(**config: Any):
         return make_app({**model(fake_llm), **endpoint(fake_llm), **config})
@@ -104,6 +107,7 @@ def three(client) -> None:
 # Ranking ----------------------------------------------------------------------------------
 
 
+@SQLITE_ONLY
 def test_a_paraphrase_is_found_by_meaning_where_text_finds_nothing(make_app, hybrid, fake_llm):
     app = hybrid()
     client = app.test_client()
@@ -115,6 +119,7 @@ def test_a_paraphrase_is_found_by_meaning_where_text_finds_nothing(make_app, hyb
     assert searched(plain, fake_llm, PARAPHRASE) == []
 
 
+@SQLITE_ONLY
 def test_fusion_puts_what_both_rankings_agree_on_first_and_adds_what_only_meaning_finds(
     make_app, hybrid, fake_llm
 ):
@@ -138,12 +143,11 @@ def fused_scores(client, fake, query: str) -> list[float]:
     return [hit["score"] for hit in reply["tool_calls"][0]["result"]["results"]]
 
 
+@SQLITE_ONLY
 def test_the_offline_agent_searches_the_same_way(make_app, fake_llm, database_url):
     """The offline agent's search is the tool's: its question is embedded too. (It answers only
     from a passage holding the question's weighed words, so a paraphrase that meaning alone
     finds gets "I don't know" from it; a model reads the passage.)"""
-    if not database_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL searches by text only: covered by the start-up test")
     client = make_app(endpoint(fake_llm)).test_client()
     three(client)
     question = "What does car insurance cover?"
@@ -152,6 +156,7 @@ def test_the_offline_agent_searches_the_same_way(make_app, fake_llm, database_ur
     assert fake_llm.embedding_requests[-1]["input"] == [question]
 
 
+@SQLITE_ONLY
 def test_one_passage_per_document_holds_for_vector_hits(hybrid, fake_llm):
     app = hybrid()
     client = app.test_client()
@@ -166,6 +171,7 @@ def test_one_passage_per_document_holds_for_vector_hits(hybrid, fake_llm):
     assert len(titles) == 3 and len(set(titles)) == 3, titles
 
 
+@SQLITE_ONLY
 def test_the_turns_scope_holds_for_vector_hits(hybrid, fake_llm):
     client = hybrid().test_client()
     post(client, "Buying a car", CARS, collection="shop", metadata={"country": "fr"})
@@ -179,6 +185,7 @@ def test_the_turns_scope_holds_for_vector_hits(hybrid, fake_llm):
     ) == ["Car insurance"]  # fmt: skip
 
 
+@SQLITE_ONLY
 def test_a_change_of_model_searches_by_text_until_kb_embed_has_re_embedded(
     make_app, hybrid, fake_llm
 ):
@@ -203,6 +210,7 @@ def test_a_change_of_model_searches_by_text_until_kb_embed_has_re_embedded(
     assert [tuple(row) for row in models] == [("other-embed", 3)]
 
 
+@SQLITE_ONLY
 def test_a_deleted_documents_vectors_go_with_it(hybrid):
     app = hybrid()
     client = app.test_client()
@@ -213,6 +221,7 @@ def test_a_deleted_documents_vectors_go_with_it(hybrid):
     assert vectors(app) == 3
 
 
+@SQLITE_ONLY
 def test_a_large_document_is_embedded_in_batches_by_the_background_job(hybrid, fake_llm):
     app = hybrid(INGEST_INLINE_BYTES=256, EMBEDDINGS_BATCH=4)
     client = app.test_client()
@@ -244,6 +253,7 @@ def test_a_large_document_is_embedded_in_batches_by_the_background_job(hybrid, f
     ],
     ids=lambda value: getattr(value, "kind", value),
 )
+@SQLITE_ONLY
 def test_a_query_the_endpoint_fails_is_searched_by_text_and_counted(
     hybrid, fake_llm, fault, reason
 ):
@@ -260,11 +270,10 @@ def test_a_query_the_endpoint_fails_is_searched_by_text_and_counted(
     assert searched(client, fake_llm, PARAPHRASE)[0] == "Buying a car"
 
 
+@SQLITE_ONLY
 def test_an_endpoint_that_is_down_at_start_up_and_for_every_query_costs_nothing_but_text(
     make_app, fake_llm, database_url
 ):
-    if not database_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL searches by text only: covered by the start-up test")
     closed = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     app = make_app({**model(fake_llm), **endpoint(fake_llm), "EMBEDDINGS_BASE_URL": closed})
     client = app.test_client()
@@ -277,6 +286,7 @@ def test_an_endpoint_that_is_down_at_start_up_and_for_every_query_costs_nothing_
     assert failures(client, "query", "unavailable") == queries + 1
 
 
+@SQLITE_ONLY
 @pytest.mark.parametrize("fault", ["status", "nan", "dimension"])
 def test_passages_the_endpoint_fails_are_stored_searchable_by_text_and_kb_embed_fills_them_in(
     hybrid, fake_llm, fault
