@@ -11,7 +11,7 @@ the text or the section), with the same rewrite test. The vectors are the same a
 rewrite of a text without such a pair is the text itself), so nothing is indexed again.
 
 Revision ID: f2a4c6e8b0d1
-Revises: e8f0a2b4c6d9
+Revises: c1d3e5f7a9b2
 Create Date: 2026-12-01 04:00:00
 
 """
@@ -20,7 +20,7 @@ from alembic import op
 
 
 revision = "f2a4c6e8b0d1"
-down_revision = "e8f0a2b4c6d9"
+down_revision = "c1d3e5f7a9b2"
 branch_labels = None
 depends_on = None
 
