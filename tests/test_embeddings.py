@@ -211,6 +211,20 @@ def test_a_change_of_model_searches_by_text_until_kb_embed_has_re_embedded(
 
 
 @SQLITE_ONLY
+def test_documents_the_cli_stores_together_are_embedded_too(hybrid, fake_llm, tmp_path):
+    """`kb ingest` stores many documents per transaction (knowledge.ingest_many): each one's
+    passages get their vectors after its commit, and a paraphrase finds it by meaning."""
+    app = hybrid()
+    for name, body in (("cars.md", CARS), ("insurance.md", INSURANCE), ("doctor.md", DOCTOR)):
+        (tmp_path / name).write_text(body)
+    result = app.test_cli_runner().invoke(args=["kb", "ingest", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("ingested") == 3
+    assert vectors(app) == passages(app) > 0
+    assert searched(app.test_client(), fake_llm, PARAPHRASE)[0] == "Buying a car"
+
+
+@SQLITE_ONLY
 def test_a_deleted_documents_vectors_go_with_it(hybrid):
     app = hybrid()
     client = app.test_client()
