@@ -173,6 +173,7 @@ class _Pending:
     timings: dict[str, float] = field(default_factory=lambda: {"db": 0.0, "agent": 0.0})
     stop: StopSignal = field(default_factory=StopSignal)  # a cancel, from anywhere
     slot: Slot | None = None  # its place among the worker's turns in flight, until it ends
+    log: TurnWriter | None = None  # its event log's writer (a streamed or background turn)
 
 
 class TurnEngine:
@@ -529,7 +530,11 @@ class TurnEngine:
         status: str = MessageStatus.COMPLETED,
         error_code: str | None = None,
     ) -> TurnResult:
-        """Unit of work 2: store the reply's outcome and free the conversation."""
+        """Unit of work 2: store the reply's outcome and free the conversation. A logged turn
+        first waits for the store to hold the events it logged so far: a reader elsewhere
+        that finds the outcome then finds them too (events.TurnWriter.wait_stored)."""
+        if pending.log is not None:
+            pending.log.wait_stored()
         started = time.perf_counter()
         now = utcnow()
         tool_calls = [call.as_dict() for call in reply.tool_calls]
@@ -742,6 +747,7 @@ class TurnHandle:
         engine = self._engine
         logged = engine.events is not None and engine.render is not None
         writer = engine.events.writer(self._pending.started.message_id) if logged else None
+        self._pending.log = writer
         worker = threading.Thread(
             target=self._context.run, args=(self._feed, feed, writer),
             daemon=True, name=f"turn-{self._pending.started.message_id}",
