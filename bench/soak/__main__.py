@@ -53,7 +53,8 @@ def chaos(
     topology: Topology, seconds: float, count: int, only: list[str], tally: Tally, rng, stop
 ) -> None:  # noqa: ANN001
     """`count` faults at random times within the first 80 % of the run, kinds in turn (every
-    kind at least once when count allows), the order shuffled."""
+    kind at least once when count allows), the order shuffled; one at a time (a fault whose
+    time comes while another lasts starts after it)."""
     kinds = list(only or FAULTS[topology.name])
     plan = [kinds[i % len(kinds)] for i in range(count)]
     rng.shuffle(plan)
@@ -183,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         health.start()
         stop_event.wait(args.seconds)
+        # every planned fault runs to its end, under traffic: one that started late (the
+        # faults before it ran long) stretches the run rather than being dropped
+        chaos_thread.join(timeout=120)
         stop_event.set()
         chaos_thread.join(timeout=90)
         # heal: everything back, then let the clients finish their retries
