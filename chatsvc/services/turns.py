@@ -379,6 +379,10 @@ class TurnEngine:
                 kind, user_id = conversation.kind, conversation.user_id
                 # Claimed first: the history read next holds every turn that finished before.
                 seq = _claim(session, conversation_id, assistant_id, now, 1 if retry else 2)
+                # The messages are stamped once the conversation is this turn's: the turn before
+                # it may have stamped its reply (and released the conversation) while this
+                # request waited for a connection (single-host soak: created_at went back)
+                now = utcnow()
                 skip = retry.user_message_id if retry else None
                 if request.context is None:
                     history, context = _context(
