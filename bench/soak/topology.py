@@ -294,9 +294,8 @@ class Cluster(Topology):
     def whole(self, stop: threading.Event, seconds: float = 30) -> None:
         """One host failure at a time: until nginx sends requests to both instances again.
         A request an instance failed (a killed worker's) takes it out of nginx's rotation for
-        `fail_timeout` (10 s, `max_fails=1`): a second failure on the other instance within
-        that window leaves no instance in rotation, and nginx answers 503 to everything for
-        the rest of it. That double fault is not the soak's model (see README)."""
+        `fail_timeout` (10 s, `max_fails=1`); a second failure on the other instance within
+        that window leaves only the upstream's backup entries (deploy/nginx/chatsvc.conf)."""
         names = {i.url.removeprefix("http://") for i in self.cluster.instances.values()}
         answered: list[str] = []
         deadline = time.monotonic() + seconds
