@@ -31,7 +31,11 @@ from __future__ import annotations
 
 import gc
 import select
+import sys
+import threading
 import types
+from collections.abc import Callable
+from typing import Any
 
 # Allocations between young collections (CPython's default is 700).
 GC_YOUNG_THRESHOLD = 10_000
@@ -60,3 +64,17 @@ def collect_less() -> None:
     walking it, and young collections run less often."""
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+
+
+def start_thread(target: Callable[..., Any], *args: Any, name: str) -> None:
+    """Run `target(*args)` in a daemon thread of its own. Under gevent's monkey-patch (the
+    gunicorn workers) that is a bare greenlet: a patched `threading.Thread` is a greenlet too,
+    but building one and waiting in `start()` for it to run cost more CPU than the rest of a
+    turn's hand-offs together. Elsewhere (tests, the CLI) a real thread."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
+        import gevent
+
+        gevent.spawn(target, *args)
+        return
+    threading.Thread(target=target, args=args, daemon=True, name=name).start()
