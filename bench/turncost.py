@@ -2,7 +2,7 @@
 kernel lets a process count its own) per JSON turn and per streamed turn.
 
     python -m bench.turncost [--turns 400] [--mode json,stream] [--words 8,108]
-                             [--database URL] [--profile] [--repeat 3]
+                             [--database URL] [--profile] [--repeat 3] [--callgrind]
 
 The real app (production profile, the `openai` agent) runs under gevent as a gunicorn worker
 does (monkey-patched, `speedups.tune_worker` applied) against bench's fake model (0 ms) on a
@@ -19,11 +19,13 @@ fake runs in its own process: only chatsvc's CPU is counted.
 
 CPU is `time.process_time()` of the whole process (every thread) over the measured turns,
 after warm-up turns; each figure is the median of `--repeat` runs. Instructions come from
-`perf_event_open` (user space only, this process and the threads it starts); they do not
-move with the machine's load the way CPU time does. `--profile` prints cProfile's function
-calls per turn and the costliest functions (a profile slows the turn: read its proportions).
-For callgrind: `valgrind --tool=callgrind python -m bench.turncost --turns N` twice with two N,
-the difference of their totals over the difference of N.
+`perf_event_open` (user space only, this process and the threads it starts) where the
+kernel allows it (not in this VM). `--callgrind` runs the measurement again under valgrind,
+instrumented only while the measured turns run (callgrind's client requests, from a tiny C
+library built with `cc` and valgrind's header): instructions per turn that do not move with
+the machine's load the way CPU time does (about a minute; one mode, one chunk count; same
+code, two runs: within 0.5 %). `--profile` prints cProfile's function calls per turn and the
+costliest functions on CPU time (a profile slows the turn: read its proportions).
 """
 
 from __future__ import annotations

@@ -10,12 +10,26 @@ Worker-wide, applied by gunicorn's post_worker_init (`tune_worker`):
 In the OpenAI-compatible adapter (chatsvc/agent/openai.py), where they belong to the protocol:
 - `_ConnectionPools`: eight SDK clients with a pool each, lent least busy first: 1.1-2.4 ms of
   CPU saved per turn (13-25 %) at 250 turns in flight per worker.
-- `_with_retries`: the request sent as plain dicts through the SDK's `post`, the answer read
-  as plain JSON, a stream read to its end so its connection is reused: the SDK's typed layer
-  cost more CPU than the rest of the turn.
+- `_with_retries`: the request sent as plain dicts, the answer read as plain JSON, a stream
+  read to its end so its connection is reused: the SDK's typed layer cost more CPU than the
+  rest of the turn.
+- `_ChatCompletions`: that request sent through the SDK client's own httpx client as the SDK's
+  `post` would send it (URL, headers, body, timeout, the SDK's own errors), without its
+  per-request layer (options copied twice, headers merged anew, auth hooks, a response
+  wrapper): 9.56 -> 8.32 M instructions a JSON turn, 12.76 -> 11.47 M a streamed one
+  (bench/turncost.py --callgrind, SQLite). Clients that need the SDK's hooks keep `post`.
 - `_event_data`: the provider's SSE stream parsed from the body's bytes, without httpx's text
   and line decoders: 5.2 -> 4.7 µs of CPU a chunk with its json.loads (in-process, 3 paired
   runs of 20 000 chunks); small, and no more code than the line reader it replaced.
+
+On every turn's path (issue 16; instructions a turn from bench/turncost.py --callgrind,
+SQLite, JSON turn of P1's shape, a 0 ms model: load-independent):
+- `Database.statements` (chatsvc/db.py): the turn's units of work on a Core connection in a
+  transaction, without the ORM Session's bookkeeping (unit of work 2 always, unit of work 1
+  for a new conversation without a key): 10.34 -> 9.56 M.
+- `start_thread`: the agent's pump (cancels.stoppable) and a streamed turn's run are bare
+  greenlets under gevent, not patched `threading.Thread` objects: 10.40 -> 10.34 M (streamed,
+  with the above: 13.51 -> 12.76 M).
 
 On the streamed turn's path (services/turns.py, services/events.py, api/sse.py), issue 22:
 - `events.as_json`: a delta's body put together around its encoded string, other bodies by
