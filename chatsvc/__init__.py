@@ -59,6 +59,7 @@ def create_app(config: dict[str, Any] | None = None, *, agent: Agent | None = No
                 refused=observability.record_refusal,
                 in_flight=observability.TURNS_IN_FLIGHT.inc,
                 lag=observability.EVENT_LOOP_LAG.set,
+                window=observability.ADMISSION_WINDOW.set,
             ),
         ),
     )  # fmt: skip

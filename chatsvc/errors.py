@@ -138,6 +138,7 @@ class Overloaded(ApiError):
     DETAILS = {
         "streams": "This server is streaming as many answers as it takes at once",
         "lag": "This server is too busy to take another answer without slowing the others",
+        "window": "This server is taking new answers gradually to keep the ones it streams on time",
     }
 
     def __init__(self, reason: str, retry_after: int) -> None:

@@ -92,7 +92,8 @@ TURNS_STUCK = Gauge(
 TURNS_REFUSED = Counter(
     "chatsvc_turns_refused_total",
     "New turns refused with 503 overloaded, by reason: streams (MAX_STREAMS_PER_WORKER in "
-    "flight) or lag (the event loop later than OVERLOAD_LAG_MS).",
+    "flight), lag (the event loop later than OVERLOAD_LAG_MS) or window (as many turns in "
+    "flight as the adaptive window admits).",
     ["reason"],
 )
 TURNS_IN_FLIGHT = Gauge(
@@ -104,8 +105,14 @@ EVENT_LOOP_LAG = Gauge(
     "How late a worker's event loop wakes (smoothed; the most lagging worker) while it runs turns.",
     multiprocess_mode="livemax",
 )
-for _reason in ("streams", "lag"):
-    TURNS_REFUSED.labels(_reason)  # both series exist from the start, at 0
+ADMISSION_WINDOW = Gauge(
+    "chatsvc_admission_window",
+    "Turns the workers admit at most while they stream: the sum of their adaptive windows "
+    "(services/admission.py; set while the lag watch runs).",
+    multiprocess_mode="livesum",
+)
+for _reason in ("streams", "lag", "window"):
+    TURNS_REFUSED.labels(_reason)  # every series exists from the start, at 0
 
 
 # Metric labels come from fixed sets; anything else is "other" (a label per random method name
@@ -416,7 +423,8 @@ def _read_turn_gauges() -> None:
 
 
 def record_refusal(reason: str) -> None:
-    """A new turn refused (503 overloaded): `streams` or `lag` (services/admission.py)."""
+    """A new turn refused (503 overloaded): `streams`, `lag` or `window`
+    (services/admission.py)."""
     TURNS_REFUSED.labels(reason).inc()
 
 

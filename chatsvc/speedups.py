@@ -6,6 +6,11 @@ Worker-wide, applied by gunicorn's post_worker_init (`tune_worker`):
   against 1.4 µs), a quarter of the CPU at 500 turns in flight.
 - `collect_less`: gc.freeze after boot and young collections every 10 000 allocations: under
   P2 a worker spent 1.8 s of 25 s collecting (pauses up to 190 ms); after, 0.5-0.7 s (~60 ms).
+- `accept_in_batches`: up to ACCEPT_BATCH new connections a turn of the loop instead of
+  gunicorn's one. Beyond capacity (P7, 2,000 streams offered) a busy loop turning every 10-20
+  ms accepted 50-100 connections a second: new turns (and /health/live) waited 2-9 s unseen
+  in the kernel's queue, where admission cannot refuse them (TTFD p50 9.5 s, 400 refused);
+  with 32 they reach admission and are refused at once (TTFD p50 1.6 s, 10,500 refused).
 
 In the OpenAI-compatible adapter (chatsvc/agent/openai.py), where they belong to the protocol:
 - `_ConnectionPools`: eight SDK clients with a pool each, lent least busy first: 1.1-2.4 ms of
@@ -58,12 +63,36 @@ from flask import Flask
 
 # Allocations between young collections (CPython's default is 700).
 GC_YOUNG_THRESHOLD = 10_000
+# Connections a gevent worker accepts at most per turn of its loop (gevent's own default is
+# 100; gunicorn sets 1 when it runs several workers, to spread connections among them).
+ACCEPT_BATCH = 32
 
 
 def tune_worker() -> None:
     """What a gunicorn worker applies once its app is loaded."""
     probe_sockets_without_the_hub()
     collect_less()
+    accept_in_batches()
+
+
+def accept_in_batches() -> None:
+    """gunicorn's gevent worker accepts one connection per turn of the event loop when there
+    are several workers; the loop then serves new connections no faster than it turns."""
+    import gunicorn.workers.ggevent
+    from gevent.server import StreamServer
+
+    class BatchingStreamServer(StreamServer):
+        _max_accept = ACCEPT_BATCH
+
+        @property
+        def max_accept(self) -> int:
+            return self._max_accept
+
+        @max_accept.setter
+        def max_accept(self, value: int) -> None:
+            self._max_accept = max(value, ACCEPT_BATCH)
+
+    gunicorn.workers.ggevent.StreamServer = BatchingStreamServer
 
 
 def probe_sockets_without_the_hub() -> None:

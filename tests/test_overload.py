@@ -225,6 +225,119 @@ def test_a_lagging_loop_refuses_new_turns_only_while_turns_stream(make_app):
     assert ok(client.post("/api/bob/chat", json={"message": "x"}))["response"] == "echo: x"
 
 
+class Watch:
+    """The lag watch's sleep held forever: the test makes each wake-up itself with
+    `Admission.observe(late, now)`, so the window's steps are exact, whatever the machine does."""
+
+    def __init__(self) -> None:
+        self.never = threading.Event()
+
+    def sleep(self, seconds: float) -> None:
+        self.never.wait()
+
+
+def admission(limit: int = 0, lag_ms: float = 25.0) -> tuple[Any, list[str]]:
+    from chatsvc.services.admission import Admission, Metrics
+
+    refusals: list[str] = []
+    return Admission(
+        limit, lag_ms, 2, Metrics(refused=refusals.append), sleep=Watch().sleep
+    ), refusals
+
+
+def fill(gate: Any, refusals: list[str]) -> list[Any]:
+    """Admit turns until the first refusal; the admitted ones' slots."""
+    from chatsvc.errors import Overloaded
+
+    slots = []
+    while True:
+        try:
+            slots.append(gate.admit())
+        except Overloaded:
+            return slots
+        if len(slots) == 1:
+            slots[0].stream()  # a turn streams: the window applies from now on
+        assert len(slots) < 10_000, "never refused"
+
+
+def test_the_window_takes_a_burst_in_doublings_measured_by_the_watch():
+    """Before the loop has been seen on time, a worker takes WINDOW_START turns; each on-time
+    wake-up lets it follow the load at twice the turns in flight, never past the limit."""
+    from chatsvc.services.admission import WINDOW_START
+
+    gate, refusals = admission(limit=100)
+    slots = fill(gate, refusals)
+    assert len(slots) == WINDOW_START and refusals == ["window"]
+    for expected in (2 * WINDOW_START, 4 * WINDOW_START, 8 * WINDOW_START):
+        gate.observe(0.0, now=10.0)  # on time
+        slots += fill(gate, refusals)
+        assert len(slots) == min(expected, 100)
+    assert refusals[-1] == "streams", "the configured limit still holds above the window"
+
+
+def test_a_lagging_loop_cuts_the_window_once_a_second_then_it_grows_slowly():
+    from chatsvc.services.admission import CUT, CUT_EVERY, GROW
+
+    gate, refusals = admission()
+    slots = fill(gate, refusals)
+    gate.observe(0.0, now=10.0)
+    slots += fill(gate, refusals)
+    assert len(slots) == 32
+    # Late by 100 ms: the smoothed lag passes 25 ms at the second wake-up: cut to 80 % of
+    # the 32 in flight, and lag refuses while it lasts.
+    gate.observe(0.1, now=11.0)
+    assert gate.window == 32
+    gate.observe(0.1, now=11.05)
+    assert gate.window == pytest.approx(32 * CUT)
+    gate.observe(0.1, now=11.05 + CUT_EVERY / 2)  # still late, within CUT_EVERY: no second cut
+    assert gate.window == pytest.approx(32 * CUT)
+    fill(gate, refusals)
+    assert refusals[-1] == "lag"
+    for slot in slots[:10]:  # ten turns end: 22 in flight
+        slot.release()
+    slots = slots[10:]
+    now = 11.55  # within CUT_EVERY of the cut: the lag's slow way down cuts nothing more
+    for _ in range(7):  # on time again: 58 ms smoothed × 0.75⁷ is under half the threshold
+        gate.observe(0.0, now=now)
+        now += 0.05
+    assert gate.window == pytest.approx(32 * CUT), "the window does not hold turns back: kept"
+    slots += fill(gate, refusals)
+    assert len(slots) == 26 and refusals[-1] == "window"  # 25.6: the 26th is the last one in
+    gate.observe(0.0, now=now)
+    assert gate.window == pytest.approx(32 * CUT * GROW + 1)
+    # Late again a second after the cut: cut to 80 % of those in flight.
+    gate.observe(0.2, now=now + CUT_EVERY)
+    gate.observe(0.2, now=now + CUT_EVERY + 0.05)
+    assert gate.window == pytest.approx(26 * CUT)
+    for slot in slots:
+        slot.release()
+    assert gate.in_flight == 0 and gate.streaming == 0
+
+
+def test_without_the_lag_watch_there_is_no_window():
+    """OVERLOAD_LAG_MS 0 (development, tests): only MAX_STREAMS_PER_WORKER refuses."""
+    gate, refusals = admission(limit=0, lag_ms=0.0)
+    slots = [gate.admit() for _ in range(1000)]
+    slots[0].stream()
+    gate.observe(1.0, now=10.0)
+    slots.append(gate.admit())
+    assert refusals == [] and gate.in_flight == 1001
+
+
+def test_the_window_refuses_nothing_while_no_turn_streams():
+    """Turns answered as one JSON body have no cadence to keep: a burst of them queues."""
+    gate, refusals = admission()
+    slots = [gate.admit() for _ in range(200)]
+    assert refusals == [] and len(slots) == 200
+
+
+def test_metrics_name_every_refusal_and_the_window(make_app):
+    text = make_app().test_client().get("/metrics").get_data(as_text=True)
+    for reason in ("streams", "lag", "window"):
+        assert sample(text, "chatsvc_turns_refused_total", reason=reason) >= 0
+    assert "# TYPE chatsvc_admission_window gauge" in text
+
+
 def test_admission_settings_are_checked_at_start(make_app):
     from chatsvc.config import ConfigError
 

@@ -2,13 +2,22 @@
 taking it would slow the turns it already runs, instead of letting every stream slow together.
 
 A turn is refused at once when the worker already runs MAX_STREAMS_PER_WORKER turns, or when
-it streams turns and its event loop lags: a watch thread (a greenlet under gevent) sleeps
-LAG_INTERVAL and measures how late it wakes; a smoothed lateness over OVERLOAD_LAG_MS means
-the worker's CPU cannot keep its streams' cadence. Lag refuses nothing while no turn streams
-(turns answered as one JSON body have no cadence to keep: a burst of them queues, as before).
-The cost per turn is a counter under a lock, never a query.
+it streams turns and either its event loop lags or it runs as many turns as its adaptive
+window admits. A watch thread (a greenlet under gevent) sleeps LAG_INTERVAL and measures how
+late it wakes; a smoothed lateness over OVERLOAD_LAG_MS means the worker's CPU cannot keep its
+streams' cadence. The window is what keeps a burst from overshooting before the lag shows
+(the watch itself runs late under a burst, so lag alone is read too late): it starts at
+WINDOW_START turns and, while the loop is on time, follows the load at twice the turns in
+flight at each wake-up (slow start: a burst is taken in doublings, each one measured); when
+the loop lags, the window is cut to CUT of the turns in flight (at most once per CUT_EVERY
+seconds: the turns already admitted keep running and need that long to show the cut's
+effect) and from then on grows by GROW a wake-up while the loop is on time and the window is
+what refuses. Lag and window refuse nothing while no turn streams (turns answered as one JSON
+body have no cadence to keep: a burst of them queues, as before); both are off when
+OVERLOAD_LAG_MS is 0. The cost per turn is a counter under a lock, never a query.
 
-Admission      the worker's count of turns in flight and its lag watch; `admit()` gives a Slot
+Admission      the worker's count of turns in flight, its lag watch and window; `admit()`
+               gives a Slot
 Slot           one admitted turn's place: `stream()` when its events are read as they come
                (SSE, WebSocket, a background turn's log), given back once (`release`)
 """
@@ -29,6 +38,7 @@ class Refusal(StrEnum):
 
     STREAMS = "streams"  # MAX_STREAMS_PER_WORKER turns in flight already
     LAG = "lag"  # the event loop is late by more than OVERLOAD_LAG_MS
+    WINDOW = "window"  # as many turns in flight as the adaptive window admits
 
 
 # The watch wakes this often (seconds): 20 wake-ups a second cost nothing measurable, and a
@@ -40,6 +50,14 @@ LAG_WEIGHT = 0.25
 # The watch stops after this long with no turn streaming (and its lag reads 0 again): a worker
 # that streams nothing runs no timer.
 LINGER_SECONDS = 5.0
+# The adaptive window (turns in flight while turns stream): where it starts after a quiet
+# while, its floor, the share of the turns in flight a lagging loop cuts it to, how often at
+# most, and how much it grows a wake-up once it has been cut (×1.5 a second).
+WINDOW_START = 16
+WINDOW_MIN = 4
+CUT = 0.8
+CUT_EVERY = 1.0
+GROW = 1.02
 
 
 @dataclass
@@ -49,6 +67,7 @@ class Metrics:
     refused: Callable[[str], None] = lambda reason: None  # a Refusal's value
     in_flight: Callable[[int], None] = lambda delta: None  # +1 admitted, -1 released
     lag: Callable[[float], None] = lambda seconds: None  # the smoothed lag, at each wake-up
+    window: Callable[[int], None] = lambda turns: None  # the adaptive window, at each wake-up
 
 
 class Admission:
@@ -56,8 +75,9 @@ class Admission:
     watch off."""
 
     def __init__(
-        self, limit: int, lag_ms: float, retry_after: int, metrics: Metrics | None = None
-    ) -> None:
+        self, limit: int, lag_ms: float, retry_after: int, metrics: Metrics | None = None,
+        *, sleep: Callable[[float], object] = time.sleep,
+    ) -> None:  # fmt: skip
         self.limit = limit
         self.lag_threshold = lag_ms / 1000
         self.retry_after = retry_after
@@ -65,8 +85,12 @@ class Admission:
         self.in_flight = 0
         self.streaming = 0  # of those in flight, the turns whose events are read as they come
         self._lag = 0.0  # seconds, smoothed
+        self.window = float(WINDOW_START)  # turns in flight admitted while turns stream
+        self._slow_start = True  # until the loop first lags: the window follows the load ×2
+        self._last_cut = float("-inf")
         self._lock = threading.Lock()
         self._watch: threading.Thread | None = None
+        self._sleep = sleep  # the watch's (a test's own makes its wake-ups explicit: `observe`)
 
     def admit(self) -> Slot:
         """A place for one new turn, or 503 `overloaded` at once. A worker that streams no turn
@@ -76,6 +100,8 @@ class Admission:
                 refusal: Refusal | None = Refusal.STREAMS
             elif self.streaming and self._lag > self.lag_threshold > 0:
                 refusal = Refusal.LAG
+            elif self.streaming and self.lag_threshold and self.in_flight >= self.window:
+                refusal = Refusal.WINDOW
             else:
                 refusal = None
                 self.in_flight += 1
@@ -101,21 +127,47 @@ class Admission:
         self.metrics.in_flight(-1)
 
     def _measure(self) -> None:
-        """The lag watch: how late each sleep of LAG_INTERVAL ends, smoothed."""
+        """The lag watch: how late each sleep of LAG_INTERVAL ends, smoothed; the window
+        follows it."""
         idle = 0.0
         while True:
             before = time.monotonic()
-            time.sleep(LAG_INTERVAL)
-            late = max(0.0, time.monotonic() - before - LAG_INTERVAL)
+            self._sleep(LAG_INTERVAL)
+            now = time.monotonic()
+            late = max(0.0, now - before - LAG_INTERVAL)
+            self.observe(late, now)
             with self._lock:
-                self._lag += LAG_WEIGHT * (late - self._lag)
                 idle = 0.0 if self.streaming else idle + LAG_INTERVAL + late
                 if idle >= LINGER_SECONDS:
                     self._lag = 0.0
                     self._watch = None
+                    self.window, self._slow_start = float(WINDOW_START), True
+                window = int(self.window)
             self.metrics.lag(self._lag)
+            self.metrics.window(window)
             if idle >= LINGER_SECONDS:
                 return
+
+    def observe(self, late: float, now: float) -> None:
+        """One wake-up of the watch, `late` seconds after it was due (at `now`, monotonic):
+        the smoothed lag and the window take their step."""
+        with self._lock:
+            self._lag += LAG_WEIGHT * (late - self._lag)
+            if self.lag_threshold:
+                self._adapt(now)
+
+    def _adapt(self, now: float) -> None:
+        """One wake-up's step of the window (under the lock)."""
+        if self._lag > self.lag_threshold:
+            if now - self._last_cut >= CUT_EVERY:
+                self.window = max(float(WINDOW_MIN), min(self.window, self.in_flight * CUT))
+                self._last_cut, self._slow_start = now, False
+        elif self._lag < self.lag_threshold / 2:
+            ceiling = float(self.limit or "inf")
+            if self._slow_start:
+                self.window = min(ceiling, max(self.window, 2.0 * self.in_flight))
+            elif self.in_flight >= self.window - 1:  # the window is what holds turns back
+                self.window = min(ceiling, self.window * GROW + 1)
 
 
 class Slot:
