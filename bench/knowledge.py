@@ -30,7 +30,7 @@ from sqlalchemy import create_engine, text
 from chatsvc import create_app
 from chatsvc.agent.answers import extractive_answer
 from chatsvc.db import database
-from chatsvc.services import knowledge
+from chatsvc.services import embeddings, knowledge
 
 from . import corpus
 
@@ -72,6 +72,16 @@ def prefix(documents: list[dict], passages: int) -> list[dict]:
         taken.append(doc)
         total += doc["passages"]
     return taken
+
+
+def questions_first(documents: list[dict], questions: list[dict]) -> list[dict]:
+    """The documents the questions expect first, then the others in corpus order: a corpus
+    small enough to embed on this machine (all-MiniLM-L6-v2 embedded ~5-10 passages/s on a
+    shared 2-core machine) that still answers every question, among distractors."""
+    expected = {title for question in questions for title in question["expect"]}
+    return [d for d in documents if d["title"] in expected] + [
+        d for d in documents if d["title"] not in expected
+    ]
 
 
 def database_url(backend: str, size: int, fresh: bool) -> str:
@@ -179,6 +189,68 @@ def run(backend: str, size: int, documents: list[dict], questions: list[dict], a
     return outcome
 
 
+def run_hybrid(
+    backend: str, size: int, documents: list[dict], questions: list[dict], args
+) -> Outcome | None:
+    """The same database searched with hybrid retrieval (EMBEDDINGS_* set to --embeddings, e.g.
+    bench/embedserver.py): every passage without a vector is embedded first (what
+    `kb embed` does; its rate replaces the ingest rate), then the same questions. None where
+    vectors are not searched (PostgreSQL)."""
+    docs = prefix(documents, size)
+    app = create_app(
+        {
+            "DATABASE_URL": database_url(backend, size, False), "CHATSVC_ENV": "development",
+            "RATELIMIT_ENABLED": False, "EMBEDDINGS_BASE_URL": args.embeddings,
+            "EMBEDDINGS_MODEL": args.embeddings_model, "EMBEDDINGS_BATCH_TIMEOUT_SECONDS": 600.0,
+        }
+    )  # fmt: skip
+    index = embeddings.index_for(database(app))
+    if index is None:
+        database(app).engine.dispose()
+        return None
+    started = time.perf_counter()
+    with database(app).sessions() as session:
+        embedded = index.fill(session)
+    rate = embedded / (time.perf_counter() - started) if embedded else None
+    outcome = Outcome(backend, sum(d["passages"] for d in docs), len(docs), rate)
+    measure(app, outcome, questions, {d["title"] for d in docs}, args.rounds)
+    database(app).engine.dispose()
+    return outcome
+
+
+def hybrid_report(pairs: list[tuple[Outcome, Outcome]]) -> str:
+    """Text only against hybrid, on the same database and questions."""
+    lines = [
+        "| backend | passages | embedded passages/s | para r@3 text → hybrid "
+        "| para r@1 text → hybrid | exact r@1 text → hybrid | exact r@3 text → hybrid "
+        "| search p50 ms text → hybrid | search p95 ms text → hybrid "
+        "| search p95 CPU ms text → hybrid | agent para right/wrong/don't know, hybrid |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for plain, mixed in pairs:
+        agent = "/".join(
+            str(mixed.agent.get("paraphrase", {}).get(v, 0))
+            for v in ("right", "wrong", "don't know")
+        )
+        rate = "reused" if mixed.ingest_rate is None else f"{mixed.ingest_rate:.0f}"
+        lines.append(
+            f"| {plain.backend} | {plain.passages} | {rate} | "
+            f"{_pair(plain, mixed, 'paraphrase', 3)} | {_pair(plain, mixed, 'paraphrase', 1)} | "
+            f"{_pair(plain, mixed, 'exact', 1)} | {_pair(plain, mixed, 'exact', 3)} | "
+            f"{statistics.median(plain.search_ms):.1f} → "
+            f"{statistics.median(mixed.search_ms):.1f} | "
+            f"{percentile(plain.search_ms, 95):.1f} → {percentile(mixed.search_ms, 95):.1f} | "
+            f"{percentile(plain.search_cpu_ms, 95):.1f} → "
+            f"{percentile(mixed.search_cpu_ms, 95):.1f} | {agent} |"
+        )
+    return "\n".join(lines)
+
+
+def _pair(plain: Outcome, mixed: Outcome, kind: str, at: int) -> str:
+    before, after = recall(plain.ranks.get(kind, []), at), recall(mixed.ranks.get(kind, []), at)
+    return f"{before:.2f} → {after:.2f}"
+
+
 def recall(ranks: list[int | None], at: int) -> float:
     return sum(1 for r in ranks if r is not None and r <= at) / len(ranks) if ranks else 0.0
 
@@ -248,11 +320,21 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="rebuild every database")
     parser.add_argument("--misses", action="store_true", help="print each question missed at r@1")
     parser.add_argument("--output", type=Path, default=Path("bench/out/knowledge.md"))
+    parser.add_argument("--embeddings", default="", help="an OpenAI-compatible /v1 URL (e.g. "
+                        "bench/embedserver.py's): adds the hybrid table (SQLite)")  # fmt: skip
+    parser.add_argument("--embeddings-model", default="all-MiniLM-L6-v2")
+    parser.add_argument("--rrf-k", type=int, default=embeddings.RRF_K, help="fusion's constant")
+    parser.add_argument("--questions-first", action="store_true", help="each size's corpus "
+                        "starts with the documents the questions expect")  # fmt: skip
     args = parser.parse_args()
+    embeddings.RRF_K = args.rrf_k
     sizes = sorted(int(s) for s in args.sizes.split(","))
     documents = corpus.load(max(sizes))
     questions = json.loads(QUESTIONS.read_text())["questions"]
+    if args.questions_first:
+        documents = questions_first(documents, questions)
     outcomes = []
+    pairs: list[tuple[Outcome, Outcome]] = []  # text only, hybrid (--embeddings)
     for backend in args.backends.split(","):
         for size in sizes:
             outcome = run(backend, size, documents, questions, args)
@@ -260,7 +342,15 @@ def main() -> None:
             print(report([outcome]).splitlines()[-1], flush=True)
             if args.misses:
                 print("\n".join("  miss " + m for m in outcome.misses))
+            mixed = args.embeddings and run_hybrid(backend, size, documents, questions, args)
+            if mixed:
+                pairs.append((outcome, mixed))
+                print(hybrid_report([(outcome, mixed)]).splitlines()[-1], flush=True)
+                if args.misses:
+                    print("\n".join("  hybrid miss " + m for m in mixed.misses))
     body = report(outcomes) + "\n\n" + "\n".join(f"- {v}" for v in verdicts(outcomes)) + "\n"
+    if pairs:
+        body += f"\nHybrid retrieval (RRF k={embeddings.RRF_K}):\n\n" + hybrid_report(pairs) + "\n"
     print("\n" + body)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(body)

@@ -15,6 +15,7 @@ from .agent import build_agent
 from .agent.base import Agent
 from .api import docs, sse, websocket
 from .extensions import migrate
+from .services import embeddings
 from .services.admission import Admission, Metrics
 from .services.events import EventLog
 from .services.turns import TurnEngine
@@ -63,6 +64,7 @@ def create_app(config: dict[str, Any] | None = None, *, agent: Agent | None = No
             ),
         ),
     )  # fmt: skip
+    _open_vectors(app)
     rest.init_app(app)
     api = Api(app)  # flask-smorest keeps one spec per Api: one Api per app
     schemas.document_running_limits(api, app.config)
@@ -83,7 +85,27 @@ def close_app(app: Flask, *, drain_seconds: float = 0.0) -> None:
     engine.drain(drain_seconds)
     engine.agent.close()
     engine.events.close()  # stores the events still waiting for their batch
+    embeddings.close(db.database(app))
     db.database(app).engine.dispose()
+
+
+def _open_vectors(app: Flask) -> None:
+    """Hybrid retrieval when an embeddings endpoint is configured (services/embeddings.py)."""
+    config = app.config
+    if not config["EMBEDDINGS_BASE_URL"]:
+        return
+    from .agent.embeddings import OpenAIEmbeddings
+
+    embeddings.open_index(
+        db.database(app),
+        OpenAIEmbeddings.from_config(config),
+        embeddings.VectorSettings(
+            query_timeout=float(config["EMBEDDINGS_TIMEOUT_SECONDS"]),
+            batch_timeout=float(config["EMBEDDINGS_BATCH_TIMEOUT_SECONDS"]),
+            batch_size=int(config["EMBEDDINGS_BATCH"]),
+        ),
+        observability.record_embeddings_failure,
+    )
 
 
 def _register_blueprints(api: Api) -> None:

@@ -1,4 +1,5 @@
-"""Flask commands: `chat`, `sessions cleanup`, `token create`, `kb ingest|list|delete|seed`."""
+"""Flask commands: `chat`, `sessions cleanup`, `token create`,
+`kb ingest|list|delete|seed|embed`."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from flask.cli import AppGroup, with_appcontext
 
 from . import auth, db
 from .agent.base import TextDelta, ToolCallDone
+from .agent.embeddings import EmbeddingsFailed
 from .errors import ApiError
 from .models import MessageStatus
-from .services import conversations, idempotency, knowledge
+from .services import conversations, embeddings, idempotency, knowledge
 from .services.conversations import SESSION, USER, Access
 from .services.turns import TurnEngine, TurnFailed, TurnHandle, TurnRequest, TurnResult
 
@@ -83,6 +85,41 @@ def seed_documents() -> None:
             click.echo("knowledge base not empty: nothing to seed")
             return
     _ingest(tuple(p for p in (PROJECT / "README.md", PROJECT / "docs") if p.exists()))
+
+
+@kb_cli.command("embed")
+def embed_passages() -> None:
+    """Embed the passages without a vector of EMBEDDINGS_MODEL: those an endpoint outage left
+    (searchable by text meanwhile), or all of them after a change of model."""
+    database = db.database()
+    index = embeddings.index_for(database)
+    if index is None:
+        why = (
+            "EMBEDDINGS_BASE_URL is not set"
+            if not current_app.config["EMBEDDINGS_BASE_URL"]
+            else "this database searches by text only (PostgreSQL: no pgvector path)"
+        )
+        raise click.ClickException(f"nothing to embed: {why}")
+    done = [0]
+
+    def progress(count: int) -> None:
+        done[0] = count
+        click.echo(f"embedded {count} passages")
+
+    with database.sessions() as session:
+        try:
+            index.fill(session, progress=progress)
+        except EmbeddingsFailed as error:
+            left = index.missing(session)
+            raise click.ClickException(
+                f"the embeddings endpoint failed ({error}) after {done[0]} passages; {left} "
+                "left: run it again"
+            ) from None
+        left = index.missing(session)
+    click.echo(
+        f"done: {done[0]} passages embedded by {index.embedder.model} "
+        f"({index.embedder.dimension} dimensions); {left} without a vector"
+    )
 
 
 @kb_cli.command("list")

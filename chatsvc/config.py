@@ -110,6 +110,17 @@ class Config:
     OPENAI_STREAM = True  # false for servers that cannot stream tool calls
     OPENAI_MAX_TOKENS = 0  # 0: the provider's default; else sent as max_tokens per call
 
+    # Hybrid retrieval (services/embeddings.py): off unless EMBEDDINGS_BASE_URL is set. Any
+    # OpenAI-compatible /v1/embeddings; vectors are searched on SQLite (sqlite-vec), while
+    # PostgreSQL searches by text only (no pgvector path yet; said at start-up).
+    EMBEDDINGS_BASE_URL = ""
+    EMBEDDINGS_MODEL = ""
+    EMBEDDINGS_API_KEY = ""
+    EMBEDDINGS_DIMENSIONS = 0  # 0: the first response's, then held; else checked on each
+    EMBEDDINGS_TIMEOUT_SECONDS = 2.0  # a search's query; past it, the search is text only
+    EMBEDDINGS_BATCH_TIMEOUT_SECONDS = 30.0  # a batch of passages at ingest
+    EMBEDDINGS_BATCH = 64  # passages per request
+
     # Quotas (contract §10): tokens per user (anonymous callers: per client address) per UTC
     # day; 0: no quota. An admin can set one user's own cap.
     QUOTA_TOKENS_PER_DAY = 0
@@ -174,6 +185,22 @@ class Config:
             raise ConfigError("MAX_STREAMS_PER_WORKER and OVERLOAD_LAG_MS must be 0 (off) or more")
         if not 1 <= settings["OVERLOAD_RETRY_AFTER_SECONDS"] <= 600:
             raise ConfigError("OVERLOAD_RETRY_AFTER_SECONDS must be between 1 and 600")
+        if bool(settings["EMBEDDINGS_BASE_URL"]) != bool(settings["EMBEDDINGS_MODEL"]):
+            raise ConfigError("EMBEDDINGS_BASE_URL and EMBEDDINGS_MODEL go together: both or "
+                              "neither")  # fmt: skip
+        if settings["EMBEDDINGS_BASE_URL"] and not settings["EMBEDDINGS_BASE_URL"].startswith(
+            ("http://", "https://")
+        ):
+            raise ConfigError("EMBEDDINGS_BASE_URL must be an http:// or https:// URL")
+        if not 0 <= settings["EMBEDDINGS_DIMENSIONS"] <= 8192:
+            raise ConfigError("EMBEDDINGS_DIMENSIONS must be between 0 (discovered) and 8192")
+        if settings["EMBEDDINGS_TIMEOUT_SECONDS"] <= 0 or (
+            settings["EMBEDDINGS_BATCH_TIMEOUT_SECONDS"] <= 0
+        ):
+            raise ConfigError("EMBEDDINGS_TIMEOUT_SECONDS and EMBEDDINGS_BATCH_TIMEOUT_SECONDS "
+                              "must be positive")  # fmt: skip
+        if not 1 <= settings["EMBEDDINGS_BATCH"] <= 2048:
+            raise ConfigError("EMBEDDINGS_BATCH must be between 1 and 2048")
         if settings["LOG_FORMAT"] not in {"json", "text"}:
             raise ConfigError("LOG_FORMAT must be 'json' or 'text'")
         rollover = [key.strip() for key in settings["JWT_SECRETS"].split(",") if key.strip()]

@@ -14,6 +14,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from .config import ConfigError
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -134,12 +136,16 @@ def init_app(app: Flask) -> None:
 
 def make_engine(url: str, config: dict[str, Any]) -> Engine:
     if url.startswith("sqlite"):
+        vectors = bool(config.get("EMBEDDINGS_BASE_URL"))
         engine = create_engine(
             url,
             connect_args={"timeout": config["SQLITE_BUSY_TIMEOUT_MS"] / 1000},
             hide_parameters=True,  # statement values (message text) never reach an error or log
+            **({"module": _sqlite_with_extensions()} if vectors else {}),
         )
         event.listen(engine, "connect", _sqlite_pragmas(config["SQLITE_BUSY_TIMEOUT_MS"]))
+        if vectors:
+            event.listen(engine, "connect", _load_sqlite_vec)
         return engine
     return create_engine(
         url,
@@ -165,6 +171,39 @@ def _sqlite_pragmas(busy_timeout_ms: int):
         cursor.close()
 
     return on_connect
+
+
+def _sqlite_with_extensions() -> Any:
+    """The DB-API module of SQLite when vectors are searched (EMBEDDINGS_BASE_URL set): one
+    that can load sqlite-vec. The standard library's sqlite3 when this Python was built with
+    extension loading; else pysqlite3 (`pysqlite3-binary`, Linux x86-64: the same module built
+    with its own SQLite and extension loading). One SQLite library per process for a database
+    file: two would each release the other's POSIX locks (sqlite.org, "How To Corrupt An SQLite
+    Database File", 2.2.1), so the engine uses that module for all of its connections, and
+    only when embeddings are configured."""
+    import sqlite3
+
+    if hasattr(sqlite3.Connection, "enable_load_extension"):
+        return sqlite3
+    try:
+        from pysqlite3 import dbapi2
+    except ImportError:
+        raise ConfigError(
+            "EMBEDDINGS_BASE_URL on SQLite needs a sqlite3 module that loads extensions: this "
+            "Python's cannot, and pysqlite3-binary (Linux x86-64) is not installed"
+        ) from None
+    return dbapi2
+
+
+def _load_sqlite_vec(dbapi_connection: Any, _record: Any) -> None:
+    """sqlite-vec's functions (vec_distance_cosine, ...) on every connection of the engine."""
+    import sqlite_vec
+
+    dbapi_connection.enable_load_extension(True)
+    try:
+        sqlite_vec.load(dbapi_connection)
+    finally:
+        dbapi_connection.enable_load_extension(False)
 
 
 def _default_sqlite_url(app: Flask) -> str:

@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -203,6 +204,37 @@ class Chunk(Base):
 
     document: Mapped[Document] = relationship(back_populates="chunks")
     section: Mapped[Section] = relationship(back_populates="chunks")
+
+
+class EmbeddingModel(Base):
+    """An embeddings model as the vectors were made by it: its name and dimension. A search
+    compares only vectors of the configured model, so a change of model re-embeds (`kb embed`)
+    rather than mixing two models' vectors."""
+
+    __tablename__ = "embedding_models"
+    __table_args__ = (UniqueConstraint("name", "dimension"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    dimension: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ChunkVector(Base):
+    """A passage's embedding (float32, unit length) by one model; gone with its passage. The
+    vector search reads it with sqlite-vec's distance functions (services/embeddings.py): first
+    its sign bits (`bits`, one bit a dimension) in a covering index, then the vector itself for
+    the few hundred passages nearest by those."""
+
+    __tablename__ = "chunk_vectors"
+    __table_args__ = (Index("ix_chunk_vectors_model_bits", "model_id", "bits"),)
+
+    chunk_id: Mapped[int] = mapped_column(
+        ForeignKey("chunks.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    model_id: Mapped[int] = mapped_column(ForeignKey("embedding_models.id", ondelete="CASCADE"))
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    bits: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class ToolExecution(Base):

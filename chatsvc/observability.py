@@ -113,6 +113,20 @@ ADMISSION_WINDOW = Gauge(
 )
 for _reason in ("streams", "lag", "window"):
     TURNS_REFUSED.labels(_reason)  # every series exists from the start, at 0
+# Hybrid retrieval (services/embeddings.py): calls to the embeddings endpoint that failed. A
+# `query` failure is a search that fell back to text only; a `passages` one left passages
+# without vectors until `kb embed`.
+EMBEDDINGS_FAILURES = Counter(
+    "chatsvc_embeddings_failures_total",
+    "Embeddings requests that failed, by stage (query: the search fell back to text only; "
+    "passages: vectors left for `kb embed`) and reason (timeout, unavailable, invalid).",
+    ["stage", "reason"],
+)
+EMBEDDINGS_STAGES = ("query", "passages")
+EMBEDDINGS_REASONS = ("timeout", "unavailable", "invalid")
+for _stage in EMBEDDINGS_STAGES:
+    for _reason in EMBEDDINGS_REASONS:
+        EMBEDDINGS_FAILURES.labels(_stage, _reason)  # every series from the start, at 0
 
 
 # Metric labels come from fixed sets; anything else is "other" (a label per random method name
@@ -431,3 +445,11 @@ def record_refusal(reason: str) -> None:
 def record_failure(code: str) -> None:
     """A failed turn's error code (upstream_timeout, upstream_error, ...), for the alerts."""
     AGENT_FAILURES.labels(code).inc()
+
+
+def record_embeddings_failure(stage: str, reason: str) -> None:
+    """An embeddings request that failed (services/embeddings.py); labels from fixed sets."""
+    EMBEDDINGS_FAILURES.labels(
+        stage if stage in EMBEDDINGS_STAGES else OTHER,
+        reason if reason in EMBEDDINGS_REASONS else OTHER,
+    ).inc()

@@ -3,11 +3,18 @@
 Tests script it with a queue of responses (`say`, `call`, `fail`, `garbage`, `drop`,
 `endless`, `slow`) and read back what the model was sent (`requests`). With nothing queued it
 echoes the last user message. (The benchmarks have their own, bench/fakellm.py.)
+
+It is an embeddings endpoint too (`POST /v1/embeddings`): each text's vector is a bag of its
+hashed words (`fake_vector`), with a few synonyms made one word, so that a paraphrase is near
+what it paraphrases while sharing no word with it. `embed_script` queues faults
+(`EmbedFault`); `embedding_requests` is what it was sent.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
 import socket
 import threading
@@ -68,10 +75,47 @@ def slow(seconds: float, text: str = "late") -> Response:
     return Response(text=text, delay=seconds)
 
 
+# The fake embedding model: a word's synonyms are that word, and words that say nothing of
+# what a text is about weigh nothing.
+SYNONYMS = {
+    "automobile": "car", "automobiles": "car", "vehicle": "car", "cars": "car",
+    "purchase": "buy", "purchasing": "buy", "buying": "buy", "acquire": "buy",
+    "physician": "doctor", "medic": "doctor",
+}  # fmt: skip
+FILLER = frozenset(
+    "a an and are do does for from how i in is it of on or the to what with".split()  # noqa: SIM905
+)
+EMBED_DIMENSION = 256
+
+
+def fake_vector(text: str, dimension: int = EMBED_DIMENSION) -> list[float]:
+    """A unit vector: one component per distinct hashed word (after SYNONYMS), counted."""
+    vector = [0.0] * dimension
+    words = [SYNONYMS.get(w, w) for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in FILLER]
+    for word in words or [""]:
+        vector[int(hashlib.md5(word.encode()).hexdigest(), 16) % dimension] += 1.0
+    norm = math.sqrt(sum(x * x for x in vector))
+    return [x / norm for x in vector]
+
+
+@dataclass
+class EmbedFault:
+    """One scripted embeddings answer instead of the vectors: `status` (an HTTP error),
+    `delay` (seconds before answering), `nan`, `dimension` (a vector one number short), `count`
+    (one vector fewer than texts), `strings` (numbers as text), `garbage` (not JSON)."""
+
+    kind: str
+    status: int = 500
+    delay: float = 0.0
+
+
 class FakeLLM:
-    """The server. `url` is the OPENAI_BASE_URL."""
+    """The server. `url` is the OPENAI_BASE_URL (and the EMBEDDINGS_BASE_URL)."""
 
     def __init__(self) -> None:
+        self.embedding_requests: list[dict[str, Any]] = []
+        self._embed_script: list[EmbedFault] = []
+        self.embed_always: EmbedFault | None = None  # every embeddings answer, while set
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.peers: list[tuple[str, int]] = []  # each request's client address: its connection
@@ -80,7 +124,11 @@ class FakeLLM:
         self.stopped = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # Its loop looks for close() every 0.05 s: at the default 0.5 s each close waited
+        # 0.2-0.5 s (a test's teardown, some 300 times a run).
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), daemon=True
+        )
         self._thread.start()
 
     @property
@@ -104,9 +152,23 @@ class FakeLLM:
         last = users[-1]["content"] if users else ""
         return Response(text=f"fake: {last}")
 
+    def embed_script(self, *faults: EmbedFault) -> None:
+        with self._lock:
+            self._embed_script.extend(faults)
+
+    def next_embedding(self, body: dict[str, Any]) -> EmbedFault | None:
+        with self._lock:
+            self.embedding_requests.append(body)
+            if self._embed_script:
+                return self._embed_script.pop(0)
+            return self.embed_always
+
     def reset(self) -> None:
         """Forget the script and what was asked (one server shared by several tests)."""
         with self._lock:
+            self._embed_script.clear()
+            self.embedding_requests.clear()
+            self.embed_always = None
             self._script.clear()
             self.requests.clear()
             self.headers.clear()
@@ -134,6 +196,9 @@ def _handler(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
             body = json.loads(self.rfile.read(length) or b"{}")
+            if self.path.endswith("/embeddings"):
+                self._embeddings(body, fake.next_embedding(body))
+                return
             if not self.path.endswith("/chat/completions"):
                 self._json(404, {"error": {"message": "not found"}})
                 return
@@ -154,6 +219,37 @@ def _handler(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
                 self._stream(body, response)
             else:
                 self._json(200, _completion(body, response))
+
+        def _embeddings(self, body: dict[str, Any], fault: EmbedFault | None) -> None:
+            texts = body.get("input", [])
+            texts = [texts] if isinstance(texts, str) else texts
+            vectors: list[Any] = [fake_vector(text) for text in texts]
+            if fault is not None and fault.delay and fake.stopped.wait(fault.delay):
+                return
+            kind = fault.kind if fault is not None else None
+            if kind == "status":
+                error = {"error": {"message": "scripted failure", "type": "server_error"}}
+                self._json(fault.status, error)
+                return
+            if kind == "garbage":
+                self._raw(200, b"<html>upstream proxy says hello", "application/json")
+                return
+            if kind == "nan":
+                vectors[-1] = [float("nan"), *vectors[-1][1:]]
+            elif kind == "dimension":
+                vectors[-1] = vectors[-1][:-1]
+            elif kind == "count":
+                vectors = vectors[:-1]
+            elif kind == "strings":
+                vectors[-1] = [str(x) for x in vectors[-1]]
+            data = [
+                {"object": "embedding", "index": n, "embedding": vector}
+                for n, vector in enumerate(vectors)
+            ]
+            usage = {"prompt_tokens": len(texts), "total_tokens": len(texts)}
+            reply = {"object": "list", "data": data, "model": body.get("model"), "usage": usage}
+            # json.dumps writes NaN as the bare word, as a careless server would
+            self._raw(200, json.dumps(reply).encode(), "application/json")
 
         def _json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
             self._raw(status, json.dumps(data).encode(), "application/json", headers)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 from typing import Any
 from urllib.error import HTTPError
@@ -16,7 +15,7 @@ import pytest
 import sse
 from conftest import require_service
 from fakellm import endless, say
-from helpers import assert_problem, ok, wait_for
+from helpers import assert_problem, ok, serving, wait_for
 from werkzeug.serving import make_server
 
 ASYNC = {"Prefer": "respond-async"}
@@ -31,11 +30,8 @@ def live(llm_app, request):
     if request.param == "redis":
         log["EVENTS_REDIS_URL"] = require_service("TEST_REDIS_URL", "Redis")
     app = llm_app(AGENT_TIMEOUT_SECONDS=20.0, **log)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield app, server.server_port
-    server.shutdown()
+    with serving(make_server("127.0.0.1", 0, app, threaded=True)) as server:
+        yield app, server.server_port
 
 
 def message_of(client: Any, links: dict[str, str]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import pytest
 from conftest import require_service
 from fakellm import endless, slow
 from fakes import ScriptedAgent
-from helpers import assert_problem, chat, children, ok, tasks, wait_for
+from helpers import assert_problem, chat, children, ok, serving, tasks, wait_for
 from sse import LiveGet, LiveStream, text_of
 from werkzeug.serving import make_server
 
@@ -32,11 +32,8 @@ ENDLESS = endless(chunk_delay=0.02)
 def live(llm_app) -> Iterator[tuple[Any, int]]:
     """chatsvc on a real socket (werkzeug's threaded server): streams are read as they come."""
     app = llm_app(AGENT_TIMEOUT_SECONDS=20.0)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield app, server.server_port
-    server.shutdown()
+    with serving(make_server("127.0.0.1", 0, app, threaded=True)) as server:
+        yield app, server.server_port
 
 
 def cancel_path(meta: dict[str, Any], user: str | None = "alice") -> str:

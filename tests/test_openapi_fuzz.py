@@ -6,6 +6,9 @@ Driven through schemathesis's Python API and hypothesis directly: schemathesis's
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
@@ -15,6 +18,10 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from chatsvc import auth
 
 EXAMPLES = 5  # per operation and mode: enough to find a 5xx, small enough for ~12 s per backend
+# (spec, operation, mode) found to have nothing to make invalid: hypothesis gives up only after
+# ~460 rejected draws (over half the first test's CPU time, for no request); the same document
+# gives the same answer on the next backend (the examples are derandomized), so it is asked once.
+UNSATISFIABLE: set[tuple[str, str, GenerationMode]] = set()
 
 
 def test_every_operation_keeps_its_documented_promises(app):
@@ -42,11 +49,14 @@ def test_every_operation_keeps_its_promises_to_a_signed_in_user(make_app):
 def fuzz(app, modes, prepare=lambda case: None) -> list[str]:
     """Every operation in each mode; the failures, described."""
     schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
+    document = hashlib.sha256(json.dumps(schema.raw_schema, sort_keys=True).encode()).hexdigest()
     failures: list[str] = []
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 15
     for operation in operations:
         for mode in modes:
+            if (document, operation.label, mode) in UNSATISFIABLE:
+                continue
 
             @given(case=operation.as_strategy(generation_mode=mode))
             @settings(
@@ -63,8 +73,9 @@ def fuzz(app, modes, prepare=lambda case: None) -> list[str]:
 
             try:
                 check()
-            except Unsatisfiable:
-                continue  # nothing to make invalid: an operation without parameters or body
+            except Unsatisfiable:  # nothing to make invalid: no body, no constrained parameter
+                UNSATISFIABLE.add((document, operation.label, mode))
+                continue
             except Exception as failure:  # collect them all, then report
                 failures.append(f"{operation.label} ({mode}): {failure}")
     return failures

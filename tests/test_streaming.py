@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
 import sse
 from fakellm import call, endless, fail, say, slow
-from helpers import wait_for
+from helpers import serving, wait_for
 from werkzeug.serving import make_server
 
 STREAM = {"Accept": "text/event-stream"}
@@ -93,11 +92,8 @@ def live_server(llm_app) -> Iterator[tuple[str, int]]:
     that leaves cancels its turn (TURN_ON_DISCONNECT=cancel; tests/test_resume.py has the
     default, where the turn goes on)."""
     app = llm_app(SSE_PING_SECONDS=0.05, AGENT_TIMEOUT_SECONDS=10.0, TURN_ON_DISCONNECT="cancel")
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield app, server.server_port
-    server.shutdown()
+    with serving(make_server("127.0.0.1", 0, app, threaded=True)) as server:
+        yield app, server.server_port
 
 
 def test_a_client_that_hangs_up_leaves_the_partial_answer_cancelled(live_server, fake_llm):

@@ -22,7 +22,7 @@ from ..db import utcnow
 from ..errors import NotFound, database_unavailable
 from ..models import Chunk, Document, Section
 from ..text import LETTERS_OR_DIGITS, STOPWORDS, TERM
-from . import chunking, pages
+from . import chunking, embeddings, pages
 
 if TYPE_CHECKING:
     from ..db import Database
@@ -128,6 +128,8 @@ def ingest(
     if created:
         _store_passages(session, document.id, parts)
     session.commit()
+    if created:  # hybrid retrieval: the passages' vectors, after the commit (embeddings.py)
+        embeddings.stored(session, document.id)
     return document, created
 
 
@@ -229,6 +231,8 @@ def index(database: Database, document_id: str, lease: datetime, lease_seconds: 
             # The text is kept while it may have to be indexed again (a dead worker's job is
             # taken over from it); once indexed, it lives in its passages only.
             _renew(session, document_id, lease, None, status=READY, chunk_count=count, text="")
+        with database.sessions() as session:  # hybrid retrieval: the passages' vectors
+            embeddings.stored(session, document_id)
     except (_Lost, IntegrityError):  # deleted (its passages' foreign key) or taken over
         log.info("indexing document %s stopped: deleted or taken over", document_id)
     except Exception as error:
@@ -541,18 +545,23 @@ def find(session: Session, query: str, k: int = 5, scope: Scope = EVERYWHERE) ->
     if backend is None:
         raise RuntimeError(f"no full-text backend for {session.get_bind().dialect.name}")
     k = min(k, MAX_K)
+    wanted = k * SPREAD
+    # Hybrid retrieval (services/embeddings.py; [] when no embeddings endpoint is configured):
+    # the passages nearest the query by meaning, asked before any statement of this search,
+    # so that no transaction is open while the endpoint answers.
+    nearest = embeddings.nearest(session, query, wanted, _condition(scope, backend))
     found = backend.plan(session, words)
-    if found is None:  # no passage holds any of the words
+    if found is None and not nearest:  # no passage holds any of the words
         session.commit()
         return Found([], {})
     ranked: dict[int, float] = {}
-    wanted = k * SPREAD
-    tiers = [found.every, found.rare] if len(found.every) > 1 else [found.rare]
-    for tier, required in zip(tiers, (True, False)[-len(tiers) :], strict=True):
+    tiers = ([found.every, found.rare] if len(found.every) > 1 else [found.rare]) if found else []
+    for tier, required in zip(tiers, (True, False)[2 - len(tiers) :], strict=True):
         for chunk_id, score in backend.rank(session, found, tier, required, wanted, scope):
             ranked.setdefault(chunk_id, score)
         if len(ranked) >= wanted:
             break
+    ranked = embeddings.fuse(ranked, nearest)  # reciprocal rank fusion, when any are near
     rows = {row.id: row for row in _rows(session, list(ranked))}
     session.commit()
     best = _spread([(rows[i], score) for i, score in ranked.items() if i in rows], k)
@@ -566,7 +575,15 @@ def find(session: Session, query: str, k: int = 5, scope: Scope = EVERYWHERE) ->
         )
         for row, score in best
     ]  # fmt: skip
-    return Found(hits, {word: round(weight, 6) for word, weight in found.idf.items()})
+    idf = found.idf if found is not None else {term.word: 0.0 for term in words}
+    return Found(hits, {word: round(weight, 6) for word, weight in idf.items()})
+
+
+def _condition(scope: Scope, backend: Any) -> embeddings.Condition | None:
+    """The scope as a condition on the document `d` of a vector search's passages."""
+    if not scope:
+        return None
+    return lambda params: _scope_filter(scope, params, backend.metadata)
 
 
 def _spread(ranked: list[tuple[Any, float]], k: int) -> list[tuple[Any, float]]:
