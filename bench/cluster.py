@@ -32,18 +32,22 @@ REPO = Path(__file__).resolve().parent.parent
 SITE = REPO / "deploy" / "nginx" / "chatsvc.conf"
 BIN = Path(sys.executable).parent
 INSTANCES = ("a", "b")
-# The compose upstream: one `server` line per API replica, and the port nginx listens on.
-UPSTREAM_SERVERS = re.compile(r"^( *)server api\d+:8000;\n(?:\1server api\d+:8000;\n)*", re.M)
+# The compose upstream: `server` lines naming the API replicas (each once, then each again as
+# a backup), and the port nginx listens on.
+UPSTREAM_SERVERS = re.compile(r"^( *)server api(\d+):8000((?: [^;\n]*)?);$", re.M)
 LISTEN = "listen 8080;"
 
 
 def render_site(template: str, ports: list[int], listen: int) -> str:
-    """The committed site config with local instances as its upstream and a local listen port."""
-    match = UPSTREAM_SERVERS.search(template)
-    if match is None or template.count(LISTEN) != 1:
+    """The committed site config with local instances as its upstream (replica N is the Nth
+    port; each line keeps its parameters) and a local listen port."""
+    replicas = {int(match.group(2)) for match in UPSTREAM_SERVERS.finditer(template)}
+    if replicas != set(range(1, len(ports) + 1)) or template.count(LISTEN) != 1:
         raise ValueError("deploy/nginx/chatsvc.conf no longer has the expected upstream/listen")
-    servers = "".join(f"{match.group(1)}server 127.0.0.1:{port};\n" for port in ports)
-    site = template[: match.start()] + servers + template[match.end() :]
+    site = UPSTREAM_SERVERS.sub(
+        lambda m: f"{m.group(1)}server 127.0.0.1:{ports[int(m.group(2)) - 1]}{m.group(3)};",
+        template,
+    )
     return site.replace(LISTEN, f"listen 127.0.0.1:{listen};")
 
 

@@ -62,6 +62,9 @@ class Config:
     TURN_EVENTS_STORE = "database"  # or "memory": this process only (one worker; benchmarks)
     TURN_EVENTS_FLUSH_MS = 10.0  # events are stored in batches gathered over this long
     TURN_EVENTS_POLL_SECONDS = 0.2  # database log: how often a reader on another worker looks
+    # A turn is settled once the store holds its events: for at most this long while the store
+    # is down or slow (a Redis restart, a database cut), the ending waits for it. 0: never.
+    TURN_EVENTS_STORE_WAIT_SECONDS = 10.0
     # Cancels (POST …/messages/{id}/cancel) reach the worker running the turn: at once over
     # Redis when EVENTS_REDIS_URL is set, else through a database flag each worker checks this
     # often while it runs turns (one query per worker, not per turn).
@@ -181,6 +184,8 @@ class Config:
             raise ConfigError(
                 "TURN_EVENTS_FLUSH_MS must be 0 or more, TURN_EVENTS_POLL_SECONDS positive"
             )
+        if not 0 <= settings["TURN_EVENTS_STORE_WAIT_SECONDS"] <= 300:
+            raise ConfigError("TURN_EVENTS_STORE_WAIT_SECONDS must be 0 to 300")
         if settings["MAX_STREAMS_PER_WORKER"] < 0 or settings["OVERLOAD_LAG_MS"] < 0:
             raise ConfigError("MAX_STREAMS_PER_WORKER and OVERLOAD_LAG_MS must be 0 (off) or more")
         if not 1 <= settings["OVERLOAD_RETRY_AFTER_SECONDS"] <= 600:
@@ -298,6 +303,7 @@ class TurnSettings:
     events_store: str = "database"
     events_flush_ms: float = 10.0
     events_poll_seconds: float = 0.2
+    events_store_wait_seconds: float = 10.0
     cancel_poll_seconds: float = 0.5  # how often a worker checks its turns' cancel flags
     max_streams_per_worker: int = 0  # 0: no limit
     overload_lag_ms: float = 0.0  # 0: the lag watch is off
@@ -320,6 +326,7 @@ class TurnSettings:
             events_store=str(config["TURN_EVENTS_STORE"]),
             events_flush_ms=float(config["TURN_EVENTS_FLUSH_MS"]),
             events_poll_seconds=float(config["TURN_EVENTS_POLL_SECONDS"]),
+            events_store_wait_seconds=float(config["TURN_EVENTS_STORE_WAIT_SECONDS"]),
             cancel_poll_seconds=float(config["TURN_CANCEL_POLL_SECONDS"]),
             max_streams_per_worker=int(config["MAX_STREAMS_PER_WORKER"]),
             overload_lag_ms=float(config["OVERLOAD_LAG_MS"]),

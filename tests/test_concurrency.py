@@ -7,7 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from fakes import ScriptedAgent
+from fakes import GatedAgent, ScriptedAgent
 
 from chatsvc.agent.base import AgentError, Reply
 
@@ -145,3 +145,66 @@ def test_retries_of_a_failed_turn_racing_each_other_rerun_it_once(make_app):
         ("assistant", "completed"),
     ]
     assert detail["message_count"] == 3
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_turn_that_waited_to_claim_is_stamped_after_the_turn_it_waited_for(make_app):
+    """Issue 23's single-host soak (`history_order`: created_at went back): a turn's messages
+    were stamped when its request began; the request then waited (for a connection: the
+    database had just come back after a cut) while the turn before it settled, stamping its
+    reply, and released the conversation; the later user message was older than the reply
+    before it. Here the second request is held just before its claim (the first statement
+    that claims the conversation) until the first turn has settled: its messages are stamped
+    once the conversation is its own, after that reply. PostgreSQL: a claim that waited reads
+    the committed release (SQLite's snapshot would refuse the write instead)."""
+    from sqlalchemy import event
+
+    from chatsvc.db import database
+
+    gated = GatedAgent()
+    running = make_app(agent=gated)
+    waiting = make_app(agent=ScriptedAgent(steps=[Reply("second answer", "scripted")]))
+    gated.release()  # the first turn, which creates the conversation, goes through
+    started = running.test_client().post("/api/alice/chat", json={"message": "start"}).json
+    conversation = started["conversation_id"]
+    gated.gate.clear()
+    gated.entered.clear()
+
+    claiming, go_on = threading.Event(), threading.Event()
+
+    def hold_the_claim(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        if statement.lstrip().startswith("UPDATE conversations") and "RETURNING" in statement:
+            claiming.set()
+            assert go_on.wait(20), "never let go"
+
+    engine = database(waiting).engine
+    event.listen(engine, "before_cursor_execute", hold_the_claim)
+    results: dict[str, object] = {}
+    body = {"conversation_id": conversation}
+    first = threading.Thread(
+        target=lambda: results.__setitem__(
+            "first", running.test_client().post("/api/alice/chat", json={**body, "message": "one"})
+        )
+    )
+    first.start()
+    assert gated.entered.wait(10)  # the first turn holds the conversation, in its agent
+    second = threading.Thread(
+        target=lambda: results.__setitem__(
+            "second", waiting.test_client().post("/api/alice/chat", json={**body, "message": "two"})
+        )
+    )
+    second.start()
+    assert claiming.wait(10)  # the second request began, and is about to claim
+    gated.release()
+    first.join(10)
+    assert results["first"].status_code == 200  # the first turn settled, the conversation free
+    go_on.set()
+    second.join(10)
+    event.remove(engine, "before_cursor_execute", hold_the_claim)
+    assert results["second"].status_code == 200, results["second"].json
+    shown = running.test_client().get(f"/api/alice/conversations/{conversation}").json
+    said = [(m["role"], m["content"]) for m in shown["messages"]]
+    assert said[2:] == [("user", "one"), ("assistant", "released"), ("user", "two"),
+                        ("assistant", "second answer")]  # fmt: skip
+    times = [m["created_at"] for m in shown["messages"]]
+    assert times == sorted(times), list(zip(said, times, strict=True))

@@ -58,6 +58,9 @@ def test_compose_runs_migrations_then_two_api_replicas_behind_nginx():
     conf = (ROOT / source).read_text()
     upstream = re.search(r"upstream chatsvc \{(.*?)\}", conf, re.S).group(1)
     assert re.findall(r"server (\S+):8000;", upstream) == list(APIS)
+    # each again as a backup nginx never takes out: a worker killed on each host within
+    # fail_timeout leaves these, not a 503 for everything (soak task; deploy/nginx comment)
+    assert re.findall(r"server (\S+):8000 backup max_fails=0;", upstream) == list(APIS)
     assert "PORT=8000" in (ROOT / "Dockerfile").read_text()
     listen = re.search(r"listen (\d+);", conf).group(1)
     assert services["proxy"]["ports"] == [f"127.0.0.1:8080:{listen}"]

@@ -330,7 +330,11 @@ def test_the_database_lost_during_a_stream_is_a_503_error_event(llm_app, fake_ll
     """Issue 23 (3): the database goes away while a streamed turn runs: its `error` event is the
     same 503 `unavailable` a JSON request gets — never 500 — and the user's message is kept."""
     proxy, url = proxied
-    app = llm_app(DATABASE_URL=url, AGENT_TIMEOUT_SECONDS=5.0, **DB_FAULT_SETTINGS)
+    # the turn's ending waits 1 s (not 10) for its event log (the database here) to come back
+    app = llm_app(
+        DATABASE_URL=url, AGENT_TIMEOUT_SECONDS=5.0, TURN_EVENTS_STORE_WAIT_SECONDS=1.0,
+        **DB_FAULT_SETTINGS,
+    )  # fmt: skip
     client = app.test_client()
     conversation = ok(post_chat(client, "first", None))["conversation_id"]
     fake_llm.script(slow(1.0, "an answer with nowhere to go"))

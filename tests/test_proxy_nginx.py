@@ -24,7 +24,8 @@ from sqlalchemy import create_engine
 from chatsvc.config import Config
 
 CONF = Path(__file__).resolve().parent.parent / "deploy" / "nginx" / "chatsvc.conf"
-UPSTREAM = re.compile(r"^ *server api\d+:8000;\n", re.M)  # compose's API replicas
+# compose's API replicas (each again as a backup)
+UPSTREAM = re.compile(r"^ *server api\d+:8000(?: [^;\n]*)?;\n", re.M)
 LISTEN = "listen 8080;"
 
 

@@ -375,7 +375,8 @@ def test_the_event_log_settings_are_checked_at_start(make_app):
     for bad in (
         {"TURN_ON_DISCONNECT": "stop"}, {"TURN_EVENTS_STORE": "disk"},
         {"TURN_EVENTS_TTL_SECONDS": 0}, {"TURN_EVENTS_FLUSH_MS": -1.0},
-        {"TURN_EVENTS_POLL_SECONDS": 0.0},
+        {"TURN_EVENTS_POLL_SECONDS": 0.0}, {"TURN_EVENTS_STORE_WAIT_SECONDS": -1.0},
+        {"TURN_EVENTS_STORE_WAIT_SECONDS": 301.0},
     ):  # fmt: skip
         with pytest.raises(ConfigError, match=next(iter(bad))):
             make_app(bad)
@@ -447,10 +448,14 @@ def test_a_websocket_turn_is_logged_with_the_ids_its_frames_carried(gunicorn):
 
 def test_the_stream_does_not_wait_for_an_unreachable_store(make_app):
     """Redis down: the events still reach the stream's reader at once (the flusher keeps them
-    and retries); the turn is answered and stored as ever."""
+    and retries); the turn is answered and stored as ever, once its ending has waited
+    TURN_EVENTS_STORE_WAIT_SECONDS for the store (here 1 s)."""
     from helpers import free_port
 
-    app = make_app({"EVENTS_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    app = make_app({
+        "EVENTS_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "TURN_EVENTS_STORE_WAIT_SECONDS": 1.0,
+    })  # fmt: skip
     client = app.test_client()
     started = time.monotonic()
     sent = stream_turn(client, "/api/alice/chat", {"message": "add a task to buy milk"})
@@ -471,7 +476,10 @@ def test_a_resume_while_the_store_is_unreachable_ends_from_the_stored_message(ma
     `done` made from the stored message, numbered after what it had: never a 500."""
     from helpers import free_port
 
-    dead = {"EVENTS_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    dead = {
+        "EVENTS_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "TURN_EVENTS_STORE_WAIT_SECONDS": 1.0,  # the turn's ending waits no longer for Redis
+    }
     running, elsewhere = make_app(dead), make_app(dead)
     sent = stream_turn(running.test_client(), "/api/alice/chat", {"message": "hello there"})
     done = sent[-1].data
@@ -543,6 +551,84 @@ def test_a_reader_that_could_not_read_the_store_still_gets_every_event(make_app)
     got = [e for e in elsewhere.follow(done["message_id"], 1, 5.0, lambda: settled) if e]
     assert [(e.id, e.name) for e in got] == [(e.id, e.name) for e in sent[1:]]
     elsewhere.close(timeout=0)
+
+
+class SlowFirstSave:
+    """A real store (the app's own) whose first write takes `seconds`: a flusher that lags, as
+    redis-py's retry backoff left it after Redis came back in the cluster soak."""
+
+    def __init__(self, store: Any, seconds: float) -> None:
+        self._store = store
+        self._seconds = seconds
+
+    def save(self, batch: list[Any]) -> None:
+        seconds, self._seconds = self._seconds, 0.0
+        time.sleep(seconds)
+        self._store.save(batch)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_a_turn_is_settled_once_its_events_are_stored_so_a_resume_elsewhere_gets_them_all(
+    make_app, log_config
+):
+    """Issue 23's cluster soak (`stream_text`): resumes on the other instance got no delta and
+    a lone `done` carrying the whole reply. The turn had been settled while its events still
+    waited in its worker's flusher; a reader elsewhere found the message settled for
+    SETTLE_GRACE_SECONDS and nothing in the log after the id it had, and made the ending
+    alone, as for an expired log. Here the running instance's first write to the store takes
+    3 s: the turn settles after its events are stored, so a resume on the other instance
+    replays every event after the one it had, once, in order."""
+    running, elsewhere = make_app(log_config), make_app(log_config)
+    events = running.extensions["chatsvc.turns"].events
+    events.store = SlowFirstSave(events.store, seconds=3.0)
+    user = someone()
+    sent = stream_turn(running.test_client(), f"/api/{user}/chat", {"message": LONG_ANSWER})
+    assert len(sent) >= 6 and sent[-1].name == "done"
+    done = sent[-1].data
+    path = f"/api/{user}/conversations/{done['conversation_id']}/messages/{done['message_id']}"
+    # the client had `meta` only (it left); it comes back on the other instance
+    rest = read_events(elsewhere.test_client(), path + "/events", **{"Last-Event-ID": "1"})
+    assert [(e.name, e.id) for e in rest] == [(e.name, e.id) for e in sent[1:]]
+    assert sse.text_of(rest) == rest[-1].data["response"] == done["response"]
+    assert ok(elsewhere.test_client().get(path))["content"] == done["response"]
+
+
+def test_a_turn_that_ends_while_its_store_is_down_is_settled_once_the_store_has_its_events(
+    make_app,
+):
+    """Issue 23's cluster soak (`stream_text`; its service logs showed how): Redis was killed, a
+    turn ran and ended while it was down (its events waiting in its worker's flusher), Redis
+    came back, and a resume on the other instance read the log 70 ms before that flusher
+    stored them: the turn had been settled for 2 s and the log held nothing after the id the
+    client had, so the reader sent the `done` alone. Here the running instance's Redis is cut
+    while its turn runs and back 3 s later: the turn is settled only once its events are
+    stored (TURN_EVENTS_STORE_WAIT_SECONDS), and the resume elsewhere gets every one."""
+    from sqlalchemy.engine import make_url
+    from tcpproxy import TcpProxy
+
+    direct = require_service("TEST_REDIS_URL", "Redis")
+    url = make_url(direct)
+    proxy = TcpProxy(url.port or 6379, url.host or "127.0.0.1")
+    restore = threading.Timer(3.0, proxy.restore)
+    try:
+        via_proxy = url.set(port=proxy.port).render_as_string(hide_password=False)
+        running = make_app({"EVENTS_REDIS_URL": via_proxy})
+        elsewhere = make_app({"EVENTS_REDIS_URL": direct})
+        proxy.cut()
+        restore.start()
+        user = someone()
+        sent = stream_turn(running.test_client(), f"/api/{user}/chat", {"message": LONG_ANSWER})
+        assert len(sent) >= 6 and sent[-1].name == "done"
+        done = sent[-1].data
+        path = f"/api/{user}/conversations/{done['conversation_id']}/messages/{done['message_id']}"
+        rest = read_events(elsewhere.test_client(), path + "/events", **{"Last-Event-ID": "1"})
+        assert [(e.name, e.id) for e in rest] == [(e.name, e.id) for e in sent[1:]]
+        assert sse.text_of(rest) == rest[-1].data["response"] == done["response"]
+    finally:
+        restore.cancel()
+        proxy.close()
 
 
 def test_a_reader_outlives_a_database_outage_while_it_waits(make_app):

@@ -42,7 +42,7 @@ from pathlib import Path
 import requests
 
 from bench.soak.clients import Tally, User
-from bench.soak.topology import ALL_FAULTS, FAULTS, Topology, start
+from bench.soak.topology import ALL_FAULTS, FAULTS, Database, Topology, start
 from bench.soak.verify import INVARIANTS, cleanup, verify
 
 TURN_STALE_S = 10  # the issue's soaks ran with 10 s; --stale-seconds changes it
@@ -53,7 +53,8 @@ def chaos(
     topology: Topology, seconds: float, count: int, only: list[str], tally: Tally, rng, stop
 ) -> None:  # noqa: ANN001
     """`count` faults at random times within the first 80 % of the run, kinds in turn (every
-    kind at least once when count allows), the order shuffled."""
+    kind at least once when count allows), the order shuffled; one at a time (a fault whose
+    time comes while another lasts starts after it)."""
     kinds = list(only or FAULTS[topology.name])
     plan = [kinds[i % len(kinds)] for i in range(count)]
     rng.shuffle(plan)
@@ -71,6 +72,18 @@ def chaos(
             topology.fault(fault, rng, stop)
         except Exception as error:  # e.g. an instance that did not come back
             tally.violation("fault_failed", f"{fault}: {error!r}")
+
+
+def wait_for_pending(topology: Topology, seconds: float) -> None:
+    """Until no reply is pending (every turn ended, or was failed as stale by a reader), for
+    at most `seconds`: then cleanup fails what a killed worker left, once its lease lapsed."""
+    deadline = time.monotonic() + seconds
+    with Database.connect(topology.database.url) as db:
+        while time.monotonic() < deadline:
+            pending = db.execute("SELECT count(*) FROM messages WHERE status = 'pending'")
+            if not pending.fetchone()[0]:
+                return
+            time.sleep(0.5)
 
 
 def watch_health(base: str, tally: Tally, stop: threading.Event) -> None:
@@ -99,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", action="append", choices=ALL_FAULTS, help="these fault kinds only"
     )
+    parser.add_argument(
+        "--fault-scale", type=float, default=1.0,
+        help="each fault lasts this share of its full length (cut_db 3-6 s, kill_redis 2-5 s,"
+        " model faults 4-8 s, kill_instance 3-6 s; default 1): a short run with every fault",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument(
         "--stale-seconds", type=int, default=TURN_STALE_S, help="the service's TURN_STALE_SECONDS"
@@ -116,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     if not url or not url.startswith("postgresql"):
         print("set SOAK_DATABASE_URL (or TEST_DATABASE_URL) to a PostgreSQL URL", file=sys.stderr)
         return 2
+    if not 0 < args.fault_scale <= 1:
+        parser.error("--fault-scale must be more than 0 and at most 1")
     wrong = set(args.only or ()) - set(FAULTS[args.topology])
     if wrong:
         parser.error(f"the {args.topology} topology has no fault {', '.join(sorted(wrong))}")
@@ -133,14 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         topology = start(args.topology, tmp, url, args.stale_seconds, args.port)
         topology.database.keep = args.keep_database
+        topology.fault_scale = args.fault_scale
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    phases = {"setup": time.monotonic()}
     stop_event = threading.Event()
     try:
         print(
             f"soak {run} ({args.topology}): {args.users} users, {args.seconds:.0f} s, {faults}"
-            f" faults, seed {seed}; service {topology.url}, logs "
+            f" faults (scale {args.fault_scale:g}), seed {seed}; service {topology.url}, logs "
             + ", ".join(str(log) for log in topology.logs),
             flush=True,
         )
@@ -162,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         health.start()
         stop_event.wait(args.seconds)
+        # every planned fault runs to its end, under traffic: one that started late (the
+        # faults before it ran long) stretches the run rather than being dropped
+        chaos_thread.join(timeout=120)
         stop_event.set()
         chaos_thread.join(timeout=90)
         # heal: everything back, then let the clients finish their retries
@@ -172,10 +197,13 @@ def main(argv: list[str] | None = None) -> int:
         stuck = [user.name for user in users if user.is_alive()]
         if stuck:
             tally.violation("client_stuck", ", ".join(stuck))
+        phases["traffic"] = time.monotonic()
         # turns a killed worker left pending are failed by cleanup once stale
-        time.sleep(args.stale_seconds + 1)
+        wait_for_pending(topology, args.stale_seconds + 1)
+        phases["stale wait"] = time.monotonic()
         print(f"  cleanup: {cleanup(topology)}", flush=True)
         verify(topology, tally)
+        phases["checks"] = time.monotonic()
     finally:
         stop_event.set()
         # a second Ctrl-C must not leave half of it running
@@ -183,8 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         topology.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+        phases["stop"] = time.monotonic()
     for log in topology.logs:
         log_errors(log)
+    marks = [("", started), *phases.items()]
+    spans = zip(marks, marks[1:], strict=False)
+    print("phases: " + ", ".join(f"{name} {b - a:.0f} s" for (_, a), (name, b) in spans))
     return report(tally, time.monotonic() - started, topology.model.calls, topology.name)
 
 

@@ -303,7 +303,9 @@ class User(threading.Thread):
                         elif reply != read.text:
                             self.tally.violation(
                                 "stream_text",
-                                f"{read.where}: deltas {read.text[:50]!r}, done {reply[:50]!r}",
+                                f"{read.where} {read.meta.get('message_id')} after"
+                                f" {time.monotonic() - read.started:.1f} s: deltas"
+                                f" {read.text[:50]!r}, done {reply[:50]!r}",
                             )
                         return data
                     if event == "error":

@@ -114,6 +114,9 @@ class Topology:
         self.tmp = tmp
         self.lock = threading.Lock()  # a fault under way, or the stop
         self.stopped = False
+        # how long a fault lasts, as a share of its full length (--fault-scale): the CI soak's
+        # shorter faults still fail what they fail, in less of the run
+        self.fault_scale = 1.0
         self.database = Database(url)
         self.model = self.proxy = self.redis = None
         try:
@@ -198,18 +201,22 @@ class Topology:
                 os.kill(rng.choice(workers), signal.SIGKILL)
         elif fault == "cut_db":
             self.proxy.cut()
-            stop.wait(rng.uniform(3, 6))
+            self.hold(stop, rng, 3, 6)
             self.proxy.restore()
         elif fault == "kill_redis":
             self.redis.kill()
-            stop.wait(rng.uniform(2, 5))
+            self.hold(stop, rng, 2, 5)
             self.redis.start()
         elif fault in MODEL_FAULTS:
             self.model.mode = fault
-            stop.wait(rng.uniform(4, 8))
+            self.hold(stop, rng, 4, 8)
             self.model.mode = "ok"
         else:
             raise ValueError(f"{self.name} topology has no fault {fault}")
+
+    def hold(self, stop: threading.Event, rng: random.Random, low: float, high: float) -> None:
+        """A fault's length: `low` to `high` seconds, times the fault scale."""
+        stop.wait(rng.uniform(low, high) * self.fault_scale)
 
 
 class Single(Topology):
@@ -277,7 +284,7 @@ class Cluster(Topology):
         if fault == "kill_instance":
             name = rng.choice(cluster.INSTANCES)
             self.cluster.kill_instance(name)
-            stop.wait(rng.uniform(3, 6))
+            self.hold(stop, rng, 3, 6)
             self.cluster.restart_instance(name)
         else:
             super().inject(fault, rng, stop)
@@ -287,9 +294,8 @@ class Cluster(Topology):
     def whole(self, stop: threading.Event, seconds: float = 30) -> None:
         """One host failure at a time: until nginx sends requests to both instances again.
         A request an instance failed (a killed worker's) takes it out of nginx's rotation for
-        `fail_timeout` (10 s, `max_fails=1`): a second failure on the other instance within
-        that window leaves no instance in rotation, and nginx answers 503 to everything for
-        the rest of it. That double fault is not the soak's model (see README)."""
+        `fail_timeout` (10 s, `max_fails=1`); a second failure on the other instance within
+        that window leaves only the upstream's backup entries (deploy/nginx/chatsvc.conf)."""
         names = {i.url.removeprefix("http://") for i in self.cluster.instances.values()}
         answered: list[str] = []
         deadline = time.monotonic() + seconds

@@ -14,6 +14,8 @@ Public names (other transports and the cancel path use these; keep them stable):
         writer.append(name, body) -> Event   numbered and handed to this process's readers
                                          at once; stored in batches by a flusher (never waits
                                          on the store)
+        writer.wait_stored() -> bool     until the store holds every event appended so far
+                                         (the turn's outcome is committed after: see there)
         writer.close()                   the turn is over (after its `done` or `error`)
     log.append(message_id, name, body)   an event from outside the running turn (the `error`
                                          of a turn failed as stale): numbered after the stored
@@ -62,7 +64,8 @@ TERMINAL = frozenset({"done", "error"})
 # produce (a reply is at most 32,000 characters, one delta at least one; a few tool rounds add
 # a few dozen events), so never reached by a real turn; it bounds a runaway writer.
 MAX_EVENTS_PER_TURN = 40_000
-# A turn's outcome is committed before its last event is stored (by the flusher, milliseconds
+# A turn's outcome is committed once the store holds every event before its ending
+# (`TurnWriter.wait_stored`), and before its ending is stored (by the flusher, milliseconds
 # later): a reader that finds the message settled and no `done`/`error` in the log waits this
 # long (counted from the settling) before it makes the ending from the stored message.
 SETTLE_GRACE_SECONDS = 2.0
@@ -381,6 +384,8 @@ class TurnWriter:
         self._lock = threading.Lock()
         self.ended = False  # a `done` or `error` was appended
         self._head = _Head(self)
+        self.saved = 0  # the last id the store holds (set by the flusher)
+        self._saving: threading.Event | None = None  # rung by the flusher while `wait_stored`
 
     def append(self, name: str, body: dict[str, Any]) -> Event:
         with self._lock:
@@ -390,6 +395,37 @@ class TurnWriter:
             self._head.add(event)
             self._log._enqueue(self.message_id, event)
         return event
+
+    def wait_stored(self) -> bool:
+        """Wait until the store holds every event appended so far (at most
+        TURN_EVENTS_STORE_WAIT_SECONDS; False after that). The turn's outcome is committed
+        after: a reader elsewhere that finds the turn settled finds those events in the log, and
+        never makes an ending of its own while this worker's flusher still holds them (the
+        store is slow, or down: a Redis restart, a database cut; the flusher tries again every
+        half second meanwhile). The events reach this worker's readers at once regardless."""
+        target = self._count
+        if self.saved >= target:
+            return True
+        self._saving = saving = threading.Event()
+        deadline = time.monotonic() + self._log.store_wait
+        try:
+            while self.saved < target:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("turn %s settled before its events were stored", self.message_id)
+                    return False
+                saving.wait(left)
+                saving.clear()  # `saved` is read again after
+            return True
+        finally:
+            self._saving = None
+
+    def _saved(self, last: int) -> None:
+        """The flusher stored this turn's events up to id `last`."""
+        self.saved = max(self.saved, last)
+        saving = self._saving
+        if saving is not None:
+            saving.set()
 
     def close(self) -> None:
         self._head.close()
@@ -403,6 +439,7 @@ class EventLog:
         self.store = store
         self._ttl = timedelta(seconds=settings.events_ttl_seconds)
         self._flush_seconds = settings.events_flush_ms / 1000
+        self.store_wait = settings.events_store_wait_seconds
         self._live: dict[str, _Head] = {}
         # Appended by writers, taken by the flusher (deque appends and pops are atomic).
         self._pending: deque[tuple[str, Event | None]] = deque()
@@ -498,6 +535,13 @@ class EventLog:
             self._shed()
             time.sleep(0.5)
             return False
+        tops: dict[str, int] = {}
+        for message_id, event in batch:
+            tops[message_id] = event.id  # a turn's events are in order: its last stays
+        for message_id, top in tops.items():
+            head = self._live.get(message_id)
+            if head is not None:
+                head.writer._saved(top)
         for message_id, event in taken:
             if event is None:  # that turn's writer is closed and everything of it is stored
                 self._live.pop(message_id, None)

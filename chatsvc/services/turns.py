@@ -174,6 +174,7 @@ class _Pending:
     timings: dict[str, float] = field(default_factory=lambda: {"db": 0.0, "agent": 0.0})
     stop: StopSignal = field(default_factory=StopSignal)  # a cancel, from anywhere
     slot: Slot | None = None  # its place among the worker's turns in flight, until it ends
+    log: TurnWriter | None = None  # its event log's writer (a streamed or background turn)
 
 
 class TurnEngine:
@@ -383,6 +384,10 @@ class TurnEngine:
                 kind, user_id = conversation.kind, conversation.user_id
                 # Claimed first: the history read next holds every turn that finished before.
                 seq = _claim(session, conversation_id, assistant_id, now, 1 if retry else 2)
+                # The messages are stamped once the conversation is this turn's: the turn before
+                # it may have stamped its reply (and released the conversation) while this
+                # request waited for a connection (single-host soak: created_at went back)
+                now = utcnow()
                 skip = retry.user_message_id if retry else None
                 if request.context is None:
                     history, context = _context(
@@ -534,7 +539,11 @@ class TurnEngine:
         status: str = MessageStatus.COMPLETED,
         error_code: str | None = None,
     ) -> TurnResult:
-        """Unit of work 2: store the reply's outcome and free the conversation."""
+        """Unit of work 2: store the reply's outcome and free the conversation. A logged turn
+        first waits for the store to hold the events it logged so far: a reader elsewhere
+        that finds the outcome then finds them too (events.TurnWriter.wait_stored)."""
+        if pending.log is not None:
+            pending.log.wait_stored()
         started = time.perf_counter()
         now = utcnow()
         tool_calls = [call.as_dict() for call in reply.tool_calls]
@@ -747,6 +756,7 @@ class TurnHandle:
         engine = self._engine
         logged = engine.events is not None and engine.render is not None
         writer = engine.events.writer(self._pending.started.message_id) if logged else None
+        self._pending.log = writer
         start_thread(self._context.run, self._feed, feed, writer,
                      name=f"turn-{self._pending.started.message_id}")  # fmt: skip
 
