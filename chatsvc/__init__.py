@@ -9,7 +9,7 @@ from flask import Flask
 from flask_smorest import Api
 
 from . import api as rest
-from . import cli, db, errors, extensions, observability, schemas, tracing
+from . import cli, db, errors, extensions, observability, schemas, speedups, tracing
 from . import config as settings
 from .agent import build_agent
 from .agent.base import Agent
@@ -30,7 +30,7 @@ MIGRATIONS = _CHECKOUT if os.path.isdir(_CHECKOUT) else os.path.join(os.getcwd()
 
 def create_app(config: dict[str, Any] | None = None, *, agent: Agent | None = None) -> Flask:
     """The only wiring point. `config` overrides the environment's settings (tests use it)."""
-    app = Flask(__name__, instance_relative_config=True)
+    app = speedups.App(__name__, instance_relative_config=True)
     app.config.update(settings.load())
     app.config.update(config or {})
     app.config.update(_openapi_settings())

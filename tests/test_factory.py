@@ -48,3 +48,32 @@ def test_two_apps_keep_their_own_databases(tmp_path):
     assert first.config["DATABASE_URL"] != second.config["DATABASE_URL"]
     assert first.test_client().get("/openapi.json").json["info"]["title"] == "chatsvc"
     assert second.test_client().get("/openapi.json").status_code == 200
+
+
+def test_a_function_made_for_one_request_is_not_kept(app):
+    """The app remembers which functions are plain (speedups.App) only while they live: a
+    closure made for one request (after_this_request) is not kept by that memory."""
+    import gc
+    import weakref
+
+    from flask import after_this_request
+
+    seen: list[weakref.ref] = []
+
+    @app.get("/made-per-request")
+    def made_per_request():
+        @after_this_request
+        def stamp(response):
+            response.headers["X-Stamped"] = "yes"
+            return response
+
+        seen.append(weakref.ref(stamp))
+        return {"ok": True}
+
+    client = app.test_client()
+    for _ in range(3):
+        response = client.get("/made-per-request")
+        assert response.status_code == 200 and response.headers["X-Stamped"] == "yes"
+    gc.collect()
+    assert [ref() for ref in seen] == [None, None, None]
+    assert app.ensure_sync(made_per_request) is made_per_request  # remembered: it lives

@@ -274,3 +274,56 @@ def test_the_model_is_told_the_users_day(llm_app, fake_llm):
         system = fake_llm.requests[-1]["messages"][0]["content"]
         today = datetime.now(UTC).astimezone(ZoneInfo(zone))
         assert f"Today is {today:%A %Y-%m-%d} ({zone})." in system
+
+
+@pytest.mark.parametrize("streams", [True, False], ids=["provider-streams", "provider-json"])
+def test_the_provider_gets_the_request_the_sdk_itself_sends(llm_app, fake_llm, streams):
+    """The completion request goes out past the SDK's per-request layer (speedups.py,
+    `_ChatCompletions`): the provider must see what the SDK's own `post` sends for the same
+    body — every header (the key, User-Agent, X-Stainless-*, Content-Length: the same bytes)
+    but the read timeout, which is the turn's deadline."""
+    import httpx2
+    import openai
+
+    client = llm_app(OPENAI_STREAM=streams).test_client()
+    accept = {"Accept": "text/event-stream"} if streams else {}  # a watched turn streams
+    turn = client.post("/api/alice/chat", json={"message": "Hi é"}, headers=accept)
+    assert turn.status_code == 200 and "fake: Hi" in turn.get_data(as_text=True)
+    body, headers = fake_llm.requests[0], fake_llm.headers[0]
+    assert body.get("stream", False) is streams
+    sdk = openai.OpenAI(base_url=fake_llm.url, api_key="sk-test", max_retries=0)
+    answer = sdk.post(
+        "/chat/completions", body=body, cast_to=httpx2.Response if streams else object,
+        options={"timeout": 2.0, "security": {"bearer_auth": True}}, stream=streams,
+    )  # fmt: skip
+    if streams:
+        answer.read()
+        answer.close()
+    sdk.close()
+    assert fake_llm.requests[1] == body
+    timeouts = (
+        headers.pop("x-stainless-read-timeout"),
+        fake_llm.headers[1].pop("x-stainless-read-timeout"),
+    )
+    assert headers == fake_llm.headers[1]
+    assert 0 < float(timeouts[0]) <= float(timeouts[1]) == 2.0  # AGENT_TIMEOUT_SECONDS
+    assert headers["authorization"] == "Bearer sk-test"
+    assert headers["user-agent"].startswith("OpenAI/Python")
+
+
+def test_a_client_whose_key_is_a_callable_goes_through_the_sdk(fake_llm):
+    """A client the SDK has to prepare each request for (here an API key read by a callable,
+    as workload identity or a provider runtime would be) is sent through the SDK's `post`."""
+    import openai
+
+    from chatsvc.agent.openai import _ChatCompletions
+
+    keys = iter(["sk-first", "sk-second"])
+    sdk = openai.OpenAI(base_url=fake_llm.url, api_key=lambda: next(keys), max_retries=0)
+    sender = _ChatCompletions(sdk)
+    for _ in range(2):
+        answer = sender.post({"model": "m", "messages": [{"role": "user", "content": "x"}]}, 2.0,
+                             stream=False)  # fmt: skip
+        assert answer["choices"][0]["message"]["content"] == "fake: x"
+    assert [h["authorization"] for h in fake_llm.headers] == ["Bearer sk-first", "Bearer sk-second"]
+    sdk.close()

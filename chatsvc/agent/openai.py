@@ -18,6 +18,8 @@ from zoneinfo import ZoneInfo
 
 import httpx2
 import openai
+from openai._base_client import _merge_headers
+from openai._httpx2 import request_exceptions, status_exceptions, timeout_exceptions
 
 from .. import tracing
 from .base import (
@@ -116,16 +118,17 @@ class _ConnectionPools:
 
     def __init__(self, clients: list[openai.OpenAI]) -> None:
         self._clients = clients
+        self._senders = [_ChatCompletions(client) for client in clients]
         self._busy = [0] * len(clients)
         self._lock = threading.Lock()
 
     @contextmanager
-    def lease(self) -> Iterator[openai.OpenAI]:
+    def lease(self) -> Iterator[_ChatCompletions]:
         with self._lock:
             index = self._busy.index(min(self._busy))
             self._busy[index] += 1
         try:
-            yield self._clients[index]
+            yield self._senders[index]
         finally:
             with self._lock:
                 self._busy[index] -= 1
@@ -137,6 +140,74 @@ class _ConnectionPools:
     def close(self) -> None:
         for client in self._clients:
             client.close()
+
+
+class _ChatCompletions:
+    """`POST /chat/completions` through one SDK client, sent as the SDK's `post` sends it: the
+    same URL, headers (its key, its `User-Agent` and `X-Stainless-*`, the read timeout), body
+    encoding and timeout, through the client's own httpx client and connection pool, with the
+    SDK's own errors (`APITimeoutError`, `APIConnectionError`, its status errors built from
+    the response). What it leaves out is the SDK's per-request layer: the options model copied
+    twice, headers merged anew, auth and provider hooks, a response wrapper; that cost 1.2 M
+    instructions a request, more than a tenth of a JSON turn (speedups.py has the figures).
+    A client that needs those hooks (a provider runtime, workload identity, an API key
+    callable, default query parameters) still goes through `post`."""
+
+    PATH = "/chat/completions"
+
+    def __init__(self, client: openai.OpenAI) -> None:
+        self.client = client
+        self._http = client._client
+        self._url = client._prepare_url(self.PATH)
+        self._headers: dict[str, str] | None = None
+        plain = (
+            getattr(client, "_provider_runtime", None) is None
+            and getattr(client, "_workload_identity_auth", None) is None
+            and getattr(client, "_api_key_provider", None) is None
+            and not client.default_query
+        )
+        if plain:
+            headers = _merge_headers(
+                client._auth_headers({"bearer_auth": True}), client.default_headers, {}
+            )
+            try:
+                client._validate_headers(headers, {})
+            except TypeError:  # no key: the SDK says so, at each request
+                return
+            self._headers = {**headers, "x-stainless-retry-count": "0"}
+
+    def post(self, body: dict[str, Any], timeout: float, *, stream: bool) -> Any:
+        """The completion as plain JSON, or (`stream`) the HTTP response, unread."""
+        if self._headers is None:
+            return self.client.post(
+                self.PATH, body=body, cast_to=httpx2.Response if stream else object,
+                options={"timeout": timeout, "security": {"bearer_auth": True}}, stream=stream,
+            )  # fmt: skip
+        content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        request = self._http.build_request(
+            "POST", self._url, headers={**self._headers, "x-stainless-read-timeout": str(timeout)},
+            content=content.encode(), timeout=timeout,
+        )  # fmt: skip
+        try:
+            response = self._http.send(request, stream=stream)
+        except timeout_exceptions() as error:
+            raise openai.APITimeoutError(request=request) from error
+        except openai.OpenAIError:
+            raise
+        except request_exceptions() as error:
+            raise openai.APIConnectionError(request=request) from error
+        try:
+            response.raise_for_status()
+        except status_exceptions():
+            if not response.is_closed:
+                response.read()
+            raise self.client._make_status_error_from_response(response) from None
+        if stream:
+            return response
+        content_type = response.headers.get("content-type", "*").split(";")[0]
+        if not content_type.endswith("json"):
+            return response.text  # as the SDK returns it (no completion: a TypeError later)
+        return response.json()
 
 
 class OpenAIAgent(Agent):
@@ -290,7 +361,11 @@ class OpenAIAgent(Agent):
             raise UpstreamError("The language model answered something that is no answer.") from exc
 
     def _read_stream(
-        self, client: openai.OpenAI, request: dict[str, Any], deadline: _Deadline, step: _Step
+        self,
+        client: _ChatCompletions,
+        request: dict[str, Any],
+        deadline: _Deadline,
+        step: _Step,
     ) -> Iterator[str]:
         request = {**request, "stream": True, "stream_options": {"include_usage": True}}
         calls: dict[int, _PendingCall] = {}
@@ -330,25 +405,24 @@ class OpenAIAgent(Agent):
             step.usage = _estimated_usage(request["messages"], step)
 
     def _with_retries(
-        self, client: openai.OpenAI, request: dict[str, Any], deadline: _Deadline, *, stream: bool
+        self,
+        client: _ChatCompletions,
+        request: dict[str, Any],
+        deadline: _Deadline,
+        *,
+        stream: bool,
     ) -> Any:
-        """One chat completion through the SDK, retried on transient failures while the
-        deadline allows it. The request is sent as built and the answer read as plain JSON:
-        the SDK's typed layer (transforming every message and tool schema on the way out,
-        building models on the way in) cost more CPU than the rest of the turn. A stream comes
-        back as the HTTP response itself, read to its end by `_read_stream`: the SDK's own
-        stream stops at `[DONE]` and drops the connection, so every streamed turn paid for a
-        new one (a TLS handshake, against a real provider)."""
+        """One chat completion, retried on transient failures while the deadline allows it.
+        The request is sent as built and the answer read as plain JSON: the SDK's typed layer
+        (transforming every message and tool schema on the way out, building models on the way
+        in) cost more CPU than the rest of the turn, and its request layer a tenth of a turn
+        (`_ChatCompletions`). A stream comes back as the HTTP response itself, read to its end
+        by `_read_stream`: the SDK's own stream stops at `[DONE]` and drops the connection, so
+        every streamed turn paid for a new one (a TLS handshake, against a real provider)."""
         attempt = 0
         while True:
             try:
-                return client.post(
-                    "/chat/completions",
-                    body=request,
-                    cast_to=httpx2.Response if stream else object,
-                    options={"timeout": deadline.check(), "security": {"bearer_auth": True}},
-                    stream=stream,
-                )
+                return client.post(request, deadline.check(), stream=stream)
             except openai.APIError as exc:
                 error = _translate(exc)
                 wait = _retry_wait(exc, attempt)

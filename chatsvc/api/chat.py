@@ -28,6 +28,7 @@ bp = Blueprint("chat", __name__, url_prefix="/api", description="Chat turns.")
 TURN_ERRORS = (400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 502, 503, 504)
 REPLAYED = {"Idempotent-Replayed": "true"}
 BACKGROUND = "With `Prefer: respond-async`: the turn runs in the background."
+_ACCEPTED_SCHEMA = TurnAcceptedSchema()  # built once (api/sse.py's _TURN_SCHEMA says why)
 
 
 @bp.post("/<user_id>/chat")
@@ -98,7 +99,7 @@ def _background(handle: TurnHandle, access: Access, headers: dict[str, str]) -> 
         handle.start()
         status = "pending"
     body, code, location = accepted.accepted(handle.started, access.user_id, status)
-    response = jsonify(TurnAcceptedSchema().dump(body))
+    response = jsonify(_ACCEPTED_SCHEMA.dump(body))
     response.status_code = code
     response.headers.update({**headers, **location, "Preference-Applied": accepted.PREFERENCE})
     return response

@@ -30,6 +30,9 @@ EVENTS_DOC = (
     "Server-Sent Events: `meta`, `delta`, `tool_call`, `sources`, then `done` or `error`, each "
     "with its per-turn `id:`; `: ping` comments while the turn is silent."
 )
+# Built once: building a marshmallow schema for each `done` cost as much as dumping the turn
+# with it (speedups.py has the figure).
+_TURN_SCHEMA = TurnSchema()
 # Proxies must pass each event on as it is written.
 NO_BUFFERING = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -142,7 +145,7 @@ def named_event(event: TurnEvent) -> tuple[str, dict[str, Any]] | None:
             meta["session_id"] = event.conversation_id
         return "meta", meta
     if isinstance(event, TurnResult):
-        body = TurnSchema().dump(turn_body(event))
+        body = _TURN_SCHEMA.dump(turn_body(event))
         if event.timings:
             body["timing"] = server_timing(event.timings)
         return "done", body

@@ -30,6 +30,7 @@ from sqlalchemy import bindparam, select
 
 from ..db import Database
 from ..models import Message
+from ..speedups import start_thread
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +110,7 @@ def stoppable(events: Iterator[T], stop: StopSignal) -> Iterator[T]:
                 close()
 
     stop._wake(inbox)
-    threading.Thread(
-        target=contextvars.copy_context().run, args=(pump,), daemon=True, name="turn-agent"
-    ).start()
+    start_thread(contextvars.copy_context().run, pump, name="turn-agent")
     return _drain(inbox, gone)
 
 

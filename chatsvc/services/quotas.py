@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from ..db import utcnow
@@ -63,7 +64,9 @@ def subject(user_id: str | None, address: str | None) -> str:
     return USER + user_id if user_id else ADDRESS + (address or "unknown")
 
 
-def standing(session: Session, who: str, default_cap: int, now: datetime | None = None) -> Quota:
+def standing(
+    session: Session | Connection, who: str, default_cap: int, now: datetime | None = None
+) -> Quota:
     """The subject's cap (an admin's for that user, else `default_cap`; 0: none) and what it
     used today (UTC). Reads only; part of the caller's unit of work."""
     now = now or utcnow()
@@ -76,7 +79,9 @@ def standing(session: Session, who: str, default_cap: int, now: datetime | None 
     return Quota(cap if cap > 0 else None, int(used or 0), midnight)
 
 
-def admit(session: Session, who: str, default_cap: int, now: datetime | None = None) -> Quota:
+def admit(
+    session: Session | Connection, who: str, default_cap: int, now: datetime | None = None
+) -> Quota:
     """The subject's standing, or QuotaExceeded (429, Retry-After: seconds to the next UTC day)
     when today's tokens are spent. Call it before the model is called; a turn admitted with a
     little left may overrun it: it completes and counts (settle)."""
@@ -92,14 +97,21 @@ def admit(session: Session, who: str, default_cap: int, now: datetime | None = N
     return quota
 
 
-def settle(session: Session, who: str, tokens: int, now: datetime | None = None) -> None:
+def settle(
+    session: Session | Connection, who: str, tokens: int, now: datetime | None = None
+) -> None:
     """Count a finished turn's tokens against the subject's day: one atomic upsert, so
     concurrent turns on any worker or host add up exactly."""
     if tokens <= 0:
         return
     day = (now or utcnow()).date()
-    statement = _upsert(session.get_bind().dialect.name)
+    statement = _upsert(_dialect(session).name)
     session.execute(statement, {"q_subject": who, "q_day": day, "q_tokens": tokens})
+
+
+def _dialect(session: Session | Connection) -> Any:
+    """The database's dialect, for a unit of work on a Session or on a Connection."""
+    return session.dialect if isinstance(session, Connection) else session.get_bind().dialect
 
 
 # The turn path's two statements, built once (building them cost more CPU than running them:

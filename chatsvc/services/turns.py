@@ -62,6 +62,7 @@ from ..errors import (
     stored_failure,
 )
 from ..models import Conversation, Message, MessageStatus, Role, new_id
+from ..speedups import start_thread
 from . import conversations, idempotency, quotas
 from .admission import Admission, Slot
 from .cancels import Cancels, StopReason, StopSignal, stoppable
@@ -358,7 +359,11 @@ class TurnEngine:
         kind = request.kind
         who = quotas.subject(request.access.user_id, request.client_address)
         failed: list[str] = []
-        with tracing.span("chatsvc.turn.begin"), self.database.transaction() as session:
+        # A new conversation without a key is Core statements only (most turns of P1): no
+        # Session. Loading a conversation and claiming a key use the ORM.
+        core = conversation_id is None and attempt is None
+        unit = self.database.statements() if core else self.database.transaction()
+        with tracing.span("chatsvc.turn.begin"), unit as session:
             # Before any model call, after the idempotency look-up (a replay costs nothing).
             quota = quotas.admit(session, who, self.settings.quota_tokens_per_day)
             if conversation_id is None:
@@ -548,7 +553,7 @@ class TurnEngine:
         attributes = {"chatsvc.turn.status": str(status)}
         with (
             tracing.span("chatsvc.turn.finish", attributes),
-            self.database.transaction() as session,
+            self.database.statements() as session,
         ):
             session.execute(
                 _STORE_REPLY,
@@ -752,11 +757,8 @@ class TurnHandle:
         logged = engine.events is not None and engine.render is not None
         writer = engine.events.writer(self._pending.started.message_id) if logged else None
         self._pending.log = writer
-        worker = threading.Thread(
-            target=self._context.run, args=(self._feed, feed, writer),
-            daemon=True, name=f"turn-{self._pending.started.message_id}",
-        )  # fmt: skip
-        worker.start()
+        start_thread(self._context.run, self._feed, feed, writer,
+                     name=f"turn-{self._pending.started.message_id}")  # fmt: skip
 
     def _feed(
         self,
