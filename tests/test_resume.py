@@ -585,14 +585,21 @@ def test_a_turn_is_settled_once_its_events_are_stored_so_a_resume_elsewhere_gets
     events.store = SlowFirstSave(events.store, seconds=3.0)
     user = someone()
     sent = stream_turn(running.test_client(), f"/api/{user}/chat", {"message": LONG_ANSWER})
+    path = assert_resumed_elsewhere(elsewhere, user, sent)
+    assert ok(elsewhere.test_client().get(path))["content"] == sent[-1].data["response"]
+
+
+def assert_resumed_elsewhere(elsewhere: Any, user: str, sent: list[Any]) -> str:
+    """The client of a finished streamed turn had `meta` only (it left) and comes back on the
+    other instance: every later event once, in order, its text the stored reply. The
+    message's path."""
     assert len(sent) >= 6 and sent[-1].name == "done"
     done = sent[-1].data
     path = f"/api/{user}/conversations/{done['conversation_id']}/messages/{done['message_id']}"
-    # the client had `meta` only (it left); it comes back on the other instance
     rest = read_events(elsewhere.test_client(), path + "/events", **{"Last-Event-ID": "1"})
     assert [(e.name, e.id) for e in rest] == [(e.name, e.id) for e in sent[1:]]
     assert sse.text_of(rest) == rest[-1].data["response"] == done["response"]
-    assert ok(elsewhere.test_client().get(path))["content"] == done["response"]
+    return path
 
 
 def test_a_turn_that_ends_while_its_store_is_down_is_settled_once_the_store_has_its_events(
@@ -620,12 +627,7 @@ def test_a_turn_that_ends_while_its_store_is_down_is_settled_once_the_store_has_
         restore.start()
         user = someone()
         sent = stream_turn(running.test_client(), f"/api/{user}/chat", {"message": LONG_ANSWER})
-        assert len(sent) >= 6 and sent[-1].name == "done"
-        done = sent[-1].data
-        path = f"/api/{user}/conversations/{done['conversation_id']}/messages/{done['message_id']}"
-        rest = read_events(elsewhere.test_client(), path + "/events", **{"Last-Event-ID": "1"})
-        assert [(e.name, e.id) for e in rest] == [(e.name, e.id) for e in sent[1:]]
-        assert sse.text_of(rest) == rest[-1].data["response"] == done["response"]
+        assert_resumed_elsewhere(elsewhere, user, sent)
     finally:
         restore.cancel()
         proxy.close()

@@ -24,6 +24,7 @@ Slot           one admitted turn's place: `stream()` when its events are read as
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -163,7 +164,7 @@ class Admission:
                 self.window = max(float(WINDOW_MIN), min(self.window, self.in_flight * CUT))
                 self._last_cut, self._slow_start = now, False
         elif self._lag < self.lag_threshold / 2:
-            ceiling = float(self.limit or "inf")
+            ceiling = float(self.limit) if self.limit else math.inf
             if self._slow_start:
                 self.window = min(ceiling, max(self.window, 2.0 * self.in_flight))
             elif self.in_flight >= self.window - 1:  # the window is what holds turns back
