@@ -35,10 +35,12 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402  (after the monkey-patch, as in gunicorn.conf.py)
+import ast  # noqa: E402
 import ctypes  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import statistics  # noqa: E402
 import struct  # noqa: E402
 import sys  # noqa: E402
@@ -183,6 +185,10 @@ def measure(
 
 def build_app(llm_url: str, database_url: str, tmp: Path) -> Any:
     env = harness.chatsvc_env(harness.Settings(1, database_url), _Url(llm_url), tmp)
+    # Admission's lag test is off: under callgrind (50 times slower) the loop always lags and
+    # every turn would be a 503 `overloaded` (2.9 M instructions a "streamed turn" that was
+    # a refusal). The turn's own work is what is counted.
+    env["OVERLOAD_LAG_MS"] = "0"
     harness.migrate(env)
     os.environ.update(env)
     devnull = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the process)
@@ -219,6 +225,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--mode", default="json,stream")
     parser.add_argument("--words", default="8", help="chunks of a streamed answer (A[,B])")
+    parser.add_argument(
+        "--interval-ms", type=float, default=0.0,
+        help="the fake's pause between chunks (0: all at once; paced, each delta is read, "
+        "handed on and written alone, as at 20 tokens/s)",
+    )  # fmt: skip
     parser.add_argument("--database", default="", help="DATABASE_URL (default: a new SQLite)")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument(
@@ -234,7 +245,10 @@ def main() -> None:
     database_url, tmp = harness.temporary_sqlite()
     database_url = args.database or database_url
     counts = [int(w) for w in args.words.split(",") if w.strip()]
-    llms = {words: harness.start_fake_llm(0, words=words) for words in counts}
+    llms = {
+        words: harness.start_fake_llm(0, words=words, interval_ms=args.interval_ms)
+        for words in counts
+    }
     try:
         first = llms[counts[0]]
         app = build_app(f"{first.url}", database_url, tmp)
@@ -285,7 +299,22 @@ def main() -> None:
 
 def _callgrind(args: argparse.Namespace) -> None:
     """Run the measurement again under callgrind, instrumented only while the measured turns
-    run; print the instructions per turn."""
+    run; print the instructions per turn. With `--words A,B` (stream mode) each count runs in
+    a process of its own, and the difference gives the instructions per delta."""
+    counts = [w.strip() for w in args.words.split(",") if w.strip()]
+    modes = [m.strip() for m in args.mode.split(",") if m.strip()]
+    if len(counts) > 1 and modes != ["stream"]:
+        raise SystemExit("--callgrind with two --words counts needs --mode stream")
+    per_turn = {}
+    for words in counts:
+        per_turn[int(words)] = _callgrind_one(args, words, len(modes))
+    if len(counts) == 2:
+        low, high = sorted(per_turn)
+        delta = (per_turn[high] - per_turn[low]) / (high - low)
+        print(f"per delta: {delta / 1e3:.1f} k instructions ({high} - {low} chunks)")
+
+
+def _callgrind_one(args: argparse.Namespace, words: str, modes: int) -> float:
     import subprocess
     import tempfile
 
@@ -294,7 +323,8 @@ def _callgrind(args: argparse.Namespace) -> None:
         "valgrind", "--tool=callgrind", "--instr-atstart=no", "--collect-atstart=no",
         f"--callgrind-out-file={out}", sys.executable, "-m", "bench.turncost",
         "--under-callgrind", "--repeat", "1", "--turns", str(args.turns),
-        "--warmup", str(args.warmup), "--mode", args.mode, "--words", args.words,
+        "--warmup", str(args.warmup), "--mode", args.mode, "--words", words,
+        "--interval-ms", str(args.interval_ms),
     ]  # fmt: skip
     if args.database:
         argv += ["--database", args.database]
@@ -303,13 +333,17 @@ def _callgrind(args: argparse.Namespace) -> None:
     if done.returncode != 0:
         print(done.stdout, done.stderr, sep="\n")
         raise SystemExit(done.returncode)
+    found = re.search(r"statuses (\{[^}]*\})", done.stdout)
+    statuses = ast.literal_eval(found.group(1)) if found else {}
+    if set(statuses) != {"200"}:
+        print(f"warning: not every turn answered 200: {statuses}")
     totals = [
         line for line in out.read_text().splitlines() if line.startswith(("totals:", "summary:"))
     ]
-    instructions = int(totals[-1].split()[1])
-    modes = len([m for m in args.mode.split(",") if m.strip()])
-    print(f"{args.mode}: {instructions / (args.turns * modes) / 1e6:.3f} M instructions per turn "
+    instructions = int(totals[-1].split()[1]) / (args.turns * modes)
+    print(f"{args.mode}, {words} chunks: {instructions / 1e6:.3f} M instructions per turn "
           f"(callgrind, {args.turns} turns; {out})")  # fmt: skip
+    return instructions
 
 
 def _point_at(agent: Any, url: str) -> None:

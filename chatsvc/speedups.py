@@ -54,13 +54,16 @@ On the streamed turn's path (services/turns.py, services/events.py, api/sse.py),
 from __future__ import annotations
 
 import gc
+import queue
 import select
 import sys
 import threading
+import time
 import types
 import weakref
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from flask import Flask
 
@@ -122,8 +125,7 @@ def start_thread(target: Callable[..., Any], *args: Any, name: str) -> None:
     gunicorn workers) that is a bare greenlet: a patched `threading.Thread` is a greenlet too,
     but building one and waiting in `start()` for it to run cost more CPU than the rest of a
     turn's hand-offs together. Elsewhere (tests, the CLI) a real thread."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None and monkey.is_module_patched("threading"):
+    if _greenlets():
         import gevent
 
         gevent.spawn(target, *args)
@@ -153,3 +155,131 @@ class App(Flask):
         if made is func:
             self._plain[func] = True
         return made
+
+
+def _greenlets() -> bool:
+    """Threads are greenlets here (gevent's monkey-patch: the gunicorn workers)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("threading")
+
+
+class Bell(Protocol):
+    """A doorbell for one waiter: `ring()` wakes it (or the next `wait` returns at once);
+    `wait(timeout)` is True when rung, False after `timeout` seconds (None: no limit). Rings
+    do not count: the waiter looks at what changed itself."""
+
+    def ring(self) -> None: ...
+    def wait(self, timeout: float | None) -> bool: ...
+
+
+def doorbell() -> Bell:
+    """The cheapest bell for this process: a hub bell under gevent, else a thread-safe one."""
+    return _HubBell() if _greenlets() else _ThreadBell()
+
+
+class _ThreadBell:
+    """Real threads (tests, the CLI): a queue holding at most one ring."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[None] = queue.SimpleQueue()
+
+    def ring(self) -> None:
+        if self._queue.empty():
+            self._queue.put(None)
+
+    def wait(self, timeout: float | None) -> bool:
+        try:
+            self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return False
+        return True
+
+
+class _HubBell:
+    """gevent's hub wakes the waiter directly: one timer watcher per bell, started and stopped
+    around each wait, instead of the gevent `Timeout` (an exception object and a new timer)
+    that a queue's `get(timeout=…)` builds every time, and without the queue's own layers. A
+    hand-off between two greenlets cost 4.6 µs through a queue with a timeout, 2.3 µs without
+    one, 1.4 µs through this bell (CPU time, 100 000 round trips each); a streamed delta made
+    two. For the greenlets of one thread (every greenlet of a gevent worker is)."""
+
+    __slots__ = ("_hub", "_timer", "_after", "_waiter", "_rung")
+
+    def __init__(self) -> None:
+        from gevent import get_hub
+
+        self._hub = get_hub()
+        self._timer: Any = None
+        self._after = -1.0
+        self._waiter: Any = None
+        self._rung = False
+
+    def ring(self) -> None:
+        waiter = self._waiter
+        if waiter is None:
+            self._rung = True
+        else:
+            self._waiter = None
+            self._hub.loop.run_callback(waiter.switch, True)
+
+    def wait(self, timeout: float | None) -> bool:
+        if self._rung:
+            self._rung = False
+            return True
+        if timeout is not None and timeout <= 0:
+            return False
+        from gevent.hub import Waiter
+
+        waiter = self._waiter = Waiter(self._hub)
+        timer = None
+        if timeout is not None:
+            timer = self._timer
+            if timer is None or self._after != timeout:
+                if timer is not None:
+                    timer.close()
+                timer = self._timer = self._hub.loop.timer(timeout)
+                self._after = timeout
+            timer.start(waiter.switch, False)
+        try:
+            return bool(waiter.get())
+        finally:
+            if timer is not None:
+                timer.stop()
+            self._waiter = None
+
+
+T = TypeVar("T")
+
+
+class Mailbox(Generic[T]):
+    """A queue with one reader (`queue.SimpleQueue`'s `put` and `get`, `queue.Empty` after a
+    `get`'s timeout) on a doorbell: under gevent a hand-off costs what `_HubBell` says."""
+
+    __slots__ = ("_items", "_bell")
+
+    def __init__(self) -> None:
+        self._items: deque[T] = deque()
+        self._bell = doorbell()
+
+    def put(self, item: T) -> None:
+        self._items.append(item)
+        self._bell.ring()
+
+    def get(self, timeout: float | None = None) -> T:
+        deadline = None
+        while True:
+            try:
+                return self._items.popleft()
+            except IndexError:
+                pass
+            left = None
+            if timeout is not None:
+                if deadline is None:
+                    deadline = time.monotonic() + timeout
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise queue.Empty
+            if not self._bell.wait(left) and not self._items:
+                raise queue.Empty
