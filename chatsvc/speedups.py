@@ -212,11 +212,13 @@ class _HubBell:
     one, 1.4 µs through this bell (CPU time, 100 000 round trips each); a streamed delta made
     two. For the greenlets of one thread (every greenlet of a gevent worker is)."""
 
-    __slots__ = ("_hub", "_timer", "_after", "_waiter", "_rung")
+    __slots__ = ("_hub", "_timer", "_after", "_waiter", "_rung", "_waiter_class")
 
     def __init__(self) -> None:
         from gevent import get_hub
+        from gevent.hub import Waiter
 
+        self._waiter_class = Waiter
         self._hub = get_hub()
         self._timer: Any = None
         self._after = -1.0
@@ -237,9 +239,7 @@ class _HubBell:
             return True
         if timeout is not None and timeout <= 0:
             return False
-        from gevent.hub import Waiter
-
-        waiter = self._waiter = Waiter(self._hub)
+        waiter = self._waiter = self._waiter_class(self._hub)
         timer = None
         if timeout is not None:
             timer = self._timer
