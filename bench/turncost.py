@@ -139,6 +139,7 @@ class Driver:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.count = 0
+        self.writes = 0  # pieces of the response bodies (a write each under gunicorn)
         self.statuses: dict[str, int] = {}
 
     def turn(self, accept: str) -> int:
@@ -156,6 +157,7 @@ class Driver:
         try:
             for piece in body:
                 size += len(piece)
+                self.writes += 1
         finally:
             close = getattr(body, "close", None)
             if close is not None:
@@ -292,6 +294,7 @@ def main() -> None:
                 "instructions": (high["instructions"] - low["instructions"]) / span,
             }
         _print(results, counter.available, driver.statuses, database_url)
+        print(f"writes per turn {driver.writes / max(1, driver.count):.1f} (warm-up included)")
     finally:
         for service in llms.values():
             service.stop()
@@ -337,12 +340,14 @@ def _callgrind_one(args: argparse.Namespace, words: str, modes: int) -> float:
     statuses = ast.literal_eval(found.group(1)) if found else {}
     if set(statuses) != {"200"}:
         print(f"warning: not every turn answered 200: {statuses}")
+    writes = re.search(r"writes per turn ([0-9.]+)", done.stdout)
     totals = [
         line for line in out.read_text().splitlines() if line.startswith(("totals:", "summary:"))
     ]
     instructions = int(totals[-1].split()[1]) / (args.turns * modes)
     print(f"{args.mode}, {words} chunks: {instructions / 1e6:.3f} M instructions per turn "
-          f"(callgrind, {args.turns} turns; {out})")  # fmt: skip
+          f"(callgrind, {args.turns} turns, {writes.group(1) if writes else '?'} writes a turn; "
+          f"{out})")  # fmt: skip
     return instructions
 
 
