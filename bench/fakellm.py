@@ -1,13 +1,16 @@
 """A fast OpenAI-compatible fake for load: asyncio, keep-alive, TCP_NODELAY, a fixed latency.
 
     python -m bench.fakellm --port 9100 --latency-ms 2000 [--first-token-ms 50] [--tokens N]
-        [--interval-ms M]
+        [--interval-ms M] [--lockstep-port P]
 
 It answers `POST /v1/chat/completions` with a short text completion (streamed when asked) and
 never calls a tool, so a turn costs exactly one model round trip of the configured latency.
 A streamed answer of `--tokens N` chunks sends its first at the first-token time and the next
 ones `--interval-ms` apart (on a fixed schedule from the request's arrival, so a late timer does
-not push the rest back); without an interval the chunks follow each other at once.
+not push the rest back); without an interval the chunks follow each other at once. With
+`--lockstep-port P` a chunk after the first waits instead for a UDP datagram on 127.0.0.1:P
+(one per chunk, sent by a client once it has read the previous one: bench/turncost.py), so
+each is read alone however slow the reader is (under valgrind, say).
 `GET /trace` returns (and forgets) when each streamed request arrived and when its first chunk
 left, by the request's last message, on the clock of `time.monotonic()` (CLOCK_MONOTONIC,
 shared by every process on the machine): a client that sent the message can tell its own
@@ -64,8 +67,9 @@ def chunk(model: str, delta: dict, finish: str | None = None, usage: dict | None
 class FakeLLM:
     def __init__(
         self, latency_ms: float, first_token_ms: float | None, words: int = 0,
-        interval_ms: float = 0.0,
+        interval_ms: float = 0.0, steps: asyncio.Queue[None] | None = None,
     ) -> None:  # fmt: skip
+        self.steps = steps  # lockstep: one datagram lets one more chunk go
         self.latency = latency_ms / 1000
         self.interval = interval_ms / 1000
         # A streamed answer's chunks: WORDS, or that many words (a long answer: per-delta costs).
@@ -123,8 +127,12 @@ class FakeLLM:
         pieces += [chunk(model, {}, usage=usage), b"data: [DONE]\n\n"]
         await _sleep_until(arrived + self.first_token)  # the pieces are ready: the first goes now
         sent = asyncio.get_running_loop().time()
+        while self.steps is not None and not self.steps.empty():
+            self.steps.get_nowait()  # a step left over from the last stream
         for number, piece in enumerate(pieces):
-            if self.interval and 0 < number < len(self.words):
+            if self.steps is not None and 0 < number < len(self.words):
+                await self.steps.get()
+            elif self.interval and 0 < number < len(self.words):
                 await _sleep_until(sent + number * self.interval)
                 if writer.is_closing():  # the client left during the pause (uvloop would raise)
                     raise ConnectionResetError
@@ -145,10 +153,25 @@ async def _sleep_until(deadline: float) -> None:
     await asyncio.sleep(max(0.0, deadline - asyncio.get_running_loop().time()))
 
 
+class _Steps(asyncio.DatagramProtocol):
+    def __init__(self, steps: asyncio.Queue[None]) -> None:
+        self.steps = steps
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.steps.put_nowait(None)
+
+
 async def serve(
-    port: int, latency_ms: float, first_token_ms: float | None, words: int, interval_ms: float
-) -> None:
-    fake = FakeLLM(latency_ms, first_token_ms, words, interval_ms)
+    port: int, latency_ms: float, first_token_ms: float | None, words: int, interval_ms: float,
+    lockstep_port: int = 0,
+) -> None:  # fmt: skip
+    steps: asyncio.Queue[None] | None = None
+    if lockstep_port:
+        steps = asyncio.Queue()
+        await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: _Steps(steps), local_addr=("127.0.0.1", lockstep_port)
+        )
+    fake = FakeLLM(latency_ms, first_token_ms, words, interval_ms, steps)
     server = await asyncio.start_server(fake.handle, "127.0.0.1", port, backlog=2048)
     async with server:
         await server.serve_forever()
@@ -166,8 +189,13 @@ def main() -> None:
     parser.add_argument(
         "--interval-ms", type=float, default=0.0, help="between a streamed answer's chunks"
     )
+    parser.add_argument(
+        "--lockstep-port", type=int, default=0,
+        help="a chunk after the first waits for a UDP datagram on this port",
+    )  # fmt: skip
     args = parser.parse_args()
-    serving = serve(args.port, args.latency_ms, args.first_token_ms, args.words, args.interval_ms)
+    serving = serve(args.port, args.latency_ms, args.first_token_ms, args.words, args.interval_ms,
+                    args.lockstep_port)  # fmt: skip
     run = asyncio.run
     if args.interval_ms:  # paced streams by the thousand (P7, P8): on uvloop when installed
         with contextlib.suppress(ImportError):

@@ -130,12 +130,14 @@ def spawn(name: str, argv: list[str], env: dict[str, str], port: int, health: st
 
 def start_fake_llm(
     latency_ms: float, first_token_ms: float | None = None, words: int = 0,
-    interval_ms: float = 0.0,
+    interval_ms: float = 0.0, lockstep_port: int = 0,
 ) -> Service:  # fmt: skip
     port = free_port()
     argv = [str(BIN / "python"), "-m", "bench.fakellm", "--port", str(port)]
     argv += ["--latency-ms", str(latency_ms), "--tokens", str(words)]
     argv += ["--interval-ms", str(interval_ms)]
+    if lockstep_port:
+        argv += ["--lockstep-port", str(lockstep_port)]
     if first_token_ms is not None:
         argv += ["--first-token-ms", str(first_token_ms)]
     process = subprocess.Popen(argv, cwd=REPO, start_new_session=True)

@@ -138,6 +138,8 @@ def environ(path: str, accept: str) -> dict[str, Any]:
 class Driver:
     def __init__(self, app: Any) -> None:
         self.app = app
+        self.lockstep: int = 0  # the fake's lockstep port: a datagram after each delta read
+        self._udp: Any = None
         self.count = 0
         self.writes = 0  # pieces of the response bodies (a write each under gunicorn)
         self.statuses: dict[str, int] = {}
@@ -158,6 +160,8 @@ class Driver:
             for piece in body:
                 size += len(piece)
                 self.writes += 1
+                if self.lockstep:
+                    self._steps(piece.count(b"event: delta"))
         finally:
             close = getattr(body, "close", None)
             if close is not None:
@@ -165,6 +169,15 @@ class Driver:
         code = status_seen[0].split()[0] if status_seen else "?"
         self.statuses[code] = self.statuses.get(code, 0) + 1
         return size
+
+    def _steps(self, deltas: int) -> None:
+        """Let the fake send one more chunk per delta read (`--lockstep`)."""
+        if self._udp is None:
+            import socket
+
+            self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for _ in range(deltas):
+            self._udp.sendto(b".", ("127.0.0.1", self.lockstep))
 
 
 def measure(
@@ -232,6 +245,11 @@ def main() -> None:
         help="the fake's pause between chunks (0: all at once; paced, each delta is read, "
         "handed on and written alone, as at 20 tokens/s)",
     )  # fmt: skip
+    parser.add_argument(
+        "--lockstep", action="store_true",
+        help="the fake sends each chunk after the first once the delta before it was read: "
+        "each delta read, handed on and written alone whatever the speed (under callgrind)",
+    )  # fmt: skip
     parser.add_argument("--database", default="", help="DATABASE_URL (default: a new SQLite)")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument(
@@ -247,8 +265,11 @@ def main() -> None:
     database_url, tmp = harness.temporary_sqlite()
     database_url = args.database or database_url
     counts = [int(w) for w in args.words.split(",") if w.strip()]
+    steps = {words: harness.free_port() if args.lockstep else 0 for words in counts}
     llms = {
-        words: harness.start_fake_llm(0, words=words, interval_ms=args.interval_ms)
+        words: harness.start_fake_llm(
+            0, words=words, interval_ms=args.interval_ms, lockstep_port=steps[words]
+        )
         for words in counts
     }
     try:
@@ -266,12 +287,14 @@ def main() -> None:
         counter = Instructions()
         marks = Marks(args.under_callgrind)
         driver = Driver(app)
+        driver.lockstep = steps[counts[0]]
         results: dict[str, dict] = {}
         for mode in [m.strip() for m in args.mode.split(",") if m.strip()]:
             accept = "text/event-stream" if mode == "stream" else "application/json"
             for words in counts if mode == "stream" else counts[:1]:
                 if llms[words] is not first:
                     _point_at(engine.agent, llms[words].url)
+                driver.lockstep = steps[words]
                 for _ in range(args.warmup):
                     driver.turn(accept)
                 if args.profile:
@@ -329,6 +352,8 @@ def _callgrind_one(args: argparse.Namespace, words: str, modes: int) -> float:
         "--warmup", str(args.warmup), "--mode", args.mode, "--words", words,
         "--interval-ms", str(args.interval_ms),
     ]  # fmt: skip
+    if args.lockstep:
+        argv.append("--lockstep")
     if args.database:
         argv += ["--database", args.database]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
