@@ -678,7 +678,6 @@ class Plan:
     weights: dict[str, float]  # inverse document frequency of each ranked word
     idf: dict[str, float]  # of every word of the query; 0 for a word no passage holds
     common: bool = False  # even the rarest word is in more than CANDIDATES passages
-    order: list[Term] = field(default_factory=list)  # the query's known words in its order
 
 
 def plan(words: list[Term], frequencies: list[int], total: int) -> Plan | None:
@@ -703,8 +702,7 @@ def plan(words: list[Term], frequencies: list[int], total: int) -> Plan | None:
     }
     weights = {term.word: idf[term.word] for _, _, term in known[:RANKED_TERMS]}
     common = known[0][0] > CANDIDATES
-    order = [term for term, df in zip(words, frequencies, strict=True) if df]
-    return Plan([term for _, _, term in known], rare, weights, idf, common, order)
+    return Plan([term for _, _, term in known], rare, weights, idf, common)
 
 
 @dataclass(frozen=True)
@@ -734,7 +732,7 @@ def find(session: Session, query: str, k: int = 5, scope: Scope = EVERYWHERE) ->
     if backend is None:
         raise RuntimeError(f"no full-text backend for {session.get_bind().dialect.name}")
     k = min(k, MAX_K)
-    wanted = max(k * SPREAD, AGG_N)
+    wanted = k * SPREAD
     # Hybrid retrieval (services/embeddings.py; [] when no embeddings endpoint is configured):
     # the passages nearest the query by meaning, asked before any statement of this search,
     # so that no transaction is open while the endpoint answers.
@@ -750,15 +748,10 @@ def find(session: Session, query: str, k: int = 5, scope: Scope = EVERYWHERE) ->
             ranked.setdefault(chunk_id, score)
         if len(ranked) >= wanted:
             break
-    if EXPAND and found is not None and ranked:
-        ranked = _expanded(session, backend, words, found, ranked, wanted, scope)
     ranked = embeddings.fuse(ranked, nearest)  # reciprocal rank fusion, when any are near
     rows = {row.id: row for row in _rows(session, list(ranked))}
     session.commit()
-    listed = [(rows[i], score) for i, score in ranked.items() if i in rows]
-    if AGG_N:
-        listed = _aggregate(listed)
-    best = _spread(listed, k)
+    best = _spread([(rows[i], score) for i, score in ranked.items() if i in rows], k)
     hits = [
         Hit(
             document_id=row.document_id, title=row.title,
@@ -771,99 +764,6 @@ def find(session: Session, query: str, k: int = 5, scope: Scope = EVERYWHERE) ->
     ]  # fmt: skip
     idf = found.idf if found is not None else {term.word: 0.0 for term in words}
     return Found(hits, {word: round(weight, 6) for word, weight in idf.items()})
-
-
-TIEBREAK = "id"
-TIEBREAKS = {
-    "id": "{t}.id",
-    "iddesc": "{t}.id DESC",
-    "hash": "md5({t}.id::text), {t}.id",
-    "length": "(SELECT length(x.fts) FROM chunks x WHERE x.id = {t}.id), {t}.id",
-}
-EXPAND = ""  # experiment: "", "prf", "wn1", "wnall"
-FEEDBACK = 5  # passages read for expansion terms (prf)
-EXPANSION_TERMS = 5  # terms added (prf)
-EXPANSION_WEIGHT = 0.5  # the expanded ranking's weight in the fusion
-FUSION_K = 60
-_WORDNET: Any = None
-
-
-def _expanded(session, backend, words, found, ranked, wanted, scope):
-    known = {t.word for t in words}
-    if EXPAND == "prf":
-        rows = _rows(session, list(ranked)[:FEEDBACK])
-        counts: dict[str, int] = {}
-        for row in rows:
-            for word in set(_words((row.heading + " " + row.text).casefold())):
-                if (
-                    word not in STOPWORDS
-                    and word not in known
-                    and word.isalpha()
-                    and 3 <= len(word) <= MAX_TERM_CHARS
-                ):
-                    counts[word] = counts.get(word, 0) + 1
-        candidates = sorted(counts, key=lambda w: (-counts[w], w))
-        candidates = [w for w in candidates if counts[w] >= 2][:24]
-        if not candidates:
-            return ranked
-        extra_terms = [Term(w) for w in candidates]
-        probe = backend.plan(session, extra_terms)
-        if probe is None:
-            return ranked
-        scored = sorted(
-            (w for w in candidates if probe.idf.get(w, 0) > 0),
-            key=lambda w: (-counts[w] * probe.idf[w], w),
-        )
-        extra = [Term(w) for w in scored[:EXPANSION_TERMS]]
-    else:
-        global _WORDNET
-        if _WORDNET is None:
-            import os
-            from pathlib import Path
-
-            from bench.wordnet_files import WordNet  # experiment only
-
-            _WORDNET = WordNet(Path(os.environ["WORDNET_DIR"]))
-        senses = 1 if EXPAND == "wn1" else None
-        extra, seen = [], set(known)
-        for t in words:
-            for syn in _WORDNET.synonyms(t.word, senses):
-                if "_" in syn or "-" in syn or syn in seen or syn in STOPWORDS or not syn.isalpha():
-                    continue
-                seen.add(syn)
-                extra.append(Term(syn))
-        extra = extra[: MAX_TERMS - len(words)]
-    if not extra:
-        return ranked
-    second = backend.plan(session, [*words, *extra])
-    if second is None:
-        return ranked
-    expanded = dict(backend.rank(session, second, second.rare, False, wanted, scope))
-    fused: dict[int, float] = {}
-    for ranking, weight in ((list(ranked), 1.0), (list(expanded), EXPANSION_WEIGHT)):
-        for rank, chunk_id in enumerate(ranking, 1):
-            fused[chunk_id] = fused.get(chunk_id, 0.0) + weight / (FUSION_K + rank)
-    return dict(sorted(fused.items(), key=lambda item: (-item[1], item[0])))
-
-
-AGG_N = 0
-PHRASES = 0
-COORD = 0
-WIDE = 0
-AGG_K = 60.0
-AGG_DECAY = 0.5
-
-
-def _aggregate(listed):
-    """Documents ordered by the evidence of all their passages in the list (rank-based)."""
-    score: dict[str, float] = {}
-    seen: dict[str, int] = {}
-    for rank, (row, _) in enumerate(listed, 1):
-        n = seen.get(row.document_id, 0)
-        seen[row.document_id] = n + 1
-        score[row.document_id] = score.get(row.document_id, 0.0) + AGG_DECAY**n / (AGG_K + rank)
-    order = {d: i for i, d in enumerate(sorted(score, key=lambda d: -score[d]))}
-    return sorted(listed, key=lambda pair: order[pair[0].document_id])
 
 
 def _condition(scope: Scope, backend: Any) -> embeddings.Condition | None:
@@ -943,25 +843,6 @@ class SQLiteSearch:
         when the plan says the rarest word is common). A scope joins each match to its
         document (a primary-key look-up per match: the matches bound its cost as before)."""
         match = (" AND " if required else " OR ").join(map(SQLiteSearch.phrase, tier))
-        if WIDE and not required:
-            rare = {t.word for t in tier}
-            others = [t for t in found.every if t.word in found.weights and t.word not in rare]
-            if others:
-                wide = " OR ".join(
-                    map(SQLiteSearch.phrase, [*(tier if WIDE == 2 else []), *others])
-                )
-                match = (
-                    f"({match}) AND ({match} OR {wide})" if WIDE == 1 else f"({match}) AND ({wide})"
-                )
-        if PHRASES and not required:
-            held = {t.word for t in tier}
-            pairs = [
-                f'"{a.word} {b.word}"'
-                for a, b in zip(found.order, found.order[1:], strict=False)
-                if (a.word in held or b.word in held) and not a.parts and not b.parts
-            ]
-            if pairs:
-                match = " OR ".join([match, *pairs])
         params: dict[str, Any] = {"match": match, "limit": CANDIDATES, "k": k}
         joined, where = "", ""
         if scope:
@@ -977,26 +858,6 @@ class SQLiteSearch:
             params,
         )
         above = " AND chunks_fts.rowid > :floor" if params["floor"] else ""
-        if COORD and not required and len(tier) > 1 and not scope and not params["floor"]:
-            held: dict[int, float] = {}
-            for term in tier:
-                for (rowid,) in session.execute(
-                    text("SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH :w"),
-                    {"w": SQLiteSearch.phrase(term)},
-                ):
-                    held[rowid] = held.get(rowid, 0.0) + found.weights.get(term.word, 0.0)
-            scored = session.execute(
-                text(
-                    "SELECT chunks_fts.rowid AS rowid, -bm25(chunks_fts, 2.0, 1.0) AS score"
-                    " FROM chunks_fts WHERE chunks_fts MATCH :match"
-                ),
-                {"match": match},
-            )
-            best = sorted(
-                ((row.rowid, float(row.score)) for row in scored),
-                key=lambda pair: (-round(held.get(pair[0], 0.0), 6), -pair[1], pair[0]),
-            )
-            return best[:k]
         rows = session.execute(
             text(
                 "SELECT chunks_fts.rowid AS rowid, -bm25(chunks_fts, 2.0, 1.0) AS score"
@@ -1098,8 +959,7 @@ class PostgresSearch:
             )
             shortlist = (
                 f"SELECT id FROM ({each}) AS hit GROUP BY id"
-                f" ORDER BY sum(weight) DESC, {TIEBREAKS[TIEBREAK].format(t='hit')}"
-                " LIMIT :shortlist"
+                " ORDER BY sum(weight) DESC, id LIMIT :shortlist"
             )
         score = " + ".join(
             f"CAST(:w{n} AS float) * ts_rank({WEIGHTS}, c.fts, {query[term.word]}, 1)"
@@ -1110,7 +970,7 @@ class PostgresSearch:
             text(
                 f"WITH shortlist AS ({shortlist}) SELECT c.id, {score} AS score"
                 " FROM chunks c JOIN shortlist ON shortlist.id = c.id"
-                f" ORDER BY score DESC, {TIEBREAKS[TIEBREAK].format(t='c')} LIMIT :k"
+                " ORDER BY score DESC, c.id LIMIT :k"
             ),
             params,
         )
