@@ -9,8 +9,7 @@ EXPAND="assoc" knob reads (THESAURUS_FILE). One pass over the passages, bounded:
 - association of a and b: cosine of their passage sets, n(a, b) / sqrt(df(a) df(b)), with
   n(a, b) >= MIN_PAIR; each word keeps its KEEP best associates.
 
-    THESAURUS=MIN_DF,MAX_DF_FRACTION,PER_PASSAGE,MIN_PAIR,KEEP \
-        python -m bench.kbthesaurus SQLITE_FILE OUT.json
+    THESAURUS=MIN_DF,MAX_DF_FRACTION,PER_PASSAGE,MIN_PAIR,KEEP python -m bench.kbthesaurus SQLITE_FILE OUT.json
 
 then THESAURUS_FILE=OUT.json python -m bench.kbpara_variants URL "EXPAND=assoc,EXPANSION_WEIGHT=0.3"
 """

@@ -745,10 +745,8 @@ def find(session: Session, query: str, k: int = 5, scope: Scope = EVERYWHERE) ->
     tiers = ([found.every, found.rare] if len(found.every) > 1 else [found.rare]) if found else []
     extra = _associates(found, words) if EXPAND == "assoc" and found else []
     for tier, required in zip(tiers, (True, False)[2 - len(tiers) :], strict=True):
-        if extra and (not required or EXPAND_TIERS == 2):
-            scored = _expanded_rank(
-                session, backend, words, found, tier, extra, wanted, scope, required
-            )
+        if extra and not required:
+            scored = _expanded_rank(session, backend, words, found, tier, extra, wanted, scope)
         else:
             scored = backend.rank(session, found, tier, required, wanted, scope)
         for chunk_id, score in scored:
@@ -777,10 +775,7 @@ EXPAND = ""  # experiment (kbpara2): "assoc"
 EXPANSION_TERMS = 3
 EXPANSION_WEIGHT = 0.3
 MIN_SUPPORT = 1  # query words an added word must be associated with
-EXPANSION_DEPTH = 50
-EXPAND_TIERS = (
-    1  # 2: the passages holding every word are reordered too  # passages each SQLite list ranks
-)
+EXPANSION_DEPTH = 50  # passages each SQLite list ranks
 _THESAURUS: Any = None
 
 
@@ -808,25 +803,23 @@ def _associates(found: Plan, words: list[Term]) -> list[Term]:
     return [Term(w) for w in chosen[:EXPANSION_TERMS]]
 
 
-def _expanded_rank(session, backend, words, found, tier, extra, wanted, scope, required=False):
+def _expanded_rank(session, backend, words, found, tier, extra, wanted, scope):
     """The OR tier with the added words weighted EXPANSION_WEIGHT x their idf."""
     second = backend.plan(session, [*words, *extra])
     if second is None:
-        return backend.rank(session, found, tier, required, wanted, scope)
+        return backend.rank(session, found, tier, False, wanted, scope)
     added = [t for t in extra if second.idf.get(t.word, 0.0) > 0]
     if not added:
-        return backend.rank(session, found, tier, required, wanted, scope)
+        return backend.rank(session, found, tier, False, wanted, scope)
     if backend is PostgresSearch:
         weights = dict(found.weights)
         for t in added:
             weights[t.word] = EXPANSION_WEIGHT * second.idf[t.word]
         every = [*found.every, *added]
         plan2 = Plan(every, found.rare, weights, found.idf, found.common)
-        if required:
-            return backend.rank(session, plan2, tier, True, wanted, scope)
         return backend.rank(session, plan2, [*tier, *added], False, wanted, scope)
     # SQLite: bm25 of the query's words + EXPANSION_WEIGHT x bm25 of the added words
-    first = dict(backend.rank(session, found, tier, required, EXPANSION_DEPTH, scope))
+    first = dict(backend.rank(session, found, tier, False, EXPANSION_DEPTH, scope))
     plan_added = backend.plan(session, added)  # its rare words: the passages bounded
     near = dict(backend.rank(session, plan_added, plan_added.rare, False, EXPANSION_DEPTH, scope))
     added = plan_added.rare
@@ -848,10 +841,6 @@ def _expanded_rank(session, backend, words, found, tier, extra, wanted, scope, r
             )
         }
 
-    if required:  # the passages holding every word, reordered
-        b = scores(add_match, list(first))
-        total = {i: a + EXPANSION_WEIGHT * b.get(i, 0.0) for i, a in first.items()}
-        return sorted(total.items(), key=lambda item: (-item[1], item[0]))[:wanted]
     a = {**scores(orig_match, [i for i in near if i not in first]), **first}
     b = {**scores(add_match, [i for i in first if i not in near]), **near}
     total = {i: a.get(i, 0.0) + EXPANSION_WEIGHT * b.get(i, 0.0) for i in {*a, *b}}
