@@ -743,13 +743,8 @@ def find(session: Session, query: str, k: int = 5, scope: Scope = EVERYWHERE) ->
         return Found([], {})
     ranked: dict[int, float] = {}
     tiers = ([found.every, found.rare] if len(found.every) > 1 else [found.rare]) if found else []
-    extra = _associates(found, words) if EXPAND == "assoc" and found else []
     for tier, required in zip(tiers, (True, False)[2 - len(tiers) :], strict=True):
-        if extra and not required:
-            scored = _expanded_rank(session, backend, words, found, tier, extra, wanted, scope)
-        else:
-            scored = backend.rank(session, found, tier, required, wanted, scope)
-        for chunk_id, score in scored:
+        for chunk_id, score in backend.rank(session, found, tier, required, wanted, scope):
             ranked.setdefault(chunk_id, score)
         if len(ranked) >= wanted:
             break
@@ -769,82 +764,6 @@ def find(session: Session, query: str, k: int = 5, scope: Scope = EVERYWHERE) ->
     ]  # fmt: skip
     idf = found.idf if found is not None else {term.word: 0.0 for term in words}
     return Found(hits, {word: round(weight, 6) for word, weight in idf.items()})
-
-
-EXPAND = ""  # experiment (kbpara2): "assoc"
-EXPANSION_TERMS = 3
-EXPANSION_WEIGHT = 0.3
-MIN_SUPPORT = 1  # query words an added word must be associated with
-EXPANSION_DEPTH = 50  # passages each SQLite list ranks
-_THESAURUS: Any = None
-
-
-def _associates(found: Plan, words: list[Term]) -> list[Term]:
-    """The words most associated with the whole query: sum over its known words of idf x
-    cosine (the corpus's thesaurus, bench/kbthesaurus.py)."""
-    global _THESAURUS
-    if _THESAURUS is None:
-        import json
-        import os
-
-        with open(os.environ["THESAURUS_FILE"]) as f:
-            _THESAURUS = json.load(f)["assoc"]
-    query = {t.word for t in words}
-    score: dict[str, float] = {}
-    support: dict[str, int] = {}
-    for t in words:
-        idf = found.idf.get(t.word, 0.0)
-        for other, cos in _THESAURUS.get(t.word, []):
-            if other in query or other in STOPWORDS:
-                continue
-            score[other] = score.get(other, 0.0) + idf * cos
-            support[other] = support.get(other, 0) + 1
-    chosen = sorted((w for w in score if support[w] >= MIN_SUPPORT), key=lambda w: (-score[w], w))
-    return [Term(w) for w in chosen[:EXPANSION_TERMS]]
-
-
-def _expanded_rank(session, backend, words, found, tier, extra, wanted, scope):
-    """The OR tier with the added words weighted EXPANSION_WEIGHT x their idf."""
-    second = backend.plan(session, [*words, *extra])
-    if second is None:
-        return backend.rank(session, found, tier, False, wanted, scope)
-    added = [t for t in extra if second.idf.get(t.word, 0.0) > 0]
-    if not added:
-        return backend.rank(session, found, tier, False, wanted, scope)
-    if backend is PostgresSearch:
-        weights = dict(found.weights)
-        for t in added:
-            weights[t.word] = EXPANSION_WEIGHT * second.idf[t.word]
-        every = [*found.every, *added]
-        plan2 = Plan(every, found.rare, weights, found.idf, found.common)
-        return backend.rank(session, plan2, [*tier, *added], False, wanted, scope)
-    # SQLite: bm25 of the query's words + EXPANSION_WEIGHT x bm25 of the added words
-    first = dict(backend.rank(session, found, tier, False, EXPANSION_DEPTH, scope))
-    plan_added = backend.plan(session, added)  # its rare words: the passages bounded
-    near = dict(backend.rank(session, plan_added, plan_added.rare, False, EXPANSION_DEPTH, scope))
-    added = plan_added.rare
-    orig_match = " OR ".join(map(SQLiteSearch.phrase, tier))
-    add_match = " OR ".join(map(SQLiteSearch.phrase, added))
-
-    def scores(match, ids):
-        if not ids:
-            return {}
-        marks = ", ".join(str(int(i)) for i in ids)
-        return {
-            row[0]: float(row[1])
-            for row in session.execute(
-                text(
-                    "SELECT rowid, -bm25(chunks_fts, 2.0, 1.0) FROM chunks_fts"
-                    f" WHERE chunks_fts MATCH :m AND rowid IN ({marks})"
-                ),
-                {"m": match},
-            )
-        }
-
-    a = {**scores(orig_match, [i for i in near if i not in first]), **first}
-    b = {**scores(add_match, [i for i in first if i not in near]), **near}
-    total = {i: a.get(i, 0.0) + EXPANSION_WEIGHT * b.get(i, 0.0) for i in {*a, *b}}
-    return sorted(total.items(), key=lambda item: (-item[1], item[0]))[:wanted]
 
 
 def _condition(scope: Scope, backend: Any) -> embeddings.Condition | None:
