@@ -14,6 +14,12 @@ fake runs in its own process: only chatsvc's CPU is counted.
 - `json`: `Accept: application/json`, the body read to its end.
 - `stream`: `Accept: text/event-stream`, every frame read; the event log is on (the database
   store, as in production) and its flusher's work is counted (the run waits for it).
+- `refused`: the `stream` request to a worker that admits no turn (its admission held full:
+  `MAX_STREAMS_PER_WORKER` 1 with one turn counted in flight): what one 503 `overloaded`
+  costs, as P7's clients get them beyond capacity (issue 22). `--idempotent` sends each
+  request with an `Idempotency-Key` of its own (a key's look-up: a retry that may be a
+  replay); `--env NAME=VALUE` overrides a setting (`RATELIMIT_ENABLED=true`: the limiter's
+  counting, in memory).
   With `--words A,B` the fake answers in A and then B chunks: the difference gives the CPU per
   delta, the A run the per-turn cost.
 
@@ -36,6 +42,7 @@ monkey.patch_all()
 
 import argparse  # noqa: E402  (after the monkey-patch, as in gunicorn.conf.py)
 import ast  # noqa: E402
+import contextlib  # noqa: E402
 import ctypes  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
@@ -45,6 +52,7 @@ import statistics  # noqa: E402
 import struct  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -121,9 +129,10 @@ class Marks:
             self.lib.marks_stop()
 
 
-def environ(path: str, accept: str) -> dict[str, Any]:
+def environ(path: str, accept: str, key: str | None = None) -> dict[str, Any]:
     """The WSGI environ gunicorn hands a worker for P1's request."""
-    return {
+    more = {"HTTP_IDEMPOTENCY_KEY": key} if key else {}
+    return more | {
         "REQUEST_METHOD": "POST", "SCRIPT_NAME": "", "PATH_INFO": path, "QUERY_STRING": "",
         "RAW_URI": path, "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": "127.0.0.1",
         "SERVER_PORT": "8000", "REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "40000",
@@ -136,8 +145,9 @@ def environ(path: str, accept: str) -> dict[str, Any]:
 
 
 class Driver:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, idempotent: bool = False) -> None:
         self.app = app
+        self.idempotent = idempotent
         self.lockstep: int = 0  # the fake's lockstep port: a datagram after each delta read
         self._udp: Any = None
         self.count = 0
@@ -153,8 +163,9 @@ class Driver:
             status_seen.append(status)
             return lambda data: None
 
-        body = self.app(environ(f"/api/bench-{os.getpid()}-{self.count}/chat", accept),
-                        start_response)  # fmt: skip
+        key = f"key-{self.count}" if self.idempotent else None
+        path = f"/api/bench-{os.getpid()}-{self.count}/chat"
+        body = self.app(environ(path, accept, key), start_response)
         size = 0
         try:
             for piece in body:
@@ -198,12 +209,30 @@ def measure(
     }
 
 
-def build_app(llm_url: str, database_url: str, tmp: Path) -> Any:
+@contextlib.contextmanager
+def _admission_full(engine: Any, full: bool) -> Iterator[None]:
+    """While `full`, a worker that admits no turn: its limit 1, one turn counted in flight."""
+    admission = getattr(engine, "admission", None)
+    if not full or admission is None:
+        yield
+        return
+    limit = admission.limit
+    admission.limit, admission.in_flight = 1, admission.in_flight + 1
+    try:
+        yield
+    finally:
+        admission.limit, admission.in_flight = limit, admission.in_flight - 1
+
+
+def build_app(
+    llm_url: str, database_url: str, tmp: Path, overrides: dict[str, str] | None = None
+) -> Any:
     env = harness.chatsvc_env(harness.Settings(1, database_url), _Url(llm_url), tmp)
     # Admission's lag test is off: under callgrind (50 times slower) the loop always lags and
     # every turn would be a 503 `overloaded` (2.9 M instructions a "streamed turn" that was
     # a refusal). The turn's own work is what is counted.
     env["OVERLOAD_LAG_MS"] = "0"
+    env.update(overrides or {})
     harness.migrate(env)
     os.environ.update(env)
     devnull = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the process)
@@ -256,6 +285,12 @@ def main() -> None:
         "--callgrind", action="store_true",
         help="count instructions under valgrind (one mode and chunk count, one run)",
     )  # fmt: skip
+    parser.add_argument(
+        "--idempotent", action="store_true", help="each request with an Idempotency-Key"
+    )
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="a setting's value"
+    )
     parser.add_argument("--under-callgrind", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.callgrind:
@@ -274,7 +309,8 @@ def main() -> None:
     }
     try:
         first = llms[counts[0]]
-        app = build_app(f"{first.url}", database_url, tmp)
+        overrides = dict(item.split("=", 1) for item in args.env)
+        app = build_app(f"{first.url}", database_url, tmp, overrides)
         engine = app.extensions.get("chatsvc.turns")
 
         def settle() -> None:
@@ -286,26 +322,27 @@ def main() -> None:
 
         counter = Instructions()
         marks = Marks(args.under_callgrind)
-        driver = Driver(app)
+        driver = Driver(app, args.idempotent)
         driver.lockstep = steps[counts[0]]
         results: dict[str, dict] = {}
         for mode in [m.strip() for m in args.mode.split(",") if m.strip()]:
-            accept = "text/event-stream" if mode == "stream" else "application/json"
-            for words in counts if mode == "stream" else counts[:1]:
-                if llms[words] is not first:
-                    _point_at(engine.agent, llms[words].url)
-                driver.lockstep = steps[words]
-                for _ in range(args.warmup):
-                    driver.turn(accept)
-                if args.profile:
-                    _profile(driver, accept, args.turns, f"{mode}, {words} chunks")
-                    continue
-                runs = [measure(driver, accept, args.turns, counter, settle, marks)
-                        for _ in range(args.repeat)]  # fmt: skip
-                label = mode if mode == "json" else f"stream, {words} chunks"
-                results[label] = {
-                    key: statistics.median(run[key] for run in runs) for key in runs[0]
-                } | {"cpu_us_runs": [round(run["cpu_us"], 1) for run in runs]}
+            accept = "application/json" if mode == "json" else "text/event-stream"
+            with _admission_full(engine, mode == "refused"):
+                for words in counts if mode == "stream" else counts[:1]:
+                    if llms[words] is not first:
+                        _point_at(engine.agent, llms[words].url)
+                    driver.lockstep = steps[words]
+                    for _ in range(args.warmup):
+                        driver.turn(accept)
+                    if args.profile:
+                        _profile(driver, accept, args.turns, f"{mode}, {words} chunks")
+                        continue
+                    runs = [measure(driver, accept, args.turns, counter, settle, marks)
+                            for _ in range(args.repeat)]  # fmt: skip
+                    label = mode if mode != "stream" else f"stream, {words} chunks"
+                    results[label] = {
+                        key: statistics.median(run[key] for run in runs) for key in runs[0]
+                    } | {"cpu_us_runs": [round(run["cpu_us"], 1) for run in runs]}
         if len(counts) == 2 and f"stream, {counts[1]} chunks" in results:
             low, high = (
                 results[f"stream, {counts[0]} chunks"],
@@ -354,6 +391,9 @@ def _callgrind_one(args: argparse.Namespace, words: str, modes: int) -> float:
     ]  # fmt: skip
     if args.lockstep:
         argv.append("--lockstep")
+    if args.idempotent:
+        argv.append("--idempotent")
+    argv += [f"--env={item}" for item in args.env]
     if args.database:
         argv += ["--database", args.database]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
@@ -363,8 +403,9 @@ def _callgrind_one(args: argparse.Namespace, words: str, modes: int) -> float:
         raise SystemExit(done.returncode)
     found = re.search(r"statuses (\{[^}]*\})", done.stdout)
     statuses = ast.literal_eval(found.group(1)) if found else {}
-    if set(statuses) != {"200"}:
-        print(f"warning: not every turn answered 200: {statuses}")
+    expected = {"503"} if args.mode.strip() == "refused" else {"200"}
+    if set(statuses) != expected:
+        print(f"warning: not every turn answered {expected}: {statuses}")
     writes = re.search(r"writes per turn ([0-9.]+)", done.stdout)
     totals = [
         line for line in out.read_text().splitlines() if line.startswith(("totals:", "summary:"))
