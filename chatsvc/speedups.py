@@ -23,6 +23,10 @@ In the OpenAI-compatible adapter (chatsvc/agent/openai.py), where they belong to
   per-request layer (options copied twice, headers merged anew, auth hooks, a response
   wrapper): 9.56 -> 8.32 M instructions a JSON turn, 12.76 -> 11.47 M a streamed one
   (bench/turncost.py --callgrind, SQLite). Clients that need the SDK's hooks keep `post`.
+  Its `_request` builds the httpx2.Request from the client's headers merged with the SDK's
+  once (at start-up), where `build_request` merged URL, headers, cookies and query anew each
+  time (a client holding cookies or query parameters still goes through it): 8.32 -> 8.02 M
+  a JSON turn.
 - `_event_data`: the provider's SSE stream parsed from the body's bytes, without httpx's text
   and line decoders: 5.2 -> 4.7 µs of CPU a chunk with its json.loads (in-process, 3 paired
   runs of 20 000 chunks); small, and no more code than the line reader it replaced.
@@ -34,6 +38,14 @@ SQLite, JSON turn of P1's shape, a 0 ms model: load-independent):
   for a new conversation without a key): 10.34 -> 9.56 M.
 - `App` (the app's Flask class): which hooks and views are plain functions is remembered, not
   asked of `inspect` 26 times a request: 8.32 -> 8.20 M.
+- `Blueprint.alt_response` (chatsvc/api/__init__.py): a documented alternative response is
+  written on the view, where flask-smorest wrapped the view in a function that only calls it
+  (through `current_app.ensure_sync`), once per status: 14 call layers on a chat turn's way;
+  /openapi.json is byte-identical: 8.02 -> 7.77 M.
+- The request hooks (auth.claims, auth.check_early, api's `_known_path_and_query` and
+  `_require_json`, observability's `_start` and `_log_access`) look through Flask's `request`,
+  `g` and `current_app` proxies once each, not at every attribute (34 look-ups a turn
+  fewer): 7.77 -> 7.66 M.
 - `start_thread`: the agent's pump (cancels.stoppable) and a streamed turn's run are bare
   greenlets under gevent, not patched `threading.Thread` objects: 10.40 -> 10.34 M (streamed,
   with the above: 13.51 -> 12.76 M).
@@ -49,28 +61,18 @@ On the streamed turn's path (services/turns.py, services/events.py, api/sse.py),
   yields to its reader after each event only until its first delta (the hub round trip
   that `time.sleep(0)` costs is paid once, not per delta): server CPU per delta at 200
   streams of 20 tokens/s, interleaved runs: see bench/RESULTS.md "Streaming CPU".
-- `doorbell` and `Mailbox`: a delta's two hand-offs (the agent's pump to the turn,
-  `cancels.stoppable`; the log's head to each reader, `events._Head`) and a transport's feed
-  wake their greenlet through gevent's hub directly, with one timer watcher per bell, not a
-  gevent `Timeout` built for every wait by a queue's `get(timeout=…)`: a hand-off 4.6 -> 1.4
-  µs of CPU (micro, 100 000 round trips); a delta read, handed on and written alone
-  (`bench/turncost.py --callgrind --words 8,108 --lockstep`): 448.0 -> 432.3 k instructions
-  (memory store), 608.1 -> 590.1 k (database store); bench/RESULTS.md "Streaming CPU, round 2".
 """
 
 from __future__ import annotations
 
 import gc
-import queue
 import select
 import sys
 import threading
-import time
 import types
 import weakref
-from collections import deque
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any
 
 from flask import Flask
 
@@ -132,7 +134,8 @@ def start_thread(target: Callable[..., Any], *args: Any, name: str) -> None:
     gunicorn workers) that is a bare greenlet: a patched `threading.Thread` is a greenlet too,
     but building one and waiting in `start()` for it to run cost more CPU than the rest of a
     turn's hand-offs together. Elsewhere (tests, the CLI) a real thread."""
-    if _greenlets():
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
         import gevent
 
         gevent.spawn(target, *args)
@@ -162,131 +165,3 @@ class App(Flask):
         if made is func:
             self._plain[func] = True
         return made
-
-
-def _greenlets() -> bool:
-    """Threads are greenlets here (gevent's monkey-patch: the gunicorn workers)."""
-    monkey = sys.modules.get("gevent.monkey")
-    return monkey is not None and monkey.is_module_patched("threading")
-
-
-class Bell(Protocol):
-    """A doorbell for one waiter: `ring()` wakes it (or the next `wait` returns at once);
-    `wait(timeout)` is True when rung, False after `timeout` seconds (None: no limit). Rings
-    do not count: the waiter looks at what changed itself."""
-
-    def ring(self) -> None: ...
-    def wait(self, timeout: float | None) -> bool: ...
-
-
-def doorbell() -> Bell:
-    """The cheapest bell for this process: a hub bell under gevent, else a thread-safe one."""
-    return _HubBell() if _greenlets() else _ThreadBell()
-
-
-class _ThreadBell:
-    """Real threads (tests, the CLI): a queue holding at most one ring."""
-
-    __slots__ = ("_queue",)
-
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[None] = queue.SimpleQueue()
-
-    def ring(self) -> None:
-        if self._queue.empty():
-            self._queue.put(None)
-
-    def wait(self, timeout: float | None) -> bool:
-        try:
-            self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return False
-        return True
-
-
-class _HubBell:
-    """gevent's hub wakes the waiter directly: one timer watcher per bell, started and stopped
-    around each wait, instead of the gevent `Timeout` (an exception object and a new timer)
-    that a queue's `get(timeout=…)` builds every time, and without the queue's own layers. A
-    hand-off between two greenlets cost 4.6 µs through a queue with a timeout, 2.3 µs without
-    one, 1.4 µs through this bell (CPU time, 100 000 round trips each); a streamed delta made
-    two. For the greenlets of one thread (every greenlet of a gevent worker is)."""
-
-    __slots__ = ("_hub", "_timer", "_after", "_waiter", "_rung", "_waiter_class")
-
-    def __init__(self) -> None:
-        from gevent import get_hub
-        from gevent.hub import Waiter
-
-        self._waiter_class = Waiter
-        self._hub = get_hub()
-        self._timer: Any = None
-        self._after = -1.0
-        self._waiter: Any = None
-        self._rung = False
-
-    def ring(self) -> None:
-        waiter = self._waiter
-        if waiter is None:
-            self._rung = True
-        else:
-            self._waiter = None
-            self._hub.loop.run_callback(waiter.switch, True)
-
-    def wait(self, timeout: float | None) -> bool:
-        if self._rung:
-            self._rung = False
-            return True
-        if timeout is not None and timeout <= 0:
-            return False
-        waiter = self._waiter = self._waiter_class(self._hub)
-        timer = None
-        if timeout is not None:
-            timer = self._timer
-            if timer is None or self._after != timeout:
-                if timer is not None:
-                    timer.close()
-                timer = self._timer = self._hub.loop.timer(timeout)
-                self._after = timeout
-            timer.start(waiter.switch, False)
-        try:
-            return bool(waiter.get())
-        finally:
-            if timer is not None:
-                timer.stop()
-            self._waiter = None
-
-
-T = TypeVar("T")
-
-
-class Mailbox(Generic[T]):
-    """A queue with one reader (`queue.SimpleQueue`'s `put` and `get`, `queue.Empty` after a
-    `get`'s timeout) on a doorbell: under gevent a hand-off costs what `_HubBell` says."""
-
-    __slots__ = ("_items", "_bell")
-
-    def __init__(self) -> None:
-        self._items: deque[T] = deque()
-        self._bell = doorbell()
-
-    def put(self, item: T) -> None:
-        self._items.append(item)
-        self._bell.ring()
-
-    def get(self, timeout: float | None = None) -> T:
-        deadline = None
-        while True:
-            try:
-                return self._items.popleft()
-            except IndexError:
-                pass
-            left = None
-            if timeout is not None:
-                if deadline is None:
-                    deadline = time.monotonic() + timeout
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise queue.Empty
-            if not self._bell.wait(left) and not self._items:
-                raise queue.Empty

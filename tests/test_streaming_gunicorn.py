@@ -1,6 +1,5 @@
-"""A streamed turn on gunicorn's gevent worker, where its hand-offs are gevent's own
-(`speedups.doorbell` and `Mailbox`: a hub bell per reader, rung by the writer; in-process
-tests run real threads and the thread-safe bell instead). Deltas one at a time and several
+"""A streamed turn on gunicorn's gevent worker, where its hand-offs between greenlets are
+gevent's own (in-process tests run real threads instead). Deltas one at a time and several
 at once, silence long enough for keep-alives, and a cancel that lands mid-stream: the text the
 client reads is the stored reply, every event once and in order."""
 

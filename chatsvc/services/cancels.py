@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from sqlalchemy import bindparam, select
 
 from ..db import Database
 from ..models import Message
-from ..speedups import Mailbox, start_thread
+from ..speedups import start_thread
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class StopSignal:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._wakers: list[Mailbox[Any]] = []
+        self._wakers: list[queue.SimpleQueue[Any]] = []
         self.reason: StopReason | None = None
 
     def set(self, reason: StopReason = StopReason.CANCELLED) -> None:
@@ -73,7 +74,7 @@ class StopSignal:
     def is_set(self) -> bool:
         return self.reason is not None
 
-    def _wake(self, inbox: Mailbox[Any]) -> None:
+    def _wake(self, inbox: queue.SimpleQueue[Any]) -> None:
         with self._lock:
             self._wakers.append(inbox)
             stopped = self.reason is not None
@@ -90,9 +91,8 @@ def stoppable(events: Iterator[T], stop: StopSignal) -> Iterator[T]:
     pulled in a thread (a greenlet under gevent) of their own, in a copy of the caller's
     context, and their exceptions are raised here. After a stop (or when this iterator is
     closed) the source is closed by that thread as soon as its current step returns: a
-    provider's stream is then cut at its next chunk, or by its own timeout. The events are
-    handed over through a `speedups.Mailbox` (one hand-off a delta: its cost is there)."""
-    inbox: Mailbox[Any] = Mailbox()
+    provider's stream is then cut at its next chunk, or by its own timeout."""
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
     gone = threading.Event()  # the consumer has stopped listening
 
     def pump() -> None:
@@ -114,7 +114,7 @@ def stoppable(events: Iterator[T], stop: StopSignal) -> Iterator[T]:
     return _drain(inbox, gone)
 
 
-def _drain(inbox: Mailbox[Any], gone: threading.Event) -> Iterator[Any]:
+def _drain(inbox: queue.SimpleQueue[Any], gone: threading.Event) -> Iterator[Any]:
     try:
         while True:
             item = inbox.get()

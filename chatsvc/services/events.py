@@ -37,8 +37,10 @@ turn whose worker died still ends: see `follow`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import queue
 import threading
 import time
 from collections import OrderedDict, deque
@@ -54,7 +56,6 @@ from ..config import TurnSettings
 from ..db import Database, utcnow
 from ..errors import database_unavailable
 from ..models import LoggedEvent
-from ..speedups import Bell, doorbell
 
 log = logging.getLogger(__name__)
 
@@ -335,15 +336,14 @@ class RedisStore:
 
 class _Head:
     """A turn running in this process: its events in memory, for the readers here. Each
-    reader waits on a doorbell of its own (`speedups.doorbell`, rung by the writer on every
-    event): under gevent a queue cost a third of what a Condition does per event (bench P5),
-    the hub bell a third of what the queue with its timeout did (speedups.py)."""
+    reader waits on a doorbell of its own (a queue the writer rings on every event): under
+    gevent a queue costs a third of what a Condition does per event (bench P5)."""
 
     def __init__(self, writer: TurnWriter) -> None:
         self.writer = writer
         self.events: list[Event] = []  # appended by the one writer; event n at index n - 1
         self.closed = False
-        self._bells: tuple[Bell, ...] = ()
+        self._bells: tuple[queue.SimpleQueue[None], ...] = ()
 
     def add(self, event: Event) -> None:
         self.events.append(event)
@@ -355,20 +355,22 @@ class _Head:
 
     def _ring(self) -> None:
         for bell in self._bells:
-            bell.ring()  # the reader takes every event there is
+            if bell.empty():  # one ring is enough: the reader takes every event there is
+                bell.put(None)
 
-    def after(self, last: int, timeout: float, bell: Bell) -> list[Event] | None:
+    def after(self, last: int, timeout: float, bell: queue.SimpleQueue[None]) -> list[Event] | None:
         """The events after id `last`, waiting up to `timeout` for one; None once the turn is
         over here and nothing more will come."""
         if bell not in self._bells:
             self._bells = (*self._bells, bell)  # copied, never changed in place: no lock
         if len(self.events) <= last and not self.closed:
-            bell.wait(timeout)  # silence: the caller decides what next
+            with contextlib.suppress(queue.Empty):  # silence: the caller decides what next
+                bell.get(timeout=timeout)
         if len(self.events) > last:
             return self.events[last:]
         return None if self.closed else []
 
-    def leave(self, bell: Bell) -> None:
+    def leave(self, bell: queue.SimpleQueue[None]) -> None:
         self._bells = tuple(b for b in self._bells if b is not bell)
 
 
@@ -619,7 +621,7 @@ class EventLog:
         turn ran on, so its next events follow a hole) is never sent with the hole: like an
         expired log, it ends with its ending alone, numbered after the last event sent."""
         last = after
-        bell = doorbell()
+        bell: queue.SimpleQueue[None] = queue.SimpleQueue()
         try:
             yield from self._follow(message_id, last, wait, outcome, bell)
         finally:
@@ -629,7 +631,7 @@ class EventLog:
 
     def _follow(
         self, message_id: str, last: int, wait: float, outcome: Outcome,
-        bell: Bell,
+        bell: queue.SimpleQueue[None],
     ) -> Iterator[list[Event] | None]:  # fmt: skip
         quiet_since = time.monotonic()
         check_at = 0.0  # at once, the first time the log is silent
@@ -693,7 +695,9 @@ class EventLog:
         head = self._live.get(message_id)
         return head is not None and not head.closed
 
-    def _next(self, message_id: str, last: int, timeout: float, bell: Bell) -> list[Event]:
+    def _next(
+        self, message_id: str, last: int, timeout: float, bell: queue.SimpleQueue[None]
+    ) -> list[Event]:
         head = self._live.get(message_id)
         if head is not None:
             events = head.after(last, timeout, bell)

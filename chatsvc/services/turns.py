@@ -62,7 +62,7 @@ from ..errors import (
     stored_failure,
 )
 from ..models import Conversation, Message, MessageStatus, Role, new_id
-from ..speedups import Mailbox, start_thread
+from ..speedups import start_thread
 from . import conversations, idempotency, quotas
 from .admission import Admission, Slot
 from .cancels import Cancels, StopReason, StopSignal, stoppable
@@ -715,7 +715,7 @@ class TurnHandle:
             yield self._replay
             return
         assert self._pending is not None
-        feed: Mailbox[Any] = Mailbox()
+        feed: queue.SimpleQueue[Any] = queue.SimpleQueue()
         stop = self._stop
         self._start(feed)  # before the first event: a reader gone at once still settles it
         try:
@@ -746,7 +746,7 @@ class TurnHandle:
         with `engine.follow`. Once per handle, as `stream`, `events` and `result` are."""
         self._start(None)
 
-    def _start(self, feed: Mailbox[Any] | None) -> None:
+    def _start(self, feed: queue.SimpleQueue[Any] | None) -> None:
         """The run, in its own thread, in the context the turn was taken in; its events go to
         the log (when the engine keeps one) and to `feed`."""
         assert self._pending is not None and not self._started, "a turn runs once"
@@ -762,7 +762,7 @@ class TurnHandle:
 
     def _feed(
         self,
-        feed: Mailbox[Any] | None,
+        feed: queue.SimpleQueue[Any] | None,
         writer: TurnWriter | None,
     ) -> None:
         assert self._pending is not None
@@ -809,7 +809,7 @@ class TurnHandle:
             writer.append(*named)
 
     def _failed(
-        self, writer: TurnWriter | None, feed: Mailbox[Any] | None, error: ApiError
+        self, writer: TurnWriter | None, feed: queue.SimpleQueue[Any] | None, error: ApiError
     ) -> None:
         failed = TurnFailed(error)
         if feed is not None:
