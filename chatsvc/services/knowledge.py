@@ -126,7 +126,14 @@ def ingest(
     text = normalise(body)
     digest = content_hash(text, normalised=True)
     parts = chunking.split(title, text)
-    row = _document_row(title, url, meta, collection, digest, parts)
+    return _ingest_split(session, _document_row(title, url, meta, collection, digest, parts), parts)
+
+
+def _ingest_split(
+    session: Session, row: dict[str, Any], parts: list[chunking.Section]
+) -> tuple[Document, bool]:
+    """`ingest` of a text already split: the new document (`row`) with its passages, or the
+    document stored with the same text."""
     session.rollback()  # a transaction of its own, whatever the caller's session held
     # PostgreSQL's one statement is a transaction by itself (autocommit: no BEGIN and no
     # COMMIT, two round trips fewer); SQLite's three statements make one.
@@ -137,7 +144,7 @@ def ingest(
             # hybrid retrieval: the passages' vectors, after the commit (embeddings.py)
             embeddings.stored(session, row["id"])
             return _transient(row), True
-        existing = _by_hash(session, digest)
+        existing = _by_hash(session, row["content_hash"])
         if existing is not None:
             session.commit()
             return existing, False
@@ -297,16 +304,7 @@ def _store_group(session: Session, group: list[_Pending]) -> None:
     """The group's documents and passages in one transaction; one by one when another writer
     stored one of their texts meanwhile."""
     try:
-        now = utcnow()
-        rows = [
-            {
-                "id": new_id(), "title": item.incoming.title, "url": item.incoming.url,
-                "metadata": item.incoming.meta or {}, "collection": item.incoming.collection,
-                "content_hash": item.digest, "text": "", "chunk_count": item.count,
-                "created_at": now, "status": READY, "lease_until": None,
-            }
-            for item in group
-        ]  # fmt: skip
+        rows = [_row(item) for item in group]
         session.execute(insert(Document.__table__), rows)
         sections = [
             (row["id"], part) for row, item in zip(rows, group, strict=True) for part in item.parts
@@ -326,20 +324,19 @@ def _store_group(session: Session, group: list[_Pending]) -> None:
     except IntegrityError:  # a text of the group stored concurrently by another writer
         session.rollback()
         for item in group:
-            document, created = _store_document(
-                session, item.incoming.title, item.text, item.incoming.url, item.incoming.meta,
-                item.incoming.collection, READY, item.count, digest=item.digest,
-            )  # fmt: skip
-            if created:
-                _store_passages(session, document.id, item.parts)
-            session.commit()
-            if created:  # hybrid retrieval: the passages' vectors, after the commit
-                embeddings.stored(session, document.id)
+            document, created = _ingest_split(session, _row(item), item.parts)
             item.done = Ingested(document.id, document.chunk_count, created)
         return
     for row, item in zip(rows, group, strict=True):
         item.done = Ingested(row["id"], item.count, True)
         embeddings.stored(session, row["id"])  # hybrid retrieval (as `ingest` does)
+
+
+def _row(item: _Pending) -> dict[str, Any]:
+    incoming = item.incoming
+    return _document_row(
+        incoming.title, incoming.url, incoming.meta, incoming.collection, item.digest, item.parts
+    )
 
 
 def accept(
@@ -356,38 +353,31 @@ def accept(
     to the caller for `lease_seconds`. The same text again returns the stored document, in
     whatever state it is. The flag says whether it is new."""
     text = normalise(body)
-    document, created = _store_document(
-        session, title, text, url, meta, collection, INDEXING, lease_until=_lease(lease_seconds)
+    document, created = _store_indexing(
+        session, title, text, url, meta, collection, _lease(lease_seconds)
     )
     session.commit()
     return document, created
 
 
-def _store_document(
+def _store_indexing(
     session: Session,
     title: str,
     text: str,
     url: str | None,
     meta: dict[str, Any] | None,
     collection: str,
-    status: str,
-    chunk_count: int = 0,
-    lease_until: datetime | None = None,
-    digest: str | None = None,
+    lease_until: datetime,
 ) -> tuple[Document, bool]:
-    """The new document's row, or the one stored with the same text. Its text is kept only
-    while it is to be indexed (`indexing`): once indexed, the passages hold it. A caller that
-    already looked the text up gives its `digest` (a text stored since is then caught by the
-    unique hash, as a concurrent one always is)."""
-    if digest is None:
-        digest = content_hash(text, normalised=True)
-        existing = _by_hash(session, digest)
-        if existing is not None:
-            return existing, False
+    """The new document's row, to be indexed in the background (its text is kept until its
+    passages hold it), or the one stored with the same text."""
+    digest = content_hash(text, normalised=True)
+    existing = _by_hash(session, digest)
+    if existing is not None:
+        return existing, False
     document = Document(
         title=title, url=url, meta=meta or {}, collection=collection, content_hash=digest,
-        text=text if status == INDEXING else "", chunk_count=chunk_count, status=status,
-        lease_until=lease_until,
+        text=text, chunk_count=0, status=INDEXING, lease_until=lease_until,
     )  # fmt: skip
     session.add(document)
     try:
@@ -534,14 +524,6 @@ def start_indexing(
 
 def _lease(seconds: float) -> datetime:
     return utcnow() + timedelta(seconds=seconds)
-
-
-def _store_passages(session: Session, document_id: str, parts: list[chunking.Section]) -> None:
-    """Each section path once, each passage pointing at its section; inserted in batches
-    (thousands of ORM objects took 6 s for a 2 MiB document, these statements well under 1 s)."""
-    section_ids = _insert_sections(session, document_id, parts)
-    for batch in _batches(document_id, parts, section_ids):
-        _insert_passages(session, batch)
 
 
 def _insert_sections(
