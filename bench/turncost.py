@@ -14,6 +14,12 @@ fake runs in its own process: only chatsvc's CPU is counted.
 - `json`: `Accept: application/json`, the body read to its end.
 - `stream`: `Accept: text/event-stream`, every frame read; the event log is on (the database
   store, as in production) and its flusher's work is counted (the run waits for it).
+- `refused`: the `stream` request to a worker that admits no turn (its admission held full:
+  `MAX_STREAMS_PER_WORKER` 1 with one turn counted in flight): what one 503 `overloaded`
+  costs, as P7's clients get them beyond capacity (issue 22). `--idempotent` sends each
+  request with an `Idempotency-Key` of its own (a key's look-up: a retry that may be a
+  replay); `--env NAME=VALUE` overrides a setting (`RATELIMIT_ENABLED=true`: the limiter's
+  counting, in memory).
   With `--words A,B` the fake answers in A and then B chunks: the difference gives the CPU per
   delta, the A run the per-turn cost.
 
@@ -35,6 +41,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402  (after the monkey-patch, as in gunicorn.conf.py)
+import contextlib  # noqa: E402
 import ctypes  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
@@ -43,6 +50,7 @@ import statistics  # noqa: E402
 import struct  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -119,9 +127,10 @@ class Marks:
             self.lib.marks_stop()
 
 
-def environ(path: str, accept: str) -> dict[str, Any]:
+def environ(path: str, accept: str, key: str | None = None) -> dict[str, Any]:
     """The WSGI environ gunicorn hands a worker for P1's request."""
-    return {
+    more = {"HTTP_IDEMPOTENCY_KEY": key} if key else {}
+    return more | {
         "REQUEST_METHOD": "POST", "SCRIPT_NAME": "", "PATH_INFO": path, "QUERY_STRING": "",
         "RAW_URI": path, "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": "127.0.0.1",
         "SERVER_PORT": "8000", "REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "40000",
@@ -134,8 +143,9 @@ def environ(path: str, accept: str) -> dict[str, Any]:
 
 
 class Driver:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, idempotent: bool = False) -> None:
         self.app = app
+        self.idempotent = idempotent
         self.count = 0
         self.statuses: dict[str, int] = {}
 
@@ -148,8 +158,9 @@ class Driver:
             status_seen.append(status)
             return lambda data: None
 
-        body = self.app(environ(f"/api/bench-{os.getpid()}-{self.count}/chat", accept),
-                        start_response)  # fmt: skip
+        key = f"key-{self.count}" if self.idempotent else None
+        path = f"/api/bench-{os.getpid()}-{self.count}/chat"
+        body = self.app(environ(path, accept, key), start_response)
         size = 0
         try:
             for piece in body:
@@ -181,8 +192,26 @@ def measure(
     }
 
 
-def build_app(llm_url: str, database_url: str, tmp: Path) -> Any:
+@contextlib.contextmanager
+def _admission_full(engine: Any, full: bool) -> Iterator[None]:
+    """While `full`, a worker that admits no turn: its limit 1, one turn counted in flight."""
+    admission = getattr(engine, "admission", None)
+    if not full or admission is None:
+        yield
+        return
+    limit = admission.limit
+    admission.limit, admission.in_flight = 1, admission.in_flight + 1
+    try:
+        yield
+    finally:
+        admission.limit, admission.in_flight = limit, admission.in_flight - 1
+
+
+def build_app(
+    llm_url: str, database_url: str, tmp: Path, overrides: dict[str, str] | None = None
+) -> Any:
     env = harness.chatsvc_env(harness.Settings(1, database_url), _Url(llm_url), tmp)
+    env.update(overrides or {})
     harness.migrate(env)
     os.environ.update(env)
     devnull = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the process)
@@ -225,6 +254,12 @@ def main() -> None:
         "--callgrind", action="store_true",
         help="count instructions under valgrind (one mode and chunk count, one run)",
     )  # fmt: skip
+    parser.add_argument(
+        "--idempotent", action="store_true", help="each request with an Idempotency-Key"
+    )
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="a setting's value"
+    )
     parser.add_argument("--under-callgrind", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.callgrind:
@@ -237,7 +272,8 @@ def main() -> None:
     llms = {words: harness.start_fake_llm(0, words=words) for words in counts}
     try:
         first = llms[counts[0]]
-        app = build_app(f"{first.url}", database_url, tmp)
+        overrides = dict(item.split("=", 1) for item in args.env)
+        app = build_app(f"{first.url}", database_url, tmp, overrides)
         engine = app.extensions.get("chatsvc.turns")
 
         def settle() -> None:
@@ -249,24 +285,25 @@ def main() -> None:
 
         counter = Instructions()
         marks = Marks(args.under_callgrind)
-        driver = Driver(app)
+        driver = Driver(app, args.idempotent)
         results: dict[str, dict] = {}
         for mode in [m.strip() for m in args.mode.split(",") if m.strip()]:
-            accept = "text/event-stream" if mode == "stream" else "application/json"
-            for words in counts if mode == "stream" else counts[:1]:
-                if llms[words] is not first:
-                    _point_at(engine.agent, llms[words].url)
-                for _ in range(args.warmup):
-                    driver.turn(accept)
-                if args.profile:
-                    _profile(driver, accept, args.turns, f"{mode}, {words} chunks")
-                    continue
-                runs = [measure(driver, accept, args.turns, counter, settle, marks)
-                        for _ in range(args.repeat)]  # fmt: skip
-                label = mode if mode == "json" else f"stream, {words} chunks"
-                results[label] = {
-                    key: statistics.median(run[key] for run in runs) for key in runs[0]
-                } | {"cpu_us_runs": [round(run["cpu_us"], 1) for run in runs]}
+            accept = "application/json" if mode == "json" else "text/event-stream"
+            with _admission_full(engine, mode == "refused"):
+                for words in counts if mode == "stream" else counts[:1]:
+                    if llms[words] is not first:
+                        _point_at(engine.agent, llms[words].url)
+                    for _ in range(args.warmup):
+                        driver.turn(accept)
+                    if args.profile:
+                        _profile(driver, accept, args.turns, f"{mode}, {words} chunks")
+                        continue
+                    runs = [measure(driver, accept, args.turns, counter, settle, marks)
+                            for _ in range(args.repeat)]  # fmt: skip
+                    label = mode if mode != "stream" else f"stream, {words} chunks"
+                    results[label] = {
+                        key: statistics.median(run[key] for run in runs) for key in runs[0]
+                    } | {"cpu_us_runs": [round(run["cpu_us"], 1) for run in runs]}
         if len(counts) == 2 and f"stream, {counts[1]} chunks" in results:
             low, high = (
                 results[f"stream, {counts[0]} chunks"],
@@ -296,6 +333,9 @@ def _callgrind(args: argparse.Namespace) -> None:
         "--under-callgrind", "--repeat", "1", "--turns", str(args.turns),
         "--warmup", str(args.warmup), "--mode", args.mode, "--words", args.words,
     ]  # fmt: skip
+    if args.idempotent:
+        argv.append("--idempotent")
+    argv += [f"--env={item}" for item in args.env]
     if args.database:
         argv += ["--database", args.database]
     env = {**os.environ, "PYTHONHASHSEED": "0"}

@@ -62,6 +62,7 @@ def create_app(config: dict[str, Any] | None = None, *, agent: Agent | None = No
                 lag=observability.EVENT_LOOP_LAG.set,
                 window=observability.ADMISSION_WINDOW.set,
             ),
+            retry_after_max=turn_settings.overload_retry_after_max_seconds,
         ),
     )  # fmt: skip
     _open_vectors(app)

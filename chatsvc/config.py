@@ -78,7 +78,10 @@ class Config:
     # debugger). bench/RESULTS.md, "Admission", has the measurements behind 25 ms.
     MAX_STREAMS_PER_WORKER = 500
     OVERLOAD_LAG_MS = 0.0
-    OVERLOAD_RETRY_AFTER_SECONDS = 2
+    # A refusal's Retry-After: this at first, doubled each time refusals have lasted a whole
+    # Retry-After, up to the max; back to this after a quiet one (services/admission.py).
+    OVERLOAD_RETRY_AFTER_SECONDS = 1
+    OVERLOAD_RETRY_AFTER_MAX_SECONDS = 30
 
     # Auth.
     AUTH_MODE = "optional"
@@ -190,6 +193,15 @@ class Config:
             raise ConfigError("MAX_STREAMS_PER_WORKER and OVERLOAD_LAG_MS must be 0 (off) or more")
         if not 1 <= settings["OVERLOAD_RETRY_AFTER_SECONDS"] <= 600:
             raise ConfigError("OVERLOAD_RETRY_AFTER_SECONDS must be between 1 and 600")
+        if not (
+            settings["OVERLOAD_RETRY_AFTER_SECONDS"]
+            <= settings["OVERLOAD_RETRY_AFTER_MAX_SECONDS"]
+            <= 600
+        ):
+            raise ConfigError(
+                "OVERLOAD_RETRY_AFTER_MAX_SECONDS must be between OVERLOAD_RETRY_AFTER_SECONDS "
+                "and 600"
+            )
         if bool(settings["EMBEDDINGS_BASE_URL"]) != bool(settings["EMBEDDINGS_MODEL"]):
             raise ConfigError("EMBEDDINGS_BASE_URL and EMBEDDINGS_MODEL go together: both or "
                               "neither")  # fmt: skip
@@ -307,7 +319,8 @@ class TurnSettings:
     cancel_poll_seconds: float = 0.5  # how often a worker checks its turns' cancel flags
     max_streams_per_worker: int = 0  # 0: no limit
     overload_lag_ms: float = 0.0  # 0: the lag watch is off
-    overload_retry_after_seconds: int = 2
+    overload_retry_after_seconds: int = 1
+    overload_retry_after_max_seconds: int = 30
 
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> TurnSettings:
@@ -331,6 +344,7 @@ class TurnSettings:
             max_streams_per_worker=int(config["MAX_STREAMS_PER_WORKER"]),
             overload_lag_ms=float(config["OVERLOAD_LAG_MS"]),
             overload_retry_after_seconds=int(config["OVERLOAD_RETRY_AFTER_SECONDS"]),
+            overload_retry_after_max_seconds=int(config["OVERLOAD_RETRY_AFTER_MAX_SECONDS"]),
         )
 
     def lifetimes(self) -> dict[str, int]:

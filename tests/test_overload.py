@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import threading
 import time
+import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,8 +28,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from chatsvc.agent.base import Reply
 from chatsvc.auth import create_token
+from chatsvc.observability import JsonFormatter
 
 SECRET = "o" * 40
+JSON = "application/json"
 ASYNC = {"Prefer": "respond-async"}
 SSE = {"Accept": "text/event-stream"}
 STORY = " ".join(f"word{n}" for n in range(100))  # 100 chunks: 5 s at 50 ms a chunk
@@ -35,6 +39,9 @@ STORY = " ".join(f"word{n}" for n in range(100))  # 100 chunks: 5 s at 50 ms a c
 # longer (held at a gate for up to 20 s in process; 5 s answers on gunicorn, still in flight
 # after the refusals). The bound leaves room for a loaded machine, not for waiting on a turn.
 AT_ONCE = 2.0
+# Retry-After held at 2 s (no growth): what these tests check is who is refused, not how long
+# they are told to wait (test_retry_after_* below).
+STEADY = {"OVERLOAD_RETRY_AFTER_SECONDS": 2, "OVERLOAD_RETRY_AFTER_MAX_SECONDS": 2}
 
 
 def bearer(user: str) -> dict[str, str]:
@@ -99,7 +106,7 @@ class Gate:
 
 def test_over_the_limit_every_transport_refuses_at_once_and_stores_nothing(make_app):
     agent = ScriptedAgent()
-    app = make_app({"MAX_STREAMS_PER_WORKER": 2, "JWT_SECRET": SECRET}, agent=agent)
+    app = make_app({"MAX_STREAMS_PER_WORKER": 2, "JWT_SECRET": SECRET, **STEADY}, agent=agent)
     client = app.test_client()
     before = refused_count(client, "streams")
     conversation = ok(client.post("/api/alice/chat", json={"message": "hello"}))
@@ -171,7 +178,7 @@ def test_over_the_limit_every_transport_refuses_at_once_and_stores_nothing(make_
 
 def test_a_turn_its_unit_of_work_refuses_gives_its_place_back(make_app):
     gate = Gate()
-    app = make_app({"MAX_STREAMS_PER_WORKER": 1}, agent=ScriptedAgent())
+    app = make_app({"MAX_STREAMS_PER_WORKER": 1, **STEADY}, agent=ScriptedAgent())
     client = app.test_client()
     convo = ok(client.post("/api/alice/chat", json={"message": "hi"}))["conversation_id"]
     for _ in range(3):  # each took the one place for a moment: 404, then given back
@@ -193,7 +200,7 @@ def test_a_lagging_loop_refuses_new_turns_only_while_turns_stream(make_app):
     wake-up, the loop counts as lagging — deterministically, with no load to time."""
     gate = Gate()
     agent = ScriptedAgent()
-    app = make_app({"OVERLOAD_LAG_MS": 0.001, "MAX_STREAMS_PER_WORKER": 0}, agent=agent)
+    app = make_app({"OVERLOAD_LAG_MS": 0.001, "MAX_STREAMS_PER_WORKER": 0, **STEADY}, agent=agent)
     client = app.test_client()
     before = refused_count(client, "lag")
     # No turn streams: answered as JSON, whatever the loop does.
@@ -223,6 +230,158 @@ def test_a_lagging_loop_refuses_new_turns_only_while_turns_stream(make_app):
     wait_for(lambda: in_flight(client) == 0, what="the streamed turn to end")
     # Nothing streams now: a new turn is admitted although the watch still measures lag.
     assert ok(client.post("/api/bob/chat", json={"message": "x"}))["response"] == "echo: x"
+
+
+class Lines(logging.Handler):
+    """The access log's JSON lines, as the service writes them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter())
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+@pytest.fixture
+def access_lines() -> Any:
+    logger = logging.getLogger("chatsvc.access")
+    captured, previous = Lines(), logger.level
+    logger.addHandler(captured)
+    logger.setLevel(logging.INFO)
+    yield captured.lines
+    logger.removeHandler(captured)
+    logger.setLevel(previous)
+
+
+class Full:
+    """An app whose one place (MAX_STREAMS_PER_WORKER 1) a background turn holds at a gate
+    until `free()`."""
+
+    def __init__(self, make_app: Any, **config: Any) -> None:
+        self.gate = Gate()
+        agent = ScriptedAgent(steps=[self.gate.step("held")])
+        self.app = make_app({"MAX_STREAMS_PER_WORKER": 1, "JWT_SECRET": SECRET, **config},
+                            agent=agent)  # fmt: skip
+        self.client = self.app.test_client()
+        ok(self.client.post("/api/holder/chat", json={"message": "hold"}, headers=ASYNC), 202)
+        self.gate.entered(1)
+
+    def free(self) -> None:
+        self.gate.open()
+        wait_for(lambda: in_flight(self.client) == 0, what="the held turn to end")
+
+
+FRONT = "https://app.example"
+
+
+def test_a_full_worker_refuses_a_new_turn_before_it_reads_its_body(make_app, access_lines):
+    """Beyond capacity a turn without an Idempotency-Key is refused before its query, body and
+    headers are parsed: a malformed request gets 503 `overloaded` (what it would get with room
+    is checked after), with everything every response carries: the problem body, Retry-After,
+    the request id, CORS for an allowed origin, an access line and the refusal's count. The
+    caller is checked first (a bad token is still 401)."""
+    full = Full(make_app, CORS_ORIGINS=FRONT)
+    client = full.client
+    before = refused_count(client, "streams")
+    session = "0" * 32
+    malformed = {
+        "bad json": ("/api/alice/chat", {"data": '{"message": ', "content_type": JSON}, 400),
+        "not json": ("/api/chat", {"data": "hello", "content_type": "text/plain"}, 415),
+        "unknown field and query": (f"/api/chat/{session}?page=2",
+                                    {"json": {"message": "hi", "extra": 1}}, 422),
+    }  # fmt: skip
+    lines_before = len(access_lines)
+    for number, (path, sent) in enumerate((path, sent) for path, sent, _ in malformed.values()):
+        request_id = f"refused-{number}"
+        response = client.post(path, **sent, headers={"Origin": FRONT, "X-Request-ID": request_id})
+        assert_problem(response, 503, "overloaded")
+        assert response.headers["Retry-After"] == "1"
+        assert response.headers["X-Request-ID"] == request_id
+        assert response.headers["Access-Control-Allow-Origin"] == FRONT
+        assert response.headers["Access-Control-Allow-Credentials"] == "true"
+        exposed = response.headers["Access-Control-Expose-Headers"]
+        assert "Retry-After" in exposed and "X-Request-ID" in exposed
+    logged = [line for line in access_lines[lines_before:] if line["status"] == 503]
+    assert [(line["path"], line["request_id"]) for line in logged] == [
+        ("/api/<user_id>/chat", "refused-0"), ("/api/chat", "refused-1"),
+        ("/api/chat/<session_id>", "refused-2"),
+    ]  # fmt: skip
+    assert logged[0]["user_id"] == "alice"
+    # /v1, in OpenAI's envelope; another origin gets no CORS grant.
+    response = client.post(
+        "/v1/chat/completions", data="not json", content_type=JSON,
+        headers={**bearer("erin"), "Origin": "https://elsewhere.example"},
+    )  # fmt: skip
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert response.get_json()["error"]["code"] == "overloaded"
+    assert "Access-Control-Allow-Origin" not in response.headers
+    assert refused_count(client, "streams") - before == 4
+    # Checked before the refusal: the caller (401), and a request with an Idempotency-Key,
+    # which may be the retry of a stored turn: read and looked up (here: malformed, 400).
+    bad_token = client.post("/api/alice/chat", json={"message": "x"},
+                            headers={"Authorization": "Bearer nonsense"})  # fmt: skip
+    assert_problem(bad_token, 401, "unauthorized")
+    keyed = client.post("/api/alice/chat", data='{"message": ', content_type=JSON,
+                        headers={"Idempotency-Key": "k-1"})  # fmt: skip
+    assert_problem(keyed, 400, "bad_request")
+    assert ok(client.get("/api/alice/conversations"))["items"] == []
+
+    full.free()
+    for (path, sent, status), code in zip(
+        malformed.values(),
+        ("bad_request", "unsupported_media_type", "validation_error"),
+        strict=True,
+    ):  # with room, the same requests are read: their own 4xx
+        assert_problem(client.post(path, **sent), status, code)
+
+
+def test_a_refusal_counts_against_the_rate_limit(make_app):
+    """Every request counts (contract §1), refusals too: once the caller's chat budget is
+    spent, 429 `rate_limited` comes before the refusal."""
+    full = Full(make_app, RATELIMIT_ENABLED=True, RATELIMIT_STORAGE_URI="memory://",
+                RATELIMIT_CHAT="3 per minute")  # fmt: skip
+    user = f"rl-{uuid.uuid4().hex[:8]}"
+    remaining = []
+    for _ in range(3):
+        response = full.client.post(f"/api/{user}/chat", json={"message": "x"})
+        assert_problem(response, 503, "overloaded")
+        assert response.headers["Retry-After"] == "1", "the refusal's own, not the window's"
+        remaining.append(response.headers["X-RateLimit-Remaining"])
+    assert remaining == ["2", "1", "0"]
+    spent = full.client.post(f"/api/{user}/chat", json={"message": "x"})
+    assert_problem(spent, 429, "rate_limited")
+    full.free()
+
+
+def test_retry_after_grows_while_refusals_last_and_starts_over_once_they_stop(make_app):
+    """1 s at first; doubled each time refusals have lasted a whole Retry-After (every client
+    refused at one step has come back before the next); at most the max; drawn within ±25 %
+    so that clients refused together come back apart; back to 1 s after a second with no
+    refusal. The worker's clock is the test's, so each step is exact."""
+    full = Full(make_app, OVERLOAD_RETRY_AFTER_SECONDS=1, OVERLOAD_RETRY_AFTER_MAX_SECONDS=8)
+    admission = full.app.extensions["chatsvc.turns"].admission
+    now = [100.0]
+    admission.clock = lambda: now[0]
+
+    def retry_after(at: float) -> int:
+        now[0] = at
+        response = full.client.post("/api/ra/chat", json={"message": "x"})
+        assert_problem(response, 503, "overloaded")
+        return int(response.headers["Retry-After"])
+
+    assert [retry_after(t) for t in (100.0, 100.5, 100.99)] == [1, 1, 1]
+    assert [retry_after(t) for t in (101.0, 101.9, 102.8, 102.99)] == [2, 2, 2, 2]  # for 1 s
+    fours = [retry_after(103.0 + n / 2) for n in range(8)]  # for 2 s more: 4 s ± 25 %
+    assert set(fours) <= {3, 4, 5}
+    steps = [retry_after(107.0 + n / 100) for n in range(40)]  # for 4 s more: 8, the max
+    assert set(steps) <= {6, 7, 8} and len(set(steps)) > 1, "jittered, never past the max"
+    sustained = [retry_after(108.0 + n / 2) for n in range(25)]  # refusals go on: the max
+    assert set(sustained) <= {6, 7, 8}
+    assert retry_after(121.5) == 1, "a second without a refusal: back to the start"
+    assert [retry_after(122.0), retry_after(122.5)] == [1, 2]
+    full.free()
 
 
 class Watch:
@@ -342,7 +501,9 @@ def test_admission_settings_are_checked_at_start(make_app):
     from chatsvc.config import ConfigError
 
     for bad in ({"MAX_STREAMS_PER_WORKER": -1}, {"OVERLOAD_LAG_MS": -5.0},
-                {"OVERLOAD_RETRY_AFTER_SECONDS": 0}):  # fmt: skip
+                {"OVERLOAD_RETRY_AFTER_SECONDS": 0},
+                {"OVERLOAD_RETRY_AFTER_SECONDS": 5, "OVERLOAD_RETRY_AFTER_MAX_SECONDS": 4},
+                {"OVERLOAD_RETRY_AFTER_MAX_SECONDS": 601}):  # fmt: skip
         with pytest.raises(ConfigError):
             make_app(bad)
 
@@ -366,7 +527,8 @@ def model_environ(fake_llm: Any, database_url: str, **more: str) -> dict[str, st
         "AGENT_PROVIDER": "openai", "OPENAI_BASE_URL": fake_llm.url, "OPENAI_MODEL": "fake",
         "OPENAI_API_KEY": "sk-test", "AGENT_TIMEOUT_SECONDS": "30", "AGENT_MAX_RETRIES": "0",
         "RATELIMIT_ENABLED": "false", "WEB_CONCURRENCY": "1", "JWT_SECRET": SECRET,
-        "GUNICORN_GRACEFUL_TIMEOUT": "3", **more,
+        "GUNICORN_GRACEFUL_TIMEOUT": "3",
+        **{name: str(value) for name, value in STEADY.items()}, **more,
     }  # fmt: skip
     if database_url.startswith("postgresql"):
         environ["EVENTS_REDIS_URL"] = require_service("TEST_REDIS_URL", "Redis")
@@ -432,10 +594,13 @@ def test_on_gunicorn_two_streams_are_admitted_and_the_third_turn_is_refused(
         assert time.monotonic() - started < AT_ONCE
         assert frame["event"] == "error" and frame["data"]["code"] == "overloaded"
         assert frame["data"]["status"] == 503 and frame["data"]["retry_after"] == 2
+        ws.send(json.dumps({"type": "message"}))  # refused before the frame is validated
+        frame = json.loads(ws.recv())
+        assert frame["event"] == "error" and frame["data"]["code"] == "overloaded"
     finally:
         ws.close()
     scraped = metrics(server.url)
-    assert sample(scraped, "chatsvc_turns_refused_total", reason="streams") == 3
+    assert sample(scraped, "chatsvc_turns_refused_total", reason="streams") == 4
     assert sample(scraped, "chatsvc_turns_in_flight") == 2
     assert len(fake_llm.requests) == 2, "a refused turn never reaches the model"
 

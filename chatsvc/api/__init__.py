@@ -13,7 +13,7 @@ from marshmallow import Schema
 from webargs.flaskparser import FlaskParser
 
 from .. import auth
-from ..errors import PROBLEM_JSON, ApiError, NotFound, ValidationFailed
+from ..errors import PROBLEM_JSON, ApiError, NotFound, Overloaded, ValidationFailed, problem
 from ..schemas import ProblemSchema, StrictJSONProvider
 
 
@@ -109,6 +109,13 @@ def body_limit(setting: str) -> Callable[[Any], Any]:
     return decorate
 
 
+def admits_turns(view: Any) -> Any:
+    """Mark a view that starts turns: while this worker admits no new turn, its request is
+    refused before it is read (`_refuse_early`). Put it right under the route decorator."""
+    view.admits_turns = True
+    return view
+
+
 def cached(bp: Blueprint) -> Callable[[Any], Any]:
     """An `ETag` (a hash of the body, so it changes exactly when what the response shows
     changes) and `Cache-Control: private, no-cache`; `If-None-Match` with the current tag
@@ -132,8 +139,28 @@ def cached(bp: Blueprint) -> Callable[[Any], Any]:
 def init_app(app: Flask) -> None:
     app.json = StrictJSONProvider(app)
     app.before_request(auth.check_early)  # the token first, and before the body
+    app.before_request(_refuse_early)  # a worker that admits no turn: before the body too
     app.before_request(_known_path_and_query)
     app.before_request(_require_json)
+
+
+def _refuse_early() -> Response | None:
+    """503 `overloaded` for a new turn this worker would not admit (services/admission.py),
+    before its query, body and headers are parsed or the database is asked: a refusal beyond
+    capacity then costs a fraction of a turn's request (bench/RESULTS.md, "Refusals"). It has
+    been counted by the rate limiter and its caller checked (401/403) already; CORS, the
+    request id and the access line are added after, as for any response. A request with an
+    `Idempotency-Key` goes on: it may be the retry of a stored turn, whose replay it must get
+    (the engine looks it up before it asks for a place)."""
+    if request.method != "POST" or "Idempotency-Key" in request.headers:
+        return None
+    if not getattr(current_app.view_functions.get(request.endpoint), "admits_turns", False):
+        return None
+    try:
+        current_app.extensions["chatsvc.turns"].admission.check()
+    except Overloaded as refusal:  # answered here: Flask's exception handling costs more
+        return problem(refusal.status, refusal.code, refusal.detail, headers=refusal.headers)
+    return None
 
 
 def _known_path_and_query() -> None:

@@ -21,7 +21,7 @@ from ..schemas import (
 from ..services.conversations import SESSION, USER, Access
 from ..services.knowledge import Scope
 from ..services.turns import IdempotencyKey, TurnEngine, TurnHandle, TurnRequest
-from . import TURN_DOCS, Blueprint, accepted, problems, sse
+from . import TURN_DOCS, Blueprint, accepted, admits_turns, problems, sse
 
 bp = Blueprint("chat", __name__, url_prefix="/api", description="Chat turns.")
 
@@ -32,6 +32,7 @@ _ACCEPTED_SCHEMA = TurnAcceptedSchema()  # built once (api/sse.py's _TURN_SCHEMA
 
 
 @bp.post("/<user_id>/chat")
+@admits_turns
 @bp.arguments(UserChatSchema)
 @bp.arguments(ChatHeadersSchema, location="headers")
 @bp.response(200, TurnSchema)
@@ -44,6 +45,7 @@ def chat_as_user(body: dict[str, Any], headers: dict[str, Any], user_id: str) ->
 
 
 @bp.post("/chat")
+@admits_turns
 @bp.arguments(SessionChatSchema)
 @bp.arguments(ChatHeadersSchema, location="headers")
 @bp.response(200, TurnSchema)
@@ -55,6 +57,7 @@ def start_session(body: dict[str, Any], headers: dict[str, Any]) -> Any:
 
 
 @bp.post("/chat/<session_id>")
+@admits_turns
 @bp.arguments(SessionChatSchema)
 @bp.arguments(ChatHeadersSchema, location="headers")
 @bp.response(200, TurnSchema)

@@ -375,6 +375,8 @@ class _Socket:
             self._error(ApiError())
 
     def _start(self, frame: dict[str, Any]) -> None:
+        turns = current_app.extensions["chatsvc.turns"]
+        turns.admission.check()  # a worker that admits no turn: before the frame is validated
         if self.kind == USER:
             body = _load(UserChatSchema(), frame)
             conversation_id = body["conversation_id"]
@@ -387,7 +389,7 @@ class _Socket:
             )
         assert self.access is not None
         g.started = time.perf_counter()  # the `done` event's timing counts from here
-        handle = current_app.extensions["chatsvc.turns"].take(
+        handle = turns.take(
             TurnRequest(self.access, self.kind, body["message"], conversation_id,
                         client_address=request.remote_addr)
         )  # fmt: skip

@@ -16,6 +16,18 @@ what refuses. Lag and window refuse nothing while no turn streams (turns answere
 body have no cadence to keep: a burst of them queues, as before); both are off when
 OVERLOAD_LAG_MS is 0. The cost per turn is a counter under a lock, never a query.
 
+`check()` is the same decision without taking a place: the API asks it before it reads a new
+turn's request (api/__init__.py, `_refuse_early`), so that a refusal costs a few hundred µs of
+CPU rather than a whole turn's request, idempotency look-up included (bench/RESULTS.md,
+"Refusals").
+
+Retry-After grows while refusals last: it starts at OVERLOAD_RETRY_AFTER_SECONDS, doubles each
+time the worker has refused turns for a whole Retry-After (so every client refused at one step
+has come back before the next), up to OVERLOAD_RETRY_AFTER_MAX_SECONDS, and goes back to the
+start once the base Retry-After has passed without a refusal. Each refusal's value is drawn
+within ±JITTER of the step (whole seconds), so that clients refused together do not all come
+back together.
+
 Admission      the worker's count of turns in flight, its lag watch and window; `admit()`
                gives a Slot
 Slot           one admitted turn's place: `stream()` when its events are read as they come
@@ -25,6 +37,7 @@ Slot           one admitted turn's place: `stream()` when its events are read as
 from __future__ import annotations
 
 import math
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -59,6 +72,8 @@ WINDOW_MIN = 4
 CUT = 0.8
 CUT_EVERY = 1.0
 GROW = 1.02
+# A refusal's Retry-After is drawn within this share either side of the current step.
+JITTER = 0.25
 
 
 @dataclass
@@ -77,12 +92,18 @@ class Admission:
 
     def __init__(
         self, limit: int, lag_ms: float, retry_after: int, metrics: Metrics | None = None,
-        *, sleep: Callable[[float], object] = time.sleep,
+        *, sleep: Callable[[float], object] = time.sleep, retry_after_max: int | None = None,
     ) -> None:  # fmt: skip
         self.limit = limit
         self.lag_threshold = lag_ms / 1000
-        self.retry_after = retry_after
+        self.retry_after = retry_after  # the first refusals' Retry-After (seconds)
+        self.retry_after_max = max(retry_after, retry_after_max or retry_after)
         self.metrics = metrics or Metrics()
+        self.clock: Callable[[], float] = time.monotonic  # the refusals' (a test sets its own)
+        self.random = random.Random()  # the jitter's
+        self._step = float(retry_after)  # Retry-After while refusals last, before the jitter
+        self._step_since = float("-inf")  # when the step was last set
+        self._last_refusal = float("-inf")
         self.in_flight = 0
         self.streaming = 0  # of those in flight, the turns whose events are read as they come
         self._lag = 0.0  # seconds, smoothed
@@ -97,20 +118,50 @@ class Admission:
         """A place for one new turn, or 503 `overloaded` at once. A worker that streams no turn
         admits one whatever its lag: there is no stream its lag could slow."""
         with self._lock:
-            if self.limit and self.in_flight >= self.limit:
-                refusal: Refusal | None = Refusal.STREAMS
-            elif self.streaming and self._lag > self.lag_threshold > 0:
-                refusal = Refusal.LAG
-            elif self.streaming and self.lag_threshold and self.in_flight >= self.window:
-                refusal = Refusal.WINDOW
-            else:
-                refusal = None
+            refusal = self._refusal()
+            if refusal is None:
                 self.in_flight += 1
+            else:
+                retry_after = self._retry_after()
         if refusal is not None:
             self.metrics.refused(refusal.value)
-            raise Overloaded(refusal.value, self.retry_after)
+            raise Overloaded(refusal.value, retry_after)
         self.metrics.in_flight(1)
         return Slot(self)
+
+    def check(self) -> None:
+        """503 `overloaded` at once when `admit()` would refuse a turn now, counted as its
+        refusal; else nothing (no place is taken: `admit()` decides again, later)."""
+        with self._lock:
+            refusal = self._refusal()
+            if refusal is None:
+                return
+            retry_after = self._retry_after()
+        self.metrics.refused(refusal.value)
+        raise Overloaded(refusal.value, retry_after)
+
+    def _refusal(self) -> Refusal | None:
+        """Why a new turn is refused now, or None (under the lock)."""
+        if self.limit and self.in_flight >= self.limit:
+            return Refusal.STREAMS
+        if self.streaming and self._lag > self.lag_threshold > 0:
+            return Refusal.LAG
+        if self.streaming and self.lag_threshold and self.in_flight >= self.window:
+            return Refusal.WINDOW
+        return None
+
+    def _retry_after(self) -> int:
+        """A refusal's Retry-After (under the lock): the step, doubled once refusals have lasted
+        a whole step, back to the start after a quiet base Retry-After; jittered."""
+        now = self.clock()
+        if now - self._last_refusal >= self.retry_after:
+            self._step, self._step_since = float(self.retry_after), now
+        elif now - self._step_since >= self._step:
+            self._step = min(float(self.retry_after_max), 2 * self._step)
+            self._step_since = now
+        self._last_refusal = now
+        spread = self._step * self.random.uniform(1 - JITTER, 1 + JITTER)
+        return max(1, min(self.retry_after_max, round(spread)))
 
     def _stream(self) -> None:
         with self._lock:

@@ -29,7 +29,7 @@ from ...schemas import IdempotencyHeadersSchema
 from ...services import replies
 from ...services.conversations import SESSION, USER, Access
 from ...services.turns import IdempotencyKey, TurnEngine, TurnHandle, TurnRequest, TurnResult
-from .. import TURN_DOCS, Blueprint
+from .. import TURN_DOCS, Blueprint, admits_turns
 from ..chat import REPLAYED, idempotency_for
 from ..sse import EVENT_STREAM, NO_BUFFERING
 from . import render
@@ -126,6 +126,7 @@ def streamed(schema: str, description: str) -> dict[str, Any]:
 
 
 @bp.post("/chat/completions")
+@admits_turns
 @bp.arguments(ChatCompletionRequestSchema)
 @bp.arguments(IdempotencyHeadersSchema, location="headers")
 @bp.response(200, ChatCompletionSchema)
@@ -156,6 +157,7 @@ def create_chat_completion(body: dict[str, Any], headers: dict[str, Any]) -> Any
 
 
 @bp.post("/responses")
+@admits_turns
 @bp.arguments(ResponseRequestSchema)
 @bp.arguments(IdempotencyHeadersSchema, location="headers")
 @bp.response(200, ResponseSchema)
