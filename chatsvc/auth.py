@@ -23,13 +23,14 @@ ALGORITHM = "HS256"
 
 def claims() -> dict[str, Any] | None:
     """The verified token's claims, or None without an Authorization header; 401 if it is bad."""
-    if "auth_claims" in g:
-        return g.auth_claims
+    store = g._get_current_object()  # the proxies, looked through once (speedups.py)
+    if "auth_claims" in store:
+        return store.auth_claims
     header = request.headers.get("Authorization")
-    g.auth_claims = None if header is None else _verify(header)
-    if g.auth_claims:
-        g.user_id = g.auth_claims["sub"]
-    return g.auth_claims
+    found = store.auth_claims = None if header is None else _verify(header)
+    if found:
+        store.user_id = found["sub"]
+    return found
 
 
 def _verify(header: str) -> dict[str, Any]:
@@ -123,20 +124,21 @@ def check_early() -> None:
     """The caller's right to the route, checked before the body is read: a request without a
     valid token where one is needed is 401 at once, whatever its Content-Length. The views
     check again (cached); this runs the same checks, chosen by the route's blueprint."""
-    if request.url_rule is None or request.method == "OPTIONS":
+    req = request._get_current_object()
+    if req.url_rule is None or req.method == "OPTIONS":
         return
-    if request.url_rule.websocket:  # a socket may authenticate by frame (api/websocket.py)
+    if req.url_rule.websocket:  # a socket may authenticate by frame (api/websocket.py)
         return
-    path = request.view_args or {}
-    if request.path.startswith("/api/admin/"):
+    path = req.view_args or {}
+    if req.path.startswith("/api/admin/"):
         require_admin()
     elif "user_id" in path:
         user_for_path(path["user_id"])
-    elif request.blueprint in ("chat", "sessions", "openai"):
+    elif req.blueprint in ("chat", "sessions", "openai"):
         session_access()
-    elif request.blueprint == "documents":
-        require_reader() if request.method == "GET" else require_admin()
-    elif request.path.startswith("/api/"):
+    elif req.blueprint == "documents":
+        require_reader() if req.method == "GET" else require_admin()
+    elif req.path.startswith("/api/"):
         claims()
 
 

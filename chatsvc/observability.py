@@ -272,10 +272,11 @@ def _configure_logging(level: str, log_format: str = "json") -> None:
 
 
 def _start() -> None:
-    g.started = time.perf_counter()
+    store = g._get_current_object()  # the proxy, looked through once (speedups.py)
+    store.started = time.perf_counter()
     incoming = request.headers.get("X-Request-ID", "")
-    g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
-    REQUEST_ID_VAR.set(g.request_id)
+    store.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    REQUEST_ID_VAR.set(store.request_id)
 
 
 def record_timings(timings: dict[str, float]) -> None:
@@ -344,10 +345,11 @@ def _relative_location(response: Response) -> None:
 
 def _log_access(response: Response) -> None:
     """Route template, never the raw path (ids) or the body (message text) or headers (tokens)."""
-    started = g.get("started")
+    store, req = g._get_current_object(), request._get_current_object()  # (speedups.py)
+    started = store.get("started")
     duration = (time.perf_counter() - started) * 1000 if started else 0.0
-    rule = request.url_rule.rule if request.url_rule is not None else UNMATCHED
-    method = method_label(request.method)
+    rule = req.url_rule.rule if req.url_rule is not None else UNMATCHED
+    method = method_label(req.method)
     REQUESTS.labels(method, rule, status_label(response.status_code)).inc()
     REQUEST_SECONDS.labels(method, rule).observe(duration / 1000)
     access_log.info(
@@ -358,8 +360,8 @@ def _log_access(response: Response) -> None:
                 "path": rule,
                 "status": response.status_code,
                 "duration_ms": round(duration, 2),
-                "request_id": g.get("request_id"),
-                "user_id": g.get("user_id"),
+                "request_id": store.get("request_id"),
+                "user_id": store.get("user_id"),
             }
         },
     )

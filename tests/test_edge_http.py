@@ -205,6 +205,33 @@ def test_openapi_documents_every_route_and_its_problems(app, client):
     assert any(p["name"] == "Idempotency-Key" and p["in"] == "header" for p in chat["parameters"])
 
 
+def test_each_turn_route_documents_all_its_responses_without_a_layer_each(app, client):
+    """The chat routes document 200, 202 and every problem status (api.Blueprint.alt_response
+    writes them on the view, where flask-smorest wrapped the view once per status): the
+    document says the same, and the view the route calls is the documented one."""
+    from chatsvc.api import TURN_DOCS
+    from chatsvc.api.chat import TURN_ERRORS
+
+    spec = client.get("/openapi.json").json
+    for path in ("/api/{user_id}/chat", "/api/chat", "/api/chat/{session_id}"):
+        responses = spec["paths"][path]["post"]["responses"]
+        expected = {"default", "200", "202", *map(str, TURN_ERRORS)}
+        expected |= {"410"} if "session_id" in path else set()
+        assert set(responses) == expected, path
+        for status in TURN_ERRORS:
+            assert list(responses[str(status)]["content"]) == ["application/problem+json"]
+        assert "Retry-After" in responses["503"]["headers"]
+        assert responses["503"]["description"] == TURN_DOCS[503]["description"]
+        assert "TurnAccepted" in json.dumps(responses["202"])
+    view = app.view_functions["chat.chat_as_user"]
+    assert "202" in {str(code) for code in view._apidoc["response"]["responses"]}
+    layers = []  # flask-smorest's and webargs' for each of the two arguments, the response's
+    while hasattr(view, "__wrapped__"):
+        layers.append(view)
+        view = view.__wrapped__
+    assert view.__name__ == "chat_as_user" and len(layers) == 5  # 19 with a layer a status
+
+
 def test_a_body_over_max_content_length_is_413(make_app):
     client = make_app({"MAX_CONTENT_LENGTH": 1024}).test_client()
     response = client.post("/api/alice/chat", json={"message": "x" * 2000})

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import sse
-from fakellm import call, drop, endless, error_midstream, fail, garbage, say, slow
+from fakellm import Response, call, drop, endless, error_midstream, fail, garbage, say, slow
 from helpers import ok
 
 
@@ -327,3 +327,28 @@ def test_a_client_whose_key_is_a_callable_goes_through_the_sdk(fake_llm):
         assert answer["choices"][0]["message"]["content"] == "fake: x"
     assert [h["authorization"] for h in fake_llm.headers] == ["Bearer sk-first", "Bearer sk-second"]
     sdk.close()
+
+
+def test_a_cookie_the_provider_set_goes_with_the_next_request(fake_llm):
+    """The completion request is built from headers merged once (`_ChatCompletions._request`),
+    not by the httpx client's `build_request`: a cookie the provider set (a load balancer's
+    sticky route) still goes with the requests after it, as `build_request` would send it."""
+    import openai
+
+    from chatsvc.agent.openai import _ChatCompletions
+
+    fake_llm.script(
+        Response(fault="status", status=503, headers={"Set-Cookie": "route=b; Path=/"}),
+        say("after the cookie"),
+    )
+    sdk = openai.OpenAI(base_url=fake_llm.url, api_key="sk-test", max_retries=0)
+    sender = _ChatCompletions(sdk)
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    with pytest.raises(openai.APIStatusError):
+        sender.post(body, 2.0, stream=False)
+    answer = sender.post(body, 2.0, stream=False)
+    sdk.close()
+    assert answer["choices"][0]["message"]["content"] == "after the cookie"
+    assert "cookie" not in fake_llm.headers[0]
+    assert fake_llm.headers[1]["cookie"] == "route=b"
+    assert fake_llm.headers[1]["authorization"] == "Bearer sk-test"

@@ -160,6 +160,7 @@ class _ChatCompletions:
         self._http = client._client
         self._url = client._prepare_url(self.PATH)
         self._headers: dict[str, str] | None = None
+        self._merged = httpx2.Headers()
         plain = (
             getattr(client, "_provider_runtime", None) is None
             and getattr(client, "_workload_identity_auth", None) is None
@@ -175,6 +176,11 @@ class _ChatCompletions:
             except TypeError:  # no key: the SDK says so, at each request
                 return
             self._headers = {**headers, "x-stainless-retry-count": "0"}
+            # The httpx client's own headers merged with those once, as build_request would
+            # merge them for every request; the read timeout's value is set per request.
+            self._merged = self._http._merge_headers(
+                {**self._headers, "x-stainless-read-timeout": ""}
+            )
 
     def post(self, body: dict[str, Any], timeout: float, *, stream: bool) -> Any:
         """The completion as plain JSON, or (`stream`) the HTTP response, unread."""
@@ -184,10 +190,7 @@ class _ChatCompletions:
                 options={"timeout": timeout, "security": {"bearer_auth": True}}, stream=stream,
             )  # fmt: skip
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        request = self._http.build_request(
-            "POST", self._url, headers={**self._headers, "x-stainless-read-timeout": str(timeout)},
-            content=content.encode(), timeout=timeout,
-        )  # fmt: skip
+        request = self._request(content.encode(), timeout)
         try:
             response = self._http.send(request, stream=stream)
         except timeout_exceptions() as error:
@@ -208,6 +211,24 @@ class _ChatCompletions:
         if not content_type.endswith("json"):
             return response.text  # as the SDK returns it (no completion: a TypeError later)
         return response.json()
+
+    def _request(self, content: bytes, timeout: float) -> httpx2.Request:
+        """What `build_request` makes, from the headers merged once: the same headers in the
+        same order, URL, body and timeout. Cookies the client has kept, or query parameters
+        it adds, are merged by `build_request` itself."""
+        http, read_timeout = self._http, str(timeout)
+        if http.cookies or http.params:
+            assert self._headers is not None
+            headers = {**self._headers, "x-stainless-read-timeout": read_timeout}
+            return http.build_request(
+                "POST", self._url, headers=headers, content=content, timeout=timeout
+            )
+        request = httpx2.Request(
+            "POST", self._url, headers=self._merged, content=content,
+            extensions={"timeout": httpx2.Timeout(timeout).as_dict()},
+        )  # fmt: skip
+        request.headers["x-stainless-read-timeout"] = read_timeout
+        return request
 
 
 class OpenAIAgent(Agent):

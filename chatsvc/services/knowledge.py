@@ -14,11 +14,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import JSON, Connection, bindparam, delete, func, insert, select, text, update
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..db import utcnow
+from ..db import UTCDateTime, utcnow
 from ..errors import NotFound, database_unavailable
 from ..models import Chunk, Document, Section, new_id
 from ..text import LETTERS_OR_DIGITS, STOPWORDS, TERM
@@ -116,26 +117,87 @@ def ingest(
     stored document. The flag says whether it is new. Splitting (which pauses for other
     requests) comes before the transaction, and nothing pauses inside it: SQLite has one
     writer, and a request of the same worker waiting for its lock blocks the whole worker, so
-    the writer could never finish (a chat turn during a large inline ingest: 10 s, then 503)."""
+    the writer could never finish (a chat turn during a large inline ingest: 10 s, then 503).
+
+    The text is split before anything is looked up: the unique hash decides whether it is new
+    (`_store_new`), for a text stored long ago as for one another request stores at the same
+    moment. Splitting a small document costs less than the look-up's round trip did (issue 21:
+    a request per man page of 14 passages spent more on its statements than on its text)."""
     text = normalise(body)
     digest = content_hash(text, normalised=True)
-    existing = _by_hash(session, digest)
-    if existing is not None:
-        session.commit()
-        return existing, False
-    session.rollback()  # no snapshot held across the split
     parts = chunking.split(title, text)
-    count = sum(len(part.passages) for part in parts)
-    # The same text stored meanwhile by another request is caught by the unique hash.
-    document, created = _store_document(
-        session, title, text, url, meta, collection, READY, count, digest=digest
-    )
-    if created:
-        _store_passages(session, document.id, parts)
-    session.commit()
-    if created:  # hybrid retrieval: the passages' vectors, after the commit (embeddings.py)
-        embeddings.stored(session, document.id)
-    return document, created
+    return _ingest_split(session, _document_row(title, url, meta, collection, digest, parts), parts)
+
+
+def _ingest_split(
+    session: Session, row: dict[str, Any], parts: list[chunking.Section]
+) -> tuple[Document, bool]:
+    """`ingest` of a text already split: the new document (`row`) with its passages, or the
+    document stored with the same text."""
+    session.rollback()  # a transaction of its own, whatever the caller's session held
+    # PostgreSQL's one statement is a transaction by itself (autocommit: no BEGIN and no
+    # COMMIT, two round trips fewer); SQLite's three statements make one.
+    options = _ONE_STATEMENT if _dialect(session) == "postgresql" else None
+    for _ in range(3):  # the stored text deleted between its INSERT and its look-up: again
+        if _store_new(session.connection(execution_options=options), row, parts):
+            session.commit()
+            # hybrid retrieval: the passages' vectors, after the commit (embeddings.py)
+            embeddings.stored(session, row["id"])
+            return _transient(row), True
+        existing = _by_hash(session, row["content_hash"])
+        if existing is not None:
+            session.commit()
+            return existing, False
+        session.rollback()
+    raise RuntimeError("a document's text was stored and deleted three times while ingested")
+
+
+def _document_row(
+    title: str,
+    url: str | None,
+    meta: dict[str, Any] | None,
+    collection: str,
+    digest: str,
+    parts: list[chunking.Section],
+) -> dict[str, Any]:
+    """A new, indexed (`ready`) document's row, by column: its text lives in its passages."""
+    return {
+        "id": new_id(), "title": title, "url": url, "metadata": meta or {},
+        "collection": collection, "content_hash": digest, "text": "",
+        "chunk_count": sum(len(part.passages) for part in parts), "created_at": utcnow(),
+        "status": READY, "lease_until": None,
+    }  # fmt: skip
+
+
+def _transient(row: dict[str, Any]) -> Document:
+    """The stored row as a Document (for the response), without a look-up or a session."""
+    values = {("meta" if key == "metadata" else key): value for key, value in row.items()}
+    return Document(**values)
+
+
+def _store_new(connection: Connection, row: dict[str, Any], parts: list[chunking.Section]) -> bool:
+    """The document's row, its sections and its passages, unless a document with the same text
+    is stored (or being stored by another transaction, which this one then waits for): the
+    unique hash decides (ON CONFLICT DO NOTHING), so a text is never stored twice and nothing
+    fails. Whether it stored them. One statement on PostgreSQL (a transaction per man page of
+    14 passages: ten statements and an ORM flush were most of its cost); on SQLite, whose
+    statements cost no round trip, three Core statements."""
+    if connection.dialect.name == "postgresql":
+        sections = [n for n, part in enumerate(parts) for _ in part.passages]
+        params = {
+            **row,
+            "paths": [part.path for part in parts],
+            "passage_sections": sections,
+            "passage_texts": [passage for part in parts for passage in part.passages],
+        }
+        return connection.execute(_PG_INGEST, params).first() is not None
+    stored = connection.execute(_SQLITE_NEW_DOCUMENT, row).first()
+    if stored is None:
+        return False
+    section_ids = _insert_section_rows(connection, [(row["id"], part) for part in parts])
+    for batch in _batches(row["id"], parts, section_ids):
+        _insert_passages(connection, batch)
+    return True
 
 
 @dataclass(frozen=True)
@@ -242,16 +304,7 @@ def _store_group(session: Session, group: list[_Pending]) -> None:
     """The group's documents and passages in one transaction; one by one when another writer
     stored one of their texts meanwhile."""
     try:
-        now = utcnow()
-        rows = [
-            {
-                "id": new_id(), "title": item.incoming.title, "url": item.incoming.url,
-                "metadata": item.incoming.meta or {}, "collection": item.incoming.collection,
-                "content_hash": item.digest, "text": "", "chunk_count": item.count,
-                "created_at": now, "status": READY, "lease_until": None,
-            }
-            for item in group
-        ]  # fmt: skip
+        rows = [_row(item) for item in group]
         session.execute(insert(Document.__table__), rows)
         sections = [
             (row["id"], part) for row, item in zip(rows, group, strict=True) for part in item.parts
@@ -271,20 +324,19 @@ def _store_group(session: Session, group: list[_Pending]) -> None:
     except IntegrityError:  # a text of the group stored concurrently by another writer
         session.rollback()
         for item in group:
-            document, created = _store_document(
-                session, item.incoming.title, item.text, item.incoming.url, item.incoming.meta,
-                item.incoming.collection, READY, item.count, digest=item.digest,
-            )  # fmt: skip
-            if created:
-                _store_passages(session, document.id, item.parts)
-            session.commit()
-            if created:  # hybrid retrieval: the passages' vectors, after the commit
-                embeddings.stored(session, document.id)
+            document, created = _ingest_split(session, _row(item), item.parts)
             item.done = Ingested(document.id, document.chunk_count, created)
         return
     for row, item in zip(rows, group, strict=True):
         item.done = Ingested(row["id"], item.count, True)
         embeddings.stored(session, row["id"])  # hybrid retrieval (as `ingest` does)
+
+
+def _row(item: _Pending) -> dict[str, Any]:
+    incoming = item.incoming
+    return _document_row(
+        incoming.title, incoming.url, incoming.meta, incoming.collection, item.digest, item.parts
+    )
 
 
 def accept(
@@ -301,38 +353,31 @@ def accept(
     to the caller for `lease_seconds`. The same text again returns the stored document, in
     whatever state it is. The flag says whether it is new."""
     text = normalise(body)
-    document, created = _store_document(
-        session, title, text, url, meta, collection, INDEXING, lease_until=_lease(lease_seconds)
+    document, created = _store_indexing(
+        session, title, text, url, meta, collection, _lease(lease_seconds)
     )
     session.commit()
     return document, created
 
 
-def _store_document(
+def _store_indexing(
     session: Session,
     title: str,
     text: str,
     url: str | None,
     meta: dict[str, Any] | None,
     collection: str,
-    status: str,
-    chunk_count: int = 0,
-    lease_until: datetime | None = None,
-    digest: str | None = None,
+    lease_until: datetime,
 ) -> tuple[Document, bool]:
-    """The new document's row, or the one stored with the same text. Its text is kept only
-    while it is to be indexed (`indexing`): once indexed, the passages hold it. A caller that
-    already looked the text up gives its `digest` (a text stored since is then caught by the
-    unique hash, as a concurrent one always is)."""
-    if digest is None:
-        digest = content_hash(text, normalised=True)
-        existing = _by_hash(session, digest)
-        if existing is not None:
-            return existing, False
+    """The new document's row, to be indexed in the background (its text is kept until its
+    passages hold it), or the one stored with the same text."""
+    digest = content_hash(text, normalised=True)
+    existing = _by_hash(session, digest)
+    if existing is not None:
+        return existing, False
     document = Document(
         title=title, url=url, meta=meta or {}, collection=collection, content_hash=digest,
-        text=text if status == INDEXING else "", chunk_count=chunk_count, status=status,
-        lease_until=lease_until,
+        text=text, chunk_count=0, status=INDEXING, lease_until=lease_until,
     )  # fmt: skip
     session.add(document)
     try:
@@ -481,14 +526,6 @@ def _lease(seconds: float) -> datetime:
     return utcnow() + timedelta(seconds=seconds)
 
 
-def _store_passages(session: Session, document_id: str, parts: list[chunking.Section]) -> None:
-    """Each section path once, each passage pointing at its section; inserted in batches
-    (thousands of ORM objects took 6 s for a 2 MiB document, these statements well under 1 s)."""
-    section_ids = _insert_sections(session, document_id, parts)
-    for batch in _batches(document_id, parts, section_ids):
-        _insert_passages(session, batch)
-
-
 def _insert_sections(
     session: Session, document_id: str, parts: list[chunking.Section]
 ) -> list[int]:
@@ -496,20 +533,19 @@ def _insert_sections(
 
 
 def _insert_section_rows(
-    session: Session, sections: list[tuple[str, chunking.Section]]
+    session: Session | Connection, sections: list[tuple[str, chunking.Section]]
 ) -> list[int]:
-    """Each (document, section) a row, numbered in order within its document; their ids."""
+    """Each (document, section) a row, numbered in order within its document; their ids (Core:
+    no ORM bookkeeping per row)."""
     rows, ordinal = [], {}
     for document_id, part in sections:
         ordinal[document_id] = ordinal.get(document_id, -1) + 1
         rows.append(
             {"document_id": document_id, "ordinal": ordinal[document_id], "path": part.path}
         )
-    return list(
-        session.scalars(
-            insert(Section).returning(Section.id, sort_by_parameter_order=True), rows
-        ).all()
-    )
+    table = Section.__table__
+    returning = insert(table).returning(table.c.id, sort_by_parameter_order=True)
+    return list(session.execute(returning, rows).scalars().all())
 
 
 def _batches(
@@ -554,20 +590,63 @@ _PG_INSERT_PASSAGES = (
 )
 
 
-def _insert_passages(session: Session, batch: list[dict[str, Any]]) -> None:
+def _insert_passages(session: Session | Connection, batch: list[dict[str, Any]]) -> None:
     """One statement per batch. On PostgreSQL an executemany is one INSERT per row (psycopg),
     and the index's statement triggers then ran once per passage (a crafted 2 MiB document:
     24 s instead of 3); four arrays unnested make one statement of a constant shape, which
     SQLAlchemy need not compile per batch as it would a VALUES list of 500 rows. It computes
     the passages' vectors too, each section's once (the row trigger computed its heading's for
     every passage, in PL/pgSQL: 0.2 ms a passage, most of an ingest's time on the server)."""
-    if session.get_bind().dialect.name != "postgresql":
+    if _dialect(session) != "postgresql":
         session.execute(insert(Chunk.__table__), batch)  # Core: no ORM bookkeeping per row
         return
     columns = ("document_id", "section_id", "ordinal", "text")
     params: dict[str, Any] = {column: [row[column] for row in batch] for column in columns}
     params["sections"] = sorted(set(params["section_id"]))
     session.execute(text(_PG_INSERT_PASSAGES), params)
+
+
+# A new document, its sections and its passages in one statement (`_store_new`): nothing when
+# its text is stored, and then neither are the sections nor the passages, which hang off the
+# document's RETURNING. Each section's heading vector is computed once, by the INSERT that
+# stores it; the passages' are as `_insert_passages` computes them. The foreign keys are
+# checked at the end of the statement, when every row is in.
+_PG_INGEST = text(
+    "WITH document AS (INSERT INTO documents (id, title, url, metadata, collection,"
+    " content_hash, text, chunk_count, created_at, status, lease_until)"
+    " VALUES (:id, :title, :url, CAST(:metadata AS json), :collection, :content_hash, :text,"
+    " :chunk_count, :created_at, :status, :lease_until)"
+    " ON CONFLICT (content_hash) DO NOTHING RETURNING id),"
+    " section AS (INSERT INTO sections (document_id, ordinal, path)"
+    " SELECT document.id, s.n - 1, s.path FROM document,"
+    " unnest(CAST(:paths AS text[])) WITH ORDINALITY AS s(path, n) ORDER BY s.n"
+    " RETURNING id, ordinal, setweight(to_tsvector('english'::regconfig, "
+    + _PG_WORDS.format("path")
+    + "), 'A') AS fts),"
+    " passage AS (INSERT INTO chunks (document_id, section_id, ordinal, text, fts)"
+    " SELECT document.id, section.id, p.n - 1, p.text, section.fts"
+    " || setweight(to_tsvector('english'::regconfig, "
+    + _PG_WORDS.format("p.text")
+    + "), 'B') FROM document, unnest(CAST(:passage_sections AS integer[]),"
+    " CAST(:passage_texts AS text[])) WITH ORDINALITY AS p(section, text, n)"
+    " JOIN section ON section.ordinal = p.section ORDER BY p.n)"
+    " SELECT id FROM document"
+).bindparams(
+    bindparam("metadata", type_=JSON()),
+    bindparam("created_at", type_=UTCDateTime()),
+    bindparam("lease_until", type_=UTCDateTime()),
+)
+_ONE_STATEMENT = {"isolation_level": "AUTOCOMMIT"}  # reset when the connection is returned
+_SQLITE_NEW_DOCUMENT = (
+    sqlite.insert(Document.__table__)
+    .on_conflict_do_nothing(index_elements=["content_hash"])
+    .returning(Document.__table__.c.id)
+)
+
+
+def _dialect(session: Session | Connection) -> str:
+    bind = session if isinstance(session, Connection) else session.get_bind()
+    return bind.dialect.name
 
 
 def _by_hash(session: Session, digest: str) -> Document | None:
