@@ -22,7 +22,8 @@ from werkzeug.test import TestResponse
 
 from chatsvc.agent.base import Reply
 from chatsvc.db import database
-from chatsvc.models import Conversation, Message
+from chatsvc.models import Chunk, Conversation, Message, Section
+from chatsvc.services import chunking, knowledge
 
 
 def chat(client: Any, user: str, message: str, **body: Any) -> TestResponse:
@@ -170,3 +171,24 @@ def children(pid: int) -> list[int]:
         if f"\nPPid:\t{pid}\n" in text:
             found.append(int(status.parent.name))
     return found
+
+
+def stored(app, document_id: str) -> list[tuple[str, int, str]]:
+    """A document's passages as stored: (section path, ordinal, text), in order."""
+    with database(app).read() as session:
+        return [
+            (row.path, row.ordinal, row.text)
+            for row in session.execute(
+                select(Section.path, Chunk.ordinal, Chunk.text)
+                .join(Section, Section.id == Chunk.section_id)
+                .where(Chunk.document_id == document_id)
+                .order_by(Chunk.ordinal)
+            )
+        ]
+
+
+def expected(title: str, body: str) -> list[tuple[str, int, str]]:
+    """The passages `stored` should find for a text: (section path, ordinal, text), in order."""
+    parts = chunking.split(title, knowledge.normalise(body))
+    passages = [(part.path, passage) for part in parts for passage in part.passages]
+    return [(path, n, passage) for n, (path, passage) in enumerate(passages)]

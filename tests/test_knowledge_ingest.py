@@ -8,33 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import expected, stored
 from sqlalchemy import select, text
 
 from chatsvc.db import database
-from chatsvc.models import Chunk, Document, Section
+from chatsvc.models import Document
 from chatsvc.services import chunking, knowledge
 
 CORPUS = Path(__file__).parent / "corpus"
-
-
-def stored(app, document_id: str) -> list[tuple[str, int, str]]:
-    """A document's passages as stored: (section path, ordinal, text), in order."""
-    with database(app).read() as session:
-        return [
-            (row.path, row.ordinal, row.text)
-            for row in session.execute(
-                select(Section.path, Chunk.ordinal, Chunk.text)
-                .join(Section, Section.id == Chunk.section_id)
-                .where(Chunk.document_id == document_id)
-                .order_by(Chunk.ordinal)
-            )
-        ]
-
-
-def expected(title: str, body: str) -> list[tuple[str, int, str]]:
-    parts = chunking.split(title, knowledge.normalise(body))
-    passages = [(part.path, passage) for part in parts for passage in part.passages]
-    return [(path, n, passage) for n, (path, passage) in enumerate(passages)]
 
 
 def titled(path: Path) -> tuple[str, str]:
