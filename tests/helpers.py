@@ -192,3 +192,21 @@ def expected(title: str, body: str) -> list[tuple[str, int, str]]:
     parts = chunking.split(title, knowledge.normalise(body))
     passages = [(part.path, passage) for part in parts for passage in part.passages]
     return [(path, n, passage) for n, (path, passage) in enumerate(passages)]
+
+
+def race_the_split(app: Flask, monkeypatch: Any, title: str, text: str) -> list[str]:
+    """Another writer stores `text` (titled `title` + " elsewhere") the first time a document
+    titled `title` is split; the returned list then holds that writer's document id."""
+    split = chunking.split
+    raced: list[str] = []
+
+    def split_while_another_writer_stores(split_title: str, body: str) -> Any:
+        if split_title == title and not raced:
+            with database(app).sessions() as other:
+                document, created = knowledge.ingest(other, f"{title} elsewhere", text)
+                assert created
+                raced.append(document.id)
+        return split(split_title, body)
+
+    monkeypatch.setattr(chunking, "split", split_while_another_writer_stores)
+    return raced

@@ -8,12 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import expected, stored
+from helpers import expected, race_the_split, stored
 from sqlalchemy import select, text
 
 from chatsvc.db import database
 from chatsvc.models import Document
-from chatsvc.services import chunking, knowledge
+from chatsvc.services import knowledge
 
 CORPUS = Path(__file__).parent / "corpus"
 
@@ -89,18 +89,7 @@ def test_a_text_another_writer_stores_meanwhile_is_not_stored_twice(app, monkeyp
     one of them: that transaction fails on the unique hash, and its documents are stored one
     by one: the others are all kept, the raced one is the other writer's."""
     tea, knots = (CORPUS / "tea.md").read_text(), "The bowline makes a loop that does not slip."
-    split = chunking.split
-    raced: list[str] = []
-
-    def split_while_another_writer_stores(title: str, body: str):
-        if title == "Knots" and not raced:
-            with database(app).sessions() as other:
-                document, created = knowledge.ingest(other, "Knots elsewhere", knots)
-                assert created
-                raced.append(document.id)
-        return split(title, body)
-
-    monkeypatch.setattr(chunking, "split", split_while_another_writer_stores)
+    raced = race_the_split(app, monkeypatch, "Knots", knots)
     with database(app).sessions() as session:
         done = list(
             knowledge.ingest_many(

@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import expected, stored
+from helpers import expected, race_the_split, stored
 from sqlalchemy import delete, func, insert, select, text
 
 from chatsvc.db import database, utcnow
 from chatsvc.models import Chunk, Document, Section
-from chatsvc.services import chunking, knowledge
+from chatsvc.services import knowledge
 
 CORPUS = Path(__file__).parent / "corpus"
 # Headings with a letters-hyphen-digits pair (indexed twice over on PostgreSQL), a section of
@@ -71,18 +71,7 @@ def test_a_text_stored_while_the_request_splits_it_is_not_stored_twice(client, a
     """No look-up comes before the split: another writer stores the same text meanwhile, and
     the request's INSERT finds it by its hash (200, the other writer's document)."""
     knots = (CORPUS / "knots.md").read_text()
-    split = chunking.split
-    raced: list[str] = []
-
-    def split_while_another_writer_stores(title: str, body: str):
-        if title == "Knots" and not raced:
-            with database(app).sessions() as other:
-                document, created = knowledge.ingest(other, "Knots elsewhere", knots)
-                assert created
-                raced.append(document.id)
-        return split(title, body)
-
-    monkeypatch.setattr(chunking, "split", split_while_another_writer_stores)
+    raced = race_the_split(app, monkeypatch, "Knots", knots)
     response = client.post("/api/documents", json={"title": "Knots", "text": knots})
     assert response.status_code == 200, response.json
     assert (response.json["id"], response.json["title"]) == (raced[0], "Knots elsewhere")
