@@ -117,24 +117,22 @@ class Admission:
     def admit(self) -> Slot:
         """A place for one new turn, or 503 `overloaded` at once. A worker that streams no turn
         admits one whatever its lag: there is no stream its lag could slow."""
-        with self._lock:
-            refusal = self._refusal()
-            if refusal is None:
-                self.in_flight += 1
-            else:
-                retry_after = self._retry_after()
-        if refusal is not None:
-            self.metrics.refused(refusal.value)
-            raise Overloaded(refusal.value, retry_after)
+        self._decide(take=True)
         self.metrics.in_flight(1)
         return Slot(self)
 
     def check(self) -> None:
         """503 `overloaded` at once when `admit()` would refuse a turn now, counted as its
         refusal; else nothing (no place is taken: `admit()` decides again, later)."""
+        self._decide(take=False)
+
+    def _decide(self, *, take: bool) -> None:
+        """Refuse a new turn now (503, counted, with its Retry-After), or let it through,
+        taking its place when `take`."""
         with self._lock:
             refusal = self._refusal()
             if refusal is None:
+                self.in_flight += take
                 return
             retry_after = self._retry_after()
         self.metrics.refused(refusal.value)
